@@ -1,0 +1,22 @@
+"""The demo model and data shipped inside the package (trained and written by scripts/)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .data.datasets import read_image
+from .errors import BadInputError
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+DEMO_CHECKPOINT = ASSETS / "demo_danet_r18w32.pth"
+DEMO_DATA = ASSETS / "demo_data"  # Cityscapes layout, split "val"
+
+
+def sample_image() -> np.ndarray:
+    """A real (synthetic-scene) RGB image for post-export parity checks."""
+    images = sorted((DEMO_DATA / "leftImg8bit").rglob("*_leftImg8bit.png"))
+    if not images:
+        raise BadInputError(f"{DEMO_DATA}: bundled demo images are missing; pass --image")
+    return read_image(images[0])

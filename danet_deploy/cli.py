@@ -1,0 +1,280 @@
+"""danet-deploy command line: parses, calls the stages, prints. No pipeline logic lives here."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeRemainingColumn
+
+from .errors import EXIT_BAD_INPUT, DeployError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="From a trained DANet checkpoint to verified ONNX (and TensorRT) inference models.",
+)
+out = Console()
+err = Console(stderr=True)
+EXIT_INTERNAL = 4
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def guarded(fn: F) -> F:
+    """One line and a documented exit code for every expected failure; no tracebacks for bad input."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except DeployError as exc:
+            err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            err.print("[red]interrupted[/]")
+            raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort):
+            raise
+        except Exception as exc:
+            if os.environ.get("DANET_DEPLOY_DEBUG"):
+                traceback.print_exc()
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            hint = "set DANET_DEPLOY_DEBUG=1 for a traceback"
+            err.print(
+                f"[red]internal error:[/] {type(exc).__name__}: {first} ({hint})", highlight=False, soft_wrap=True
+            )
+            raise typer.Exit(EXIT_INTERNAL) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def spinner(text: str) -> Iterator[None]:
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=err, transient=True) as progress:
+        progress.add_task(text, total=None)
+        yield
+
+
+def image_progress(total: int, text: str) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+        console=err, transient=True,
+    )  # fmt: skip
+
+
+def _size(text: str | None) -> tuple[int, int] | None:
+    from .config import parse_size
+
+    if text is None:
+        return None
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise DeployError(f"--input-size: {exc}", EXIT_BAD_INPUT) from None
+
+
+def _ints(text: str | None, option: str) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
+    except ValueError:
+        raise DeployError(f"{option}: expected comma-separated integers, got {text!r}", EXIT_BAD_INPUT) from None
+    if not values or any(v < 1 for v in values):
+        raise DeployError(f"{option}: expected positive integers, got {text!r}", EXIT_BAD_INPUT)
+    return values
+
+
+def _floats3(text: str | None, option: str) -> tuple[float, float, float] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        raise DeployError(f"{option}: expected three comma-separated numbers, got {text!r}", EXIT_BAD_INPUT)
+    return values  # type: ignore[return-value]
+
+
+def _class_names(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    path = Path(text)
+    if path.is_file():
+        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    else:
+        names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise DeployError(f"--class-names: no names in {text!r}", EXIT_BAD_INPUT)
+    return tuple(names)
+
+
+LayoutOpt = Annotated[str | None, typer.Option(help="Checkpoint layout: ours, official, mmseg (default: detected).")]
+DilationsOpt = Annotated[
+    str | None,
+    typer.Option(help="layer4 dilations, e.g. 4,8,16 (official released model) or 2,4,4 (MMSeg, 2020-code default)."),
+]
+AlignOpt = Annotated[
+    bool | None,
+    typer.Option("--align-corners/--no-align-corners", help="Final upsampling (default: official True, MMSeg False)."),
+]
+ClassNamesOpt = Annotated[str | None, typer.Option(help="Class names: a file with one per line, or a,b,c.")]
+MeanOpt = Annotated[str | None, typer.Option(help="Normalization mean of RGB in [0,1], e.g. 0.485,0.456,0.406.")]
+StdOpt = Annotated[str | None, typer.Option(help="Normalization std of RGB in [0,1], e.g. 0.229,0.224,0.225.")]
+
+
+def _load(ckpt: Path, layout: str | None, **overrides: Any) -> Any:
+    from .checkpoints import load_checkpoint
+
+    with spinner(f"loading {ckpt}"):
+        loaded = load_checkpoint(ckpt, layout, **overrides)
+    c = loaded.config
+    err.print(
+        f"checkpoint {ckpt.name}: {loaded.layout.value} layout, {c.arch}, stem {c.stem_channels}, "
+        f"layer4 dilations {c.layer4_dilations}, {c.num_classes} classes, align_corners={c.align_corners}",
+        highlight=False,
+    )
+    for note in loaded.notes:
+        err.print(f"  note: {note}", highlight=False)
+    return loaded
+
+
+@app.command()
+@guarded
+def export(
+    ckpt: Annotated[Path, typer.Argument(help="Checkpoint (.pth): ours, official DANet or MMSegmentation.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="ONNX file to write.")] = Path("model.onnx"),
+    input_size: Annotated[str | None, typer.Option(help="HxW, e.g. 512x1024 (default: model config).")] = None,
+    batch: Annotated[int, typer.Option(min=1, help="Batch size of a static export.")] = 1,
+    dynamic: Annotated[bool, typer.Option("--dynamic/--static", help="Dynamic batch, height and width.")] = False,
+    opset: Annotated[int, typer.Option(help="ONNX opset; >= 18 uses the dynamo exporter, < 18 the legacy one.")] = 18,
+    argmax: Annotated[bool, typer.Option(help="Add an int32 'labels' output (N x H x W).")] = False,
+    uint8_input: Annotated[
+        bool, typer.Option(help="Bake preprocessing: input 'image' is uint8 N x H x W x 3 RGB (0-255).")
+    ] = False,
+    image: Annotated[Path | None, typer.Option(help="Real image for the parity check (default: bundled).")] = None,
+    atol: Annotated[float, typer.Option(help="Parity tolerance: atol + rtol * max|logit|.")] = 1e-4,
+    rtol: Annotated[float, typer.Option(help="Parity tolerance, relative part.")] = 1e-4,
+    layout: LayoutOpt = None,
+    dilations: DilationsOpt = None,
+    align_corners: AlignOpt = None,
+    class_names: ClassNamesOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+) -> None:
+    """Export a checkpoint to ONNX, then check it with onnx.checker and ONNX Runtime vs PyTorch."""
+    from .bundled import sample_image
+    from .data.datasets import read_image
+    from .export import ExportOptions, export_onnx
+    from .report import export_summary
+
+    size = _size(input_size)
+    loaded = _load(
+        ckpt, layout, layer4_dilations=_ints(dilations, "--dilations"), align_corners=align_corners,
+        class_names=_class_names(class_names), mean=_floats3(mean, "--mean"), std=_floats3(std, "--std"),
+        input_size=size,
+    )  # fmt: skip
+    options = ExportOptions(
+        input_size=size, batch=batch, dynamic=dynamic, opset=opset, argmax=argmax, uint8_input=uint8_input,
+        atol=atol, rtol=rtol,
+    )  # fmt: skip
+    parity_image = read_image(image) if image else sample_image()
+    with spinner(f"exporting {loaded.config.arch} ({options.exporter} exporter, opset {opset}) and checking parity"):
+        record = export_onnx(loaded.model, loaded.config, output, options, parity_image, loaded.provenance())
+    for line in export_summary(record):
+        out.print(line, highlight=False)
+
+
+@app.command()
+@guarded
+def verify(
+    data: Annotated[Path, typer.Option(help="Cityscapes root, images/ + masks/ folders, or an image folder.")],
+    ckpt: Annotated[Path | None, typer.Option(help="PyTorch checkpoint: the reference backend.")] = None,
+    onnx: Annotated[list[Path] | None, typer.Option(help="ONNX model(s) run with ONNX Runtime; repeatable.")] = None,
+    split: Annotated[str, typer.Option(help="Cityscapes split.")] = "val",
+    limit: Annotated[int | None, typer.Option(min=1, help="Evaluate only the first N images.")] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the full report as JSON.")] = None,
+    max_abs_diff: Annotated[float, typer.Option(help="Max abs logit difference vs the reference.")] = 1e-3,
+    min_agreement: Annotated[float, typer.Option(help="Min fraction of pixels with the reference's label.")] = 0.9999,
+    max_miou_drop: Annotated[float, typer.Option(help="Max mIoU points below the reference.")] = 0.05,
+    threads: Annotated[int | None, typer.Option(min=1, help="ONNX Runtime intra-op threads.")] = None,
+    layout: LayoutOpt = None,
+) -> None:
+    """Evaluate PyTorch and ONNX Runtime on the same images: mIoU, per-class IoU, parity, NaN/Inf.
+
+    Exit code 0 when every backend is within tolerance of the reference, 1 when not, 2 on bad input.
+    """
+    from .data.datasets import open_dataset
+    from .errors import CheckFailedError
+    from .report import per_class_table, verify_table, write_json
+    from .runners.onnxruntime import OnnxRuntimeRunner
+    from .runners.pytorch import PyTorchRunner
+    from .verify import Thresholds
+    from .verify import verify as run_verify
+
+    onnx = onnx or []
+    if ckpt is None and not onnx:
+        raise DeployError("verify needs --ckpt and/or --onnx", EXIT_BAD_INPUT)
+    runners: list[Any] = [OnnxRuntimeRunner(p, name=f"onnxruntime:{p.name}", threads=threads) for p in onnx]
+    config = runners[0].config if runners else None
+    if ckpt is not None:
+        # The ONNX metadata says how the model was built (dilations, align_corners, classes); reuse it.
+        overrides: dict[str, Any] = {}
+        if config is not None:
+            overrides = {"layer4_dilations": config.layer4_dilations, "align_corners": config.align_corners,
+                         "class_names": config.class_names, "mean": config.mean, "std": config.std}  # fmt: skip
+        loaded = _load(ckpt, layout, **overrides)
+        config = loaded.config
+        runners.insert(0, PyTorchRunner(loaded.model, config))
+    dataset = open_dataset(data, split).head(limit)
+    if not dataset.labeled:
+        err.print(f"note: {data} has images without labels; mIoU is not computed", highlight=False)
+    thresholds = Thresholds(max_abs_diff=max_abs_diff, min_pixel_agreement=min_agreement, max_miou_drop=max_miou_drop)
+    with image_progress(len(dataset), "verify") as progress:
+        task = progress.add_task(f"verify ({len(runners)} backends)", total=len(dataset))
+        report = run_verify(dataset, runners, config, thresholds, on_image=lambda i: progress.advance(task))
+    out.print(verify_table(report))
+    if report.labeled:
+        out.print(per_class_table(report))
+    if json_path:
+        write_json(report.to_dict(), json_path)
+        out.print(f"report: {json_path}", highlight=False)
+    if not report.passed:
+        failed = [f"{b.name}: {', '.join(b.failures)}" for b in report.backends if not b.passed]
+        raise CheckFailedError("parity check failed: " + "; ".join(failed))
+    out.print("[green]passed[/]")
+
+
+@app.command()
+@guarded
+def demo(
+    workdir: Annotated[Path, typer.Option(help="Where the demo writes its ONNX model and report.")] = Path(
+        "danet-deploy-demo"
+    ),
+) -> None:
+    """Export the bundled demo DANet and verify it against PyTorch on the bundled labeled images."""
+    from .bundled import DEMO_CHECKPOINT, DEMO_DATA
+
+    onnx_path = workdir / "demo.onnx"
+    out.print(f"[bold]1/2 export[/] {DEMO_CHECKPOINT.name} -> {onnx_path}")
+    export(DEMO_CHECKPOINT, output=onnx_path)
+    out.print(f"[bold]2/2 verify[/] PyTorch vs ONNX Runtime on {DEMO_DATA}")
+    verify(data=DEMO_DATA, ckpt=DEMO_CHECKPOINT, onnx=[onnx_path], json_path=workdir / "report.json")
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

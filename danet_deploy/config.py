@@ -1,0 +1,177 @@
+"""The model config: everything a deployed DANet needs besides its weights.
+
+It travels with every artifact (inside our checkpoints, in the ONNX metadata, in engine sidecars), so
+any stage can start from a file a user already has.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+CITYSCAPES_CLASSES: tuple[str, ...] = (
+    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
+    "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle",
+    "bicycle",
+)  # fmt: skip
+
+CITYSCAPES_PALETTE: tuple[tuple[int, int, int], ...] = (
+    (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153),
+    (153, 153, 153), (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152),
+    (70, 130, 180), (220, 20, 60), (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100),
+    (0, 80, 100), (0, 0, 230), (119, 11, 32),
+)  # fmt: skip
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+BLOCKS_PER_DEPTH: dict[int, tuple[int, int, int, int]] = {
+    18: (2, 2, 2, 2),
+    34: (3, 4, 6, 3),
+    50: (3, 4, 6, 3),
+    101: (3, 4, 23, 3),
+    152: (3, 8, 36, 3),
+}
+BASIC_BLOCK_DEPTHS = (18, 34)
+
+# The stems users bring, by the channels of their convolutions: one entry is a 7x7 conv,
+# three entries are the deep 3x3 stem (official 2020 code: 64,64,128; MMSegmentation: 32,32,64).
+STEM_7X7 = (64,)
+STEM_DEEP_OFFICIAL = (64, 64, 128)
+STEM_DEEP_MMSEG = (32, 32, 64)
+
+MULTI_GRID_DILATIONS = (4, 8, 16)
+CONTRACTED_DILATIONS = (2, 4, 4)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture, labels and preprocessing of one DANet.
+
+    Attributes:
+        depth: ResNet depth (18, 34, 50, 101, 152).
+        num_classes: number of output classes.
+        class_names: one name per class.
+        base_width: channels of layer1's 3x3 convs (64 for standard ResNets; smaller for edge models).
+        stem_channels: output channels of each stem conv; (C,) is one 7x7 conv, (a, b, c) the deep stem.
+        layer4_dilations: dilation of each layer4 block (cycled if layer4 has more blocks).
+        align_corners: of the final bilinear upsampling (official: True; MMSeg 512x1024: False).
+        mean, std: per-channel normalization of RGB in [0, 1].
+        input_size: (H, W) the model is exported and calibrated at by default.
+        palette: RGB colour per class, for reports.
+        ignore_index: label value that is not scored.
+        head: attention head variant ("danet": PAM + CAM).
+    """
+
+    depth: int = 50
+    num_classes: int = 19
+    class_names: tuple[str, ...] = CITYSCAPES_CLASSES
+    base_width: int = 64
+    stem_channels: tuple[int, ...] = STEM_DEEP_MMSEG
+    layer4_dilations: tuple[int, ...] = CONTRACTED_DILATIONS
+    align_corners: bool = False
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    input_size: tuple[int, int] = (512, 1024)
+    palette: tuple[tuple[int, int, int], ...] = CITYSCAPES_PALETTE
+    ignore_index: int = 255
+    head: str = "danet"
+
+    def __post_init__(self) -> None:
+        # Normalise list-valued fields (from JSON) to tuples so configs compare and hash equal.
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, list):
+                value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
+                object.__setattr__(self, f.name, value)
+        if self.depth not in BLOCKS_PER_DEPTH:
+            raise ValueError(f"unsupported ResNet depth {self.depth}; choose from {sorted(BLOCKS_PER_DEPTH)}")
+        if len(self.stem_channels) not in (1, 3):
+            raise ValueError(f"stem_channels must have 1 (7x7) or 3 (deep stem) entries, got {self.stem_channels}")
+        if len(self.class_names) != self.num_classes:
+            raise ValueError(f"{len(self.class_names)} class names for {self.num_classes} classes")
+        if len(self.palette) < self.num_classes:
+            object.__setattr__(self, "palette", default_palette(self.num_classes))
+        if self.head != "danet":
+            raise ValueError(f"unknown head variant {self.head!r}; supported: 'danet'")
+
+    @property
+    def arch(self) -> str:
+        width = "" if self.base_width == 64 else f"w{self.base_width}"
+        return f"danet_r{self.depth}{width}"
+
+    @property
+    def bottleneck(self) -> bool:
+        return self.depth not in BASIC_BLOCK_DEPTHS
+
+    @property
+    def backbone_channels(self) -> int:
+        return self.base_width * 8 * (4 if self.bottleneck else 1)
+
+    def with_overrides(self, **overrides: Any) -> ModelConfig:
+        """A copy with the given fields replaced; None values are ignored."""
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown model config fields: {', '.join(unknown)}")
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelConfig:
+        return cls.from_dict(json.loads(text))
+
+
+def default_palette(num_classes: int) -> tuple[tuple[int, int, int], ...]:
+    """Cityscapes colours first, then a deterministic spread (PASCAL VOC's bit-interleaving)."""
+    colours = list(CITYSCAPES_PALETTE[:num_classes])
+    index = len(colours)
+    while len(colours) < num_classes:
+        r = g = b = 0
+        c = index
+        for shift in range(7, -1, -1):
+            r |= ((c >> 0) & 1) << shift
+            g |= ((c >> 1) & 1) << shift
+            b |= ((c >> 2) & 1) << shift
+            c >>= 3
+        colours.append((r, g, b))
+        index += 1
+    return tuple(colours)
+
+
+def default_class_names(num_classes: int) -> tuple[str, ...]:
+    if num_classes == len(CITYSCAPES_CLASSES):
+        return CITYSCAPES_CLASSES
+    return tuple(f"class_{i}" for i in range(num_classes))
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'512x1024' -> (512, 1024)."""
+    parts = text.lower().replace(",", "x").split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise ValueError(f"size must look like HxW (e.g. 512x1024), got {text!r}")
+    h, w = (int(p) for p in parts)
+    if h < 8 or w < 8:
+        raise ValueError(f"size must be at least 8x8, got {text!r}")
+    return h, w
+
+
+__all__ = [
+    "BLOCKS_PER_DEPTH",
+    "CITYSCAPES_CLASSES",
+    "CITYSCAPES_PALETTE",
+    "ModelConfig",
+    "default_class_names",
+    "default_palette",
+    "parse_size",
+]

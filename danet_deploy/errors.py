@@ -1,0 +1,30 @@
+"""Errors a user can act on, each with the exit code the CLI returns for it."""
+
+from __future__ import annotations
+
+# Exit codes (documented in README.md):
+EXIT_OK = 0
+EXIT_CHECK_FAILED = 1  # parity / mIoU outside tolerance
+EXIT_BAD_INPUT = 2  # unreadable or invalid file, bad option value, unsafe checkpoint
+EXIT_MISSING_DEPENDENCY = 3  # an optional dependency (e.g. TensorRT) or device is not available
+
+
+class DeployError(Exception):
+    """A one-line, user-facing error. `exit_code` is what the CLI exits with."""
+
+    exit_code = EXIT_BAD_INPUT
+
+    def __init__(self, message: str, exit_code: int | None = None):
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+class BadInputError(DeployError):
+    exit_code = EXIT_BAD_INPUT
+
+
+class CheckFailedError(DeployError):
+    """A verification ran and its result is outside tolerance."""
+
+    exit_code = EXIT_CHECK_FAILED

@@ -1,0 +1,336 @@
+"""PyTorch DANet -> ONNX, with the model config and provenance inside, checked right after export.
+
+Exporter choice: torch.onnx's dynamo exporter for opset >= 18 (the default). For opset < 18 (TensorRT 8.6
+on JetPack 6.0 parses up to 17; MMDeploy uses 11) the legacy TorchScript exporter is used, because the
+dynamo exporter can only reach those opsets through a version converter that fails on DANet's graph and
+leaves the model at opset 18.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from .artifacts import atomic_output, sha256_file, tool_versions
+from .config import ModelConfig
+from .errors import BadInputError, CheckFailedError
+
+META_CONFIG = "danet_deploy.model_config"
+META_PROVENANCE = "danet_deploy.provenance"
+META_IO = "danet_deploy.io"
+MIN_DYNAMO_OPSET = 18
+DEFAULT_OPSET = 18
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """How to export. `input_size` None means the model config's size."""
+
+    input_size: tuple[int, int] | None = None
+    batch: int = 1
+    dynamic: bool = False
+    opset: int = DEFAULT_OPSET
+    argmax: bool = False
+    uint8_input: bool = False
+    atol: float = 1e-4
+    rtol: float = 1e-4
+
+    @property
+    def exporter(self) -> str:
+        return "dynamo" if self.opset >= MIN_DYNAMO_OPSET else "legacy"
+
+
+@dataclass
+class ParityResult:
+    """ONNX Runtime vs PyTorch on one input: the error and whether it is within tolerance."""
+
+    shape: tuple[int, ...]
+    max_abs_diff: float
+    mean_abs_diff: float
+    max_abs_reference: float
+    label_agreement: float
+    tolerance: float
+
+    @property
+    def passed(self) -> bool:
+        return bool(np.isfinite(self.max_abs_diff) and self.max_abs_diff <= self.tolerance)
+
+
+@dataclass
+class ExportRecord:
+    """What export produced; saved in the ONNX metadata (provenance) and printed by the CLI."""
+
+    onnx_path: str
+    onnx_sha256: str
+    size_bytes: int
+    exporter: str
+    opset: int
+    export_seconds: float
+    parity: list[ParityResult] = field(default_factory=list)
+    inputs: dict[str, Any] = field(default_factory=dict)
+    outputs: dict[str, Any] = field(default_factory=dict)
+
+
+class DeployWrapper(nn.Module):
+    """The graph users deploy: optional baked preprocessing (uint8 NHWC RGB in) and argmax labels out."""
+
+    def __init__(self, model: nn.Module, config: ModelConfig, argmax: bool, uint8_input: bool):
+        super().__init__()
+        self.model = model
+        self.argmax = argmax
+        self.uint8_input = uint8_input
+        self.register_buffer("mean255", torch.tensor(config.mean).view(1, 3, 1, 1) * 255.0, persistent=False)
+        self.register_buffer("std255", torch.tensor(config.std).view(1, 3, 1, 1) * 255.0, persistent=False)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        x = image
+        if self.uint8_input:
+            x = (image.permute(0, 3, 1, 2).float() - self.mean255) / self.std255
+        logits = self.model(x)
+        if not self.argmax:
+            return logits
+        # int32 labels: TensorRT 8.6 has no INT64 tensors and class ids fit easily.
+        return logits, logits.argmax(1).to(torch.int32)
+
+
+def io_spec(config: ModelConfig, options: ExportOptions) -> tuple[dict[str, Any], dict[str, Any]]:
+    h, w = options.input_size or config.input_size
+    n: int | str = "batch" if options.dynamic else options.batch
+    hh: int | str = "height" if options.dynamic else h
+    ww: int | str = "width" if options.dynamic else w
+    if options.uint8_input:
+        inputs = {"image": {"dtype": "uint8", "shape": [n, hh, ww, 3], "layout": "NHWC RGB 0-255, unnormalized"}}
+    else:
+        inputs = {"image": {"dtype": "float32", "shape": [n, 3, hh, ww], "layout": "NCHW RGB, normalized"}}
+    outputs: dict[str, Any] = {"logits": {"dtype": "float32", "shape": [n, config.num_classes, hh, ww]}}
+    if options.argmax:
+        outputs["labels"] = {"dtype": "int32", "shape": [n, hh, ww]}
+    return inputs, outputs
+
+
+def _example_input(config: ModelConfig, options: ExportOptions, image: np.ndarray | None) -> torch.Tensor:
+    from .data.preprocess import normalize, resize_image
+
+    h, w = options.input_size or config.input_size
+    if image is None:
+        rng = np.random.default_rng(0)
+        image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    image = resize_image(image, (h, w))
+    batch = np.repeat(image[None], options.batch, axis=0)
+    if options.uint8_input:
+        return torch.from_numpy(np.ascontiguousarray(batch))
+    return torch.from_numpy(np.concatenate([normalize(im, config) for im in batch]))
+
+
+def _quiet() -> contextlib.ExitStack:
+    """Silence the exporters' progress prints and warnings; errors still raise."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(warnings.catch_warnings())
+    warnings.simplefilter("ignore")
+    stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+    for name in ("torch.onnx", "torch.export", "onnxscript", "torch._dynamo"):
+        logger = logging.getLogger(name)
+        previous = logger.level
+        logger.setLevel(logging.ERROR)
+        stack.callback(logger.setLevel, previous)
+    return stack
+
+
+def _torch_export(wrapper: nn.Module, example: torch.Tensor, path: Path, options: ExportOptions) -> None:
+    output_names = ["logits", "labels"] if options.argmax else ["logits"]
+    image_axes = {0: "batch", 1: "height", 2: "width"} if options.uint8_input else {0: "batch", 2: "height", 3: "width"}
+    with _quiet():
+        if options.exporter == "dynamo":
+            dynamic_shapes = None
+            if options.dynamic:
+                dim = torch.export.Dim.AUTO
+                dynamic_shapes = {"image": dict.fromkeys(image_axes, dim)}
+            program = torch.onnx.export(
+                wrapper, (example,), input_names=["image"], output_names=output_names,
+                opset_version=options.opset, dynamo=True, dynamic_shapes=dynamic_shapes, verbose=False,
+            )  # fmt: skip
+            program.save(str(path))
+        else:
+            dynamic_axes = None
+            if options.dynamic:
+                out_axes = {0: "batch", 2: "height", 3: "width"}
+                dynamic_axes = {"image": image_axes, "logits": out_axes}
+                if options.argmax:
+                    dynamic_axes["labels"] = {0: "batch", 1: "height", 2: "width"}
+            torch.onnx.export(
+                wrapper, (example,), str(path), input_names=["image"], output_names=output_names,
+                opset_version=options.opset, dynamo=False, dynamic_axes=dynamic_axes, do_constant_folding=True,
+            )  # fmt: skip
+
+
+def _name_dynamic_dims(model: onnx.ModelProto, options: ExportOptions) -> None:
+    """The dynamo exporter names symbolic dims s0, s1, ...; give them the names users expect."""
+    if not options.dynamic:
+        return
+    image = model.graph.input[0].type.tensor_type.shape.dim
+    positions = (0, 1, 2) if options.uint8_input else (0, 2, 3)
+    rename = {
+        image[p].dim_param: name for p, name in zip(positions, ("batch", "height", "width")) if image[p].dim_param
+    }
+    for value in list(model.graph.input) + list(model.graph.output):
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param in rename:
+                dim.dim_param = rename[dim.dim_param]
+
+
+def read_metadata(model: onnx.ModelProto | str | os.PathLike[str]) -> dict[str, Any]:
+    """The danet-deploy metadata of an ONNX file: {'model_config', 'provenance', 'io'} (missing keys absent)."""
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(str(model), load_external_data=False)
+    props = {p.key: p.value for p in model.metadata_props}
+    out: dict[str, Any] = {}
+    for key, name in ((META_CONFIG, "model_config"), (META_PROVENANCE, "provenance"), (META_IO, "io")):
+        if key in props:
+            out[name] = json.loads(props[key])
+    return out
+
+
+def config_from_onnx(path: str | os.PathLike[str]) -> ModelConfig:
+    try:
+        meta = read_metadata(path)
+    except Exception as exc:  # onnx raises several types for corrupt files
+        raise BadInputError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
+    if "model_config" not in meta:
+        raise BadInputError(f"{path}: no danet-deploy model config in the ONNX metadata (export it with danet-deploy)")
+    return ModelConfig.from_dict(meta["model_config"])
+
+
+def write_metadata(model: onnx.ModelProto, entries: dict[str, Any]) -> None:
+    existing = {p.key: p for p in model.metadata_props}
+    for key, value in entries.items():
+        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+        if key in existing:
+            existing[key].value = text
+        else:
+            model.metadata_props.add(key=key, value=text)
+
+
+def onnxruntime_session(path: str | os.PathLike[str], threads: int | None = None) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def check_parity(
+    onnx_path: Path, model: nn.Module, example: torch.Tensor, options: ExportOptions, session: Any = None
+) -> ParityResult:
+    session = session or onnxruntime_session(onnx_path)
+    with torch.no_grad():
+        reference = model(example)
+    reference = (reference[0] if isinstance(reference, tuple) else reference).numpy()
+    got = session.run(["logits"], {"image": example.numpy()})[0]
+    if got.shape != reference.shape:
+        raise CheckFailedError(f"{onnx_path}: ONNX output shape {got.shape} != PyTorch {reference.shape}")
+    diff = np.abs(got.astype(np.float64) - reference)
+    max_ref = float(np.abs(reference).max())
+    return ParityResult(
+        shape=tuple(example.shape),
+        max_abs_diff=float(diff.max()),
+        mean_abs_diff=float(diff.mean()),
+        max_abs_reference=max_ref,
+        label_agreement=float((got.argmax(1) == reference.argmax(1)).mean()),
+        tolerance=options.atol + options.rtol * max_ref,
+    )
+
+
+def export_onnx(
+    model: nn.Module,
+    config: ModelConfig,
+    out_path: str | os.PathLike[str],
+    options: ExportOptions = ExportOptions(),
+    image: np.ndarray | None = None,
+    provenance: dict[str, Any] | None = None,
+) -> ExportRecord:
+    """Export, embed config + provenance, run onnx.checker and the ONNX Runtime parity check.
+
+    On any failure (including parity beyond tolerance) nothing is left at `out_path`.
+    `image` is the real RGB image the parity check runs on (resized to the input size).
+    """
+    if options.opset < 11:
+        raise BadInputError(f"opset {options.opset} is too old; DANet needs opset >= 11")
+    model = model.eval()
+    wrapper = DeployWrapper(model, config, options.argmax, options.uint8_input).eval()
+    example = _example_input(config, options, image)
+    out = Path(out_path)
+    started = time.perf_counter()
+    with atomic_output(out) as tmp:
+        _torch_export(wrapper, example, tmp, options)
+        proto = onnx.load(str(tmp))
+        opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+        if opset != options.opset:
+            raise CheckFailedError(f"{out}: exporter produced opset {opset}, not the requested {options.opset}")
+        _name_dynamic_dims(proto, options)
+        inputs, outputs = io_spec(config, options)
+        record_provenance = {
+            **(provenance or {}),
+            "exporter": f"torch.onnx ({options.exporter})",
+            "export_options": {k: v for k, v in asdict(options).items() if k not in ("atol", "rtol")},
+            "tool_versions": tool_versions(),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        write_metadata(
+            proto,
+            {
+                META_CONFIG: config.to_dict(),
+                META_PROVENANCE: record_provenance,
+                META_IO: {"inputs": inputs, "outputs": outputs},
+            },
+        )
+        proto.producer_name = "danet-deploy"
+        proto.doc_string = f"{config.arch}, {config.num_classes} classes; see metadata {META_CONFIG}"
+        onnx.save(proto, str(tmp))
+        export_seconds = time.perf_counter() - started
+        try:
+            onnx.checker.check_model(str(tmp), full_check=True)
+        except onnx.checker.ValidationError as exc:
+            raise CheckFailedError(f"{out}: onnx.checker rejected the export: {str(exc).splitlines()[0]}") from None
+        session = onnxruntime_session(tmp)
+        results = [check_parity(tmp, wrapper, example, options, session)]
+        if options.dynamic and not options.uint8_input:
+            # A second batch size and an odd spatial size prove the dynamic axes, not just the traced shape.
+            h, w = example.shape[-2:]
+            other = torch.nn.functional.interpolate(example, size=(h * 3 // 4 + 3, w * 3 // 4 + 5), mode="bilinear")
+            results.append(check_parity(tmp, wrapper, other.repeat(2, 1, 1, 1), options, session))
+        del session
+        failed = [r for r in results if not r.passed]
+        if failed:
+            r = failed[0]
+            raise CheckFailedError(
+                f"{out}: ONNX Runtime vs PyTorch max abs diff {r.max_abs_diff:.3g} at input {list(r.shape)} exceeds "
+                f"tolerance {r.tolerance:.3g} (atol {options.atol:g} + rtol {options.rtol:g} x max|logit| "
+                f"{r.max_abs_reference:.3g}); file not written"
+            )
+    return ExportRecord(
+        onnx_path=str(out),
+        onnx_sha256=sha256_file(out),
+        size_bytes=out.stat().st_size,
+        exporter=options.exporter,
+        opset=options.opset,
+        export_seconds=round(export_seconds, 2),
+        parity=results,
+        inputs=inputs,
+        outputs=outputs,
+    )

@@ -1,0 +1,113 @@
+"""DANet: dilated ResNet + dual attention head (position attention PAM, channel attention CAM).
+
+Defined exactly as the official code and MMSegmentation compute it; head attribute names follow
+MMSegmentation's `DAHead` (the descriptive ones), checkpoint mapping lives in `checkpoints.py`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ModelConfig
+from .resnet import DilatedResNet
+
+
+class ConvBNReLU(nn.Module):
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 3):
+        super().__init__()
+        self.conv = nn.Conv2d(in_ch, out_ch, kernel_size, padding=kernel_size // 2, bias=False)
+        self.bn = nn.BatchNorm2d(out_ch)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.bn(self.conv(x)))
+
+
+class PositionAttention(nn.Module):
+    """PAM: out = gamma * V softmax(Q^T K)^T + x over all N = H*W positions (no 1/sqrt(d) scaling)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.query_project = nn.Conv2d(channels, channels // 8, 1)
+        self.key_project = nn.Conv2d(channels, channels // 8, 1)
+        self.value_project = nn.Conv2d(channels, channels, 1)
+        self.gamma = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        query = self.query_project(x).flatten(2).transpose(1, 2)  # B, N, C/8
+        key = self.key_project(x).flatten(2)  # B, C/8, N
+        attention = torch.softmax(torch.bmm(query, key), dim=-1)  # B, N, N
+        value = self.value_project(x).flatten(2)  # B, C, N
+        out = torch.bmm(value, attention.transpose(1, 2)).reshape(x.shape)
+        return self.gamma * out + x
+
+
+class ChannelAttention(nn.Module):
+    """CAM: out = gamma * softmax(rowmax(E) - E) X + x with E = X X^T (C x C), as trained."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.flatten(2)  # B, C, N
+        energy = torch.bmm(flat, flat.transpose(1, 2))  # B, C, C
+        energy_new = torch.max(energy, -1, keepdim=True)[0].expand_as(energy) - energy
+        attention = torch.softmax(energy_new, dim=-1)
+        out = torch.bmm(attention, flat).reshape(x.shape)
+        return self.gamma * out + x
+
+
+class DAHead(nn.Module):
+    """Two branches on the backbone feature, fused by a sum, plus the two training-only aux classifiers."""
+
+    def __init__(self, in_channels: int, num_classes: int):
+        super().__init__()
+        inter = in_channels // 4
+        self.pam_in_conv = ConvBNReLU(in_channels, inter)
+        self.pam = PositionAttention(inter)
+        self.pam_out_conv = ConvBNReLU(inter, inter)
+        self.cam_in_conv = ConvBNReLU(in_channels, inter)
+        self.cam = ChannelAttention()
+        self.cam_out_conv = ConvBNReLU(inter, inter)
+        self.dropout = nn.Dropout2d(0.1)
+        self.classifier = nn.Conv2d(inter, num_classes, 1)
+        self.pam_aux_classifier = nn.Conv2d(inter, num_classes, 1)
+        self.cam_aux_classifier = nn.Conv2d(inter, num_classes, 1)
+
+    def forward(self, x: torch.Tensor, with_aux: bool = False) -> tuple[torch.Tensor, ...]:
+        pam_feat = self.pam_out_conv(self.pam(self.pam_in_conv(x)))
+        cam_feat = self.cam_out_conv(self.cam(self.cam_in_conv(x)))
+        fused = self.classifier(self.dropout(pam_feat + cam_feat))
+        if not with_aux:
+            return (fused,)
+        return fused, self.pam_aux_classifier(self.dropout(pam_feat)), self.cam_aux_classifier(self.dropout(cam_feat))
+
+
+class DANet(nn.Module):
+    """Normalized N x 3 x H x W image in, N x classes x H x W logits out (bilinear upsampled)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.backbone = DilatedResNet(config)
+        self.head = DAHead(self.backbone.out_channels, config.num_classes)
+
+    def _upsample(self, logits: torch.Tensor, size: torch.Size) -> torch.Tensor:
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=self.config.align_corners)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        (fused,) = self.head(self.backbone(image))
+        return self._upsample(fused, image.shape[-2:])
+
+    def forward_train(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(fused, pam_aux, cam_aux) logits at input size, for training with the auxiliary losses."""
+        fused, pam_aux, cam_aux = self.head(self.backbone(image), with_aux=True)
+        size = image.shape[-2:]
+        return self._upsample(fused, size), self._upsample(pam_aux, size), self._upsample(cam_aux, size)
+
+
+def build_danet(config: ModelConfig) -> DANet:
+    return DANet(config)

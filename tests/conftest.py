@@ -1,0 +1,53 @@
+"""Shared fixtures: a tiny DANet with active attention, its checkpoint, and small labeled data sets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from danet_deploy.checkpoints import save_checkpoint
+from danet_deploy.config import ModelConfig
+from danet_deploy.data.synthetic import write_cityscapes_split
+from danet_deploy.model import DANet, build_danet
+
+TINY = ModelConfig(depth=18, base_width=8, stem_channels=(8, 8, 16), input_size=(64, 128))
+
+
+def randomize(model: DANet, seed: int = 0) -> DANet:
+    """Random BN statistics and non-zero attention gammas, so every part of the graph shows in the output."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+        model.head.pam.gamma.fill_(0.5)
+        model.head.cam.gamma.fill_(0.3)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> DANet:
+    torch.manual_seed(0)
+    return randomize(build_danet(TINY))
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tiny_model: DANet, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_checkpoint(tiny_model, tmp_path_factory.mktemp("ckpt") / "tiny.pth")
+
+
+@pytest.fixture(scope="session")
+def city_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three labeled synthetic scenes in the Cityscapes layout (labelTrainIds and labelIds)."""
+    return write_cityscapes_split(tmp_path_factory.mktemp("city"), "val", 3, 64, 128, label_ids=True)
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)

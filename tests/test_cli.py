@@ -1,0 +1,126 @@
+"""The CLI as a user runs it: export, verify, exit codes, one-line errors, nothing half-written."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from danet_deploy.bundled import DEMO_CHECKPOINT
+
+CLI = [sys.executable, "-m", "danet_deploy.cli"]
+
+
+def run(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "DANET_DEPLOY_DEBUG"}
+    env["COLUMNS"] = "200"
+    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, *needles: str) -> None:
+    assert result.returncode == code, result.stderr + result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in result.stderr
+    assert lines[-1].startswith("error:"), result.stderr
+    for needle in needles:
+        assert needle in result.stderr, (needle, result.stderr)
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "tiny.onnx"
+    result = run("export", tiny_ckpt, "-o", out, "--input-size", "64x128")
+    assert result.returncode == 0, result.stderr
+    assert "max abs diff" in result.stdout and out.is_file()
+    return out
+
+
+def test_verify_passes_and_writes_the_json_report(
+    exported: Path, tiny_ckpt: Path, city_data: Path, tmp_path: Path
+) -> None:
+    report_path = tmp_path / "report.json"
+    result = run("verify", "--ckpt", tiny_ckpt, "--onnx", exported, "--data", city_data, "--json", report_path)
+    assert result.returncode == 0, result.stderr + result.stdout
+    report = json.loads(report_path.read_text())
+    assert report["passed"] is True and report["images"] == 3
+    names = [b["name"] for b in report["backends"]]
+    assert names == ["pytorch", "onnxruntime:tiny.onnx"]
+    for b in report["backends"]:
+        assert {"name", "miou", "per_class_iou", "pixel_agreement", "max_abs_diff", "mean_abs_diff"} <= set(b)
+        assert len(b["per_class_iou"]) == 19
+    pt, ort = report["backends"]
+    assert ort["miou"] == pytest.approx(pt["miou"], abs=1e-6)
+    assert ort["pixel_agreement"] >= 0.9999 and ort["max_abs_diff"] < 1e-3
+
+
+def test_verify_fails_with_exit_1_when_an_onnx_model_disagrees(
+    exported: Path, tiny_ckpt: Path, city_data: Path, tmp_path: Path
+) -> None:
+    model = onnx.load(str(exported))
+    # Shift the fused classifier's bias for one class: a wrong-weights model that still runs.
+    bias = next(i for i in model.graph.initializer if numpy_helper.to_array(i).shape == (19,))
+    values = numpy_helper.to_array(bias).copy()
+    values[0] += 5.0
+    bias.CopyFrom(numpy_helper.from_array(values, bias.name))
+    broken = tmp_path / "broken.onnx"
+    onnx.save(model, str(broken))
+    report_path = tmp_path / "r.json"
+    result = run("verify", "--ckpt", tiny_ckpt, "--onnx", broken, "--data", city_data, "--json", report_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "parity check failed" in result.stderr
+    report = json.loads(report_path.read_text())
+    assert report["passed"] is False and report["backends"][1]["passed"] is False
+    assert report["backends"][1]["max_abs_diff"] > 1.0
+
+
+def test_export_bad_inputs_give_one_line_and_write_nothing(tmp_path: Path, tiny_ckpt: Path) -> None:
+    out = tmp_path / "o.onnx"
+    assert_one_line_error(run("export", tmp_path / "nope.pth", "-o", out), 2, "nope.pth", "no such checkpoint")
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes(np.random.default_rng(0).bytes(4096))
+    assert_one_line_error(run("export", corrupt, "-o", out), 2, "corrupt.pth", "not a readable PyTorch checkpoint")
+    assert_one_line_error(run("export", tiny_ckpt, "-o", out, "--input-size", "big"), 2, "--input-size")
+    assert_one_line_error(run("export", tiny_ckpt, "-o", out, "--layout", "caffe"), 2, "unknown layout")
+    assert_one_line_error(run("export", tiny_ckpt, "-o", out, "--opset", "9"), 2, "opset 9")
+    assert list(tmp_path.iterdir()) == [corrupt]
+
+
+def test_malicious_checkpoint_is_refused_and_its_code_never_runs(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pth"
+    code = (
+        "import os, torch\n"
+        "class Evil:\n"
+        f"    def __reduce__(self): return (os.system, ('touch {marker}',))\n"
+        f"torch.save({{'state_dict': {{}}, 'x': Evil()}}, {str(evil)!r})\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    result = run("export", evil, "-o", tmp_path / "o.onnx")
+    assert_one_line_error(result, 2, "evil.pth", "refused")
+    assert not marker.exists()
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_verify_bad_inputs(exported: Path, tmp_path: Path, tiny_ckpt: Path) -> None:
+    assert_one_line_error(run("verify", "--onnx", exported, "--data", tmp_path / "none"), 2, "no such data folder")
+    assert_one_line_error(run("verify", "--data", tmp_path), 2, "--ckpt and/or --onnx")
+    not_onnx = tmp_path / "x.onnx"
+    not_onnx.write_text("hello")
+    assert_one_line_error(run("verify", "--onnx", not_onnx, "--data", tmp_path), 2, "x.onnx")
+
+
+@pytest.mark.skipif(not DEMO_CHECKPOINT.is_file(), reason="bundled demo checkpoint not built yet")
+def test_demo_runs_end_to_end(tmp_path: Path) -> None:
+    result = run("demo", "--workdir", tmp_path / "demo")
+    assert result.returncode == 0, result.stderr + result.stdout
+    report = json.loads((tmp_path / "demo" / "report.json").read_text())
+    assert report["passed"] and report["images"] == 24
+    pt, ort = report["backends"]
+    assert pt["miou"] > 60 and abs(pt["miou"] - ort["miou"]) < 0.01
