@@ -14,9 +14,13 @@ DEMO_CHECKPOINT = ASSETS / "demo_danet_r18w32.pth"
 DEMO_DATA = ASSETS / "demo_data"  # Cityscapes layout, split "val"
 
 
-def sample_image() -> np.ndarray:
-    """A real (synthetic-scene) RGB image for post-export parity checks."""
-    images = sorted((DEMO_DATA / "leftImg8bit").rglob("*_leftImg8bit.png"))
+def sample_images(count: int) -> list[np.ndarray]:
+    """Real (synthetic-scene) RGB images for the parity checks after export and after each graph pass."""
+    images = sorted((DEMO_DATA / "leftImg8bit").rglob("*_leftImg8bit.png"))[:count]
     if not images:
         raise BadInputError(f"{DEMO_DATA}: bundled demo images are missing; pass --image")
-    return read_image(images[0])
+    return [read_image(p) for p in images]
+
+
+def sample_image() -> np.ndarray:
+    return sample_images(1)[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import tempfile
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeRemainingColumn
 
 from .errors import EXIT_BAD_INPUT, DeployError
+from .graph.pam import DEFAULT_BLOCK
 
 app = typer.Typer(
     add_completion=False,
@@ -119,6 +121,13 @@ def _class_names(text: str | None) -> tuple[str, ...] | None:
     return tuple(names)
 
 
+TargetOpt = Annotated[
+    str | None, typer.Option(help="Deployment target: trt8.6, trt10.3, trt10.14, trt11, ort (sets the PAM form).")
+]
+AttentionOpt = Annotated[
+    str | None, typer.Option(help="PAM form: naive, mha, onnx-attention, blocked (default: chosen from --target).")
+]
+BlockOpt = Annotated[int, typer.Option(min=1, help="Query block size of the blocked PAM form.")]
 LayoutOpt = Annotated[str | None, typer.Option(help="Checkpoint layout: ours, official, mmseg (default: detected).")]
 DilationsOpt = Annotated[
     str | None,
@@ -171,6 +180,10 @@ def export(
     class_names: ClassNamesOpt = None,
     mean: MeanOpt = None,
     std: StdOpt = None,
+    simplify: Annotated[bool, typer.Option("--simplify", help="Run the graph passes (see `simplify`).")] = False,
+    target: TargetOpt = None,
+    attention: AttentionOpt = None,
+    block: BlockOpt = DEFAULT_BLOCK,
 ) -> None:
     """Export a checkpoint to ONNX, then check it with onnx.checker and ONNX Runtime vs PyTorch."""
     from .bundled import sample_image
@@ -189,10 +202,93 @@ def export(
         atol=atol, rtol=rtol,
     )  # fmt: skip
     parity_image = read_image(image) if image else sample_image()
-    with spinner(f"exporting {loaded.config.arch} ({options.exporter} exporter, opset {opset}) and checking parity"):
-        record = export_onnx(loaded.model, loaded.config, output, options, parity_image, loaded.provenance())
-    for line in export_summary(record):
+    if (target or attention) and not simplify:
+        raise DeployError("--target/--attention take effect with --simplify", EXIT_BAD_INPUT)
+    with contextlib.ExitStack() as stack:
+        raw = output
+        if simplify:  # export beside, simplify onto `output`: a failed pass leaves nothing at `output`
+            raw = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=output.parent or None))) / "raw.onnx"
+        with spinner(f"exporting {loaded.config.arch} ({options.exporter} exporter, opset {opset}), checking parity"):
+            record = export_onnx(loaded.model, loaded.config, raw, options, parity_image, loaded.provenance())
+        for line in export_summary(record):
+            out.print(line.replace(str(raw), str(output)), highlight=False)
+        if simplify:
+            _simplify(raw, output, target, attention, block, None, atol, rtol)
+
+
+def _simplify(
+    model: Path, output: Path, target: str | None, attention: str | None, block: int, heads: int | None,
+    atol: float, rtol: float,
+) -> None:  # fmt: skip
+    from .graph.simplify import simplify_file
+    from .report import simplify_lines
+
+    with spinner("simplifying the graph, checking every pass with ONNX Runtime"):
+        report, info = simplify_file(
+            model, output, target=target, attention=attention, block=block, heads=heads, atol=atol, rtol=rtol,
+            on_pass=lambda p: err.print(f"  pass {p.name}: max abs diff {p.max_abs_diff:.2e}", highlight=False),
+        )  # fmt: skip
+    for line in simplify_lines(report):
         out.print(line, highlight=False)
+    out.print(f"wrote {output} ({info['size_bytes'] / 2**20:.1f} MiB)", highlight=False)
+
+
+@app.command()
+@guarded
+def simplify(
+    model: Annotated[Path, typer.Argument(help="ONNX model (from `danet-deploy export`).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="ONNX file to write.")],
+    target: TargetOpt = None,
+    attention: AttentionOpt = None,
+    block: BlockOpt = DEFAULT_BLOCK,
+    heads: Annotated[
+        int | None, typer.Option(min=1, help="PAM value heads for mha/onnx-attention (default C/64).")
+    ] = None,
+    atol: Annotated[float, typer.Option(help="Per-pass tolerance: atol + rtol * max|logit|.")] = 1e-4,
+    rtol: Annotated[float, typer.Option(help="Per-pass tolerance, relative part.")] = 1e-4,
+) -> None:
+    """Simplify the attention graph for a target; every pass is checked against the previous graph."""
+    _simplify(model, output, target, attention, block, heads, atol, rtol)
+
+
+@app.command()
+@guarded
+def inspect(
+    model: Annotated[Path, typer.Argument(help="ONNX model.")],
+    target: Annotated[str, typer.Option(help="trt8.6, trt10.3, trt10.14, trt11 or ort.")] = "trt10.3",
+    input_size: Annotated[str | None, typer.Option(help="HxW to lint at (required for dynamic models).")] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the findings as JSON.")] = None,
+    strict: Annotated[bool, typer.Option(help="Exit 1 when the lint finds errors for the target.")] = False,
+) -> None:
+    """Op histogram, attention sites and their form, model config, TensorRT readiness lint, memory estimate."""
+    import dataclasses
+
+    import onnx as onnx_lib
+
+    from .errors import CheckFailedError
+    from .export import read_metadata
+    from .graph.lint import lint
+    from .report import inspect_tables, write_json
+
+    if not model.is_file():
+        raise DeployError(f"{model}: no such ONNX file", EXIT_BAD_INPUT)
+    try:
+        proto = onnx_lib.load(str(model))
+    except Exception:
+        raise DeployError(f"{model}: not a readable ONNX model", EXIT_BAD_INPUT) from None
+    size = _size(input_size)
+    try:
+        with spinner("linting"):
+            report = lint(proto, target, size)
+    except ValueError as exc:
+        raise DeployError(f"{model}: {exc}", EXIT_BAD_INPUT) from None
+    meta = read_metadata(proto)
+    for item in inspect_tables(str(model), meta, report):
+        out.print(item)
+    if json_path:
+        write_json({"model": str(model), "metadata": meta, **dataclasses.asdict(report)}, json_path)
+    if strict and report.errors:
+        raise CheckFailedError(f"{model}: {len(report.errors)} TensorRT readiness error(s) for {report.target}")
 
 
 @app.command()

@@ -32,6 +32,7 @@ from .errors import BadInputError, CheckFailedError
 META_CONFIG = "danet_deploy.model_config"
 META_PROVENANCE = "danet_deploy.provenance"
 META_IO = "danet_deploy.io"
+META_GRAPH = "danet_deploy.graph"
 MIN_DYNAMO_OPSET = 18
 DEFAULT_OPSET = 18
 
@@ -198,7 +199,8 @@ def read_metadata(model: onnx.ModelProto | str | os.PathLike[str]) -> dict[str, 
         model = onnx.load(str(model), load_external_data=False)
     props = {p.key: p.value for p in model.metadata_props}
     out: dict[str, Any] = {}
-    for key, name in ((META_CONFIG, "model_config"), (META_PROVENANCE, "provenance"), (META_IO, "io")):
+    keys = ((META_CONFIG, "model_config"), (META_PROVENANCE, "provenance"), (META_IO, "io"), (META_GRAPH, "graph"))
+    for key, name in keys:
         if key in props:
             out[name] = json.loads(props[key])
     return out

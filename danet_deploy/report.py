@@ -11,6 +11,8 @@ from rich.table import Table
 
 from .artifacts import atomic_output
 from .export import ExportRecord
+from .graph.lint import LintReport, format_bytes
+from .graph.simplify import SimplifyReport
 from .verify import VerifyReport
 
 
@@ -60,3 +62,75 @@ def export_summary(record: ExportRecord) -> list[str]:
             f"(tolerance {p.tolerance:.3g}), mean {p.mean_abs_diff:.3g}, label agreement {p.label_agreement:.4%}"
         )
     return lines
+
+
+def simplify_lines(report: SimplifyReport) -> list[str]:
+    lines = [f"target {report.target}: PAM form '{report.attention}' ({report.reason})"]
+    for p in report.passes:
+        lines.append(
+            f"  {p.name:<20} {p.nodes_before:>4} -> {p.nodes_after:<4} nodes  max abs diff {p.max_abs_diff:.2e} "
+            f"(tolerance {p.tolerance:.1e})  {p.detail}"
+        )
+    return lines
+
+
+def inspect_tables(path: str, meta: dict[str, Any], report: LintReport) -> list[Any]:
+    """Everything `inspect` shows: config, ops, attention sites, lint findings, memory per form."""
+    items: list[Any] = []
+    config = meta.get("model_config")
+    summary = Table(title=f"{path}", show_header=False)
+    summary.add_column("field")
+    summary.add_column("value")
+    if config:
+        arch = f"danet r{config['depth']} width {config['base_width']}, {config['num_classes']} classes"
+        summary.add_row(
+            "model", f"{arch}, stem {config['stem_channels']}, layer4 dilations {config['layer4_dilations']}"
+        )
+        summary.add_row("preprocessing", f"mean {config['mean']} std {config['std']}, align_corners "
+                        f"{config['align_corners']}, config input {config['input_size']}")  # fmt: skip
+    else:
+        summary.add_row("model config", "none (not exported by danet-deploy)")
+    provenance = meta.get("provenance", {})
+    if provenance:
+        sha = str(provenance.get("checkpoint_sha256", ""))[:12]
+        summary.add_row("provenance", f"{provenance.get('checkpoint', '?')} (sha256 {sha}...), "
+                        f"{provenance.get('exporter', '?')}, {provenance.get('created', '')}")  # fmt: skip
+    graph = meta.get("graph")
+    if graph:
+        summary.add_row("graph passes", f"target {graph['target']}, PAM {graph['attention']}: "
+                        + ", ".join(p["name"] for p in graph["passes"]))  # fmt: skip
+    summary.add_row("lint input", f"{report.input_shape} for target {report.target}")
+    items.append(summary)
+    ops = Table(title="operators")
+    ops.add_column("op")
+    ops.add_column("count", justify="right")
+    for op, count in report.op_histogram.items():
+        ops.add_row(op, str(count))
+    items.append(ops)
+    sites = Table(title="attention sites")
+    for column in ("kind", "form", "node", "N", "channels", "TensorRT MHA fusion"):
+        sites.add_column(column)
+    for s in report.sites:
+        fusion = "-" if s.mha_fusable is None else ("meets the rules" if s.mha_fusable else "no")
+        if s.mha_reasons:
+            fusion += ": " + "; ".join(s.mha_reasons)
+        sites.add_row(s.kind, s.form, s.node, str(s.seq_len or "-"), str(s.channels or "-"), fusion)
+    items.append(sites)
+    findings = Table(title=f"TensorRT readiness ({report.target})" if report.target != "ort" else "findings")
+    findings.add_column("level")
+    findings.add_column("check")
+    findings.add_column("finding")
+    colour = {"error": "red", "warning": "yellow", "info": "blue"}
+    for f in report.findings:
+        findings.add_row(f"[{colour[f.level]}]{f.level}[/]", f.code, f.message)
+    if not report.findings:
+        findings.add_row("[green]ok[/]", "-", "no findings")
+    items.append(findings)
+    if report.memory:
+        memory = Table(title=f"estimated peak PAM attention memory at {report.input_shape}")
+        for column in ("form", "memory", "note"):
+            memory.add_column(column)
+        for m in report.memory:
+            memory.add_row(m.form, format_bytes(m.bytes), m.note)
+        items.append(memory)
+    return items

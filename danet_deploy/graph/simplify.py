@@ -1,0 +1,221 @@
+"""The simplify stage: cleanup -> CAM -> PAM (form chosen per target), each pass checked with ONNX Runtime.
+
+After every pass the model runs on real images and is compared with its state before the pass; a pass
+whose max abs difference exceeds tolerance fails the stage and nothing is written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from ..artifacts import atomic_output, sha256_file
+from ..config import ModelConfig
+from ..data.preprocess import normalize, resize_image
+from ..errors import BadInputError, CheckFailedError
+from ..export import META_GRAPH, read_metadata, write_metadata
+from .cam import simplify_cam
+from .cleanup import cleanup
+from .pam import DEFAULT_BLOCK, RewriteError, pam_to_blocked, pam_to_mha, pam_to_onnx_attention
+from .sites import find_sites
+
+ATTENTION_FORMS = ("naive", "mha", "onnx-attention", "blocked")
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    tensorrt: tuple[int, int] | None  # None: ONNX Runtime
+    description: str
+
+
+TARGETS: dict[str, Target] = {
+    t.name: t
+    for t in (
+        Target("trt8.6", (8, 6), "TensorRT 8.6 (JetPack 6.0)"),
+        Target("trt10.3", (10, 3), "TensorRT 10.3 (JetPack 6.1/6.2, Jetson Orin)"),
+        Target("trt10.14", (10, 14), "TensorRT 10.14+ (JetPack 7.2, datacenter 10.x)"),
+        Target("trt11", (11, 0), "TensorRT 11 (datacenter, JetPack 7.2.2+)"),
+        Target("ort", None, "ONNX Runtime (CPU / edge)"),
+    )
+}
+
+
+def get_target(name: str) -> Target:
+    if name not in TARGETS:
+        raise BadInputError(f"unknown target {name!r}; choose from {', '.join(TARGETS)}")
+    return TARGETS[name]
+
+
+def choose_attention(target: Target, static: bool) -> tuple[str, str]:
+    """The PAM form for a target, and why."""
+    if target.tensorrt is None:
+        if static:
+            return (
+                "blocked",
+                "ONNX Runtime materializes the full N x N map (also in its Attention kernel); blocks bound it",
+            )
+        return "naive", "the blocked form needs static shapes and this model is dynamic"
+    if target.tensorrt >= (10, 14):
+        return "onnx-attention", "TensorRT >= 10.14 parses ONNX Attention into its fused attention layer"
+    return "mha", "TensorRT < 10.14 has no ONNX Attention; 4-D MatMul-Softmax-MatMul is what its MHA fusion matches"
+
+
+@dataclass
+class PassReport:
+    name: str
+    detail: str
+    nodes_before: int
+    nodes_after: int
+    max_abs_diff: float
+    tolerance: float
+    seconds: float
+
+
+@dataclass
+class SimplifyReport:
+    target: str
+    attention: str
+    reason: str
+    check_input: list[int]
+    passes: list[PassReport] = field(default_factory=list)
+
+
+def _input_feed(model: onnx.ModelProto, config: ModelConfig | None, images: list[np.ndarray]) -> list[np.ndarray]:
+    """Check inputs: real images at the model's static size (or the config's input size), preprocessed."""
+    value = model.graph.input[0]
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
+    uint8 = value.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    spatial = dims[1:3] if uint8 else dims[2:4]
+    size = tuple(spatial) if all(spatial) else (config.input_size if config else (64, 128))
+    feeds = []
+    for image in images:
+        resized = resize_image(image, size)  # type: ignore[arg-type]
+        if uint8:
+            feeds.append(resized[None])
+        else:
+            x = normalize(resized, config) if config else (resized.astype(np.float32) / 255)[None].transpose(0, 3, 1, 2)
+            feeds.append(np.ascontiguousarray(x, dtype=np.float32))
+    batch = dims[0] or 1
+    return [np.repeat(f, batch, axis=0) if batch > 1 else f for f in feeds]
+
+
+def _run(model: onnx.ModelProto, feeds: list[np.ndarray]) -> list[np.ndarray]:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return [session.run(["logits"], {name: f})[0] for f in feeds]
+
+
+def simplify_model(
+    model: onnx.ModelProto,
+    target: str | None = None,
+    attention: str | None = None,
+    images: list[np.ndarray] | None = None,
+    block: int = DEFAULT_BLOCK,
+    heads: int | None = None,
+    atol: float = 1e-4,
+    rtol: float = 1e-4,
+    on_pass: Callable[[PassReport], None] | None = None,
+) -> tuple[onnx.ModelProto, SimplifyReport]:
+    """Run the passes for `target` (PAM form `attention` or the target's default), checking each one.
+
+    Without a target and an explicit form, PAM stays as trained (cleanup and CAM only).
+    """
+    tgt = get_target(target) if target else None
+    meta = read_metadata(model)
+    original_props = [onnx.StringStringEntryProto(key=p.key, value=p.value) for p in model.metadata_props]
+    config = ModelConfig.from_dict(meta["model_config"]) if "model_config" in meta else None
+    input_dims = model.graph.input[0].type.tensor_type.shape.dim
+    static = all(d.HasField("dim_value") for d in input_dims)
+    if attention is None and tgt is None:
+        attention, reason = "naive", "no --target given: PAM left as trained"
+    elif attention is None:
+        assert tgt is not None
+        attention, reason = choose_attention(tgt, static)
+    elif attention not in ATTENTION_FORMS:
+        raise BadInputError(f"unknown attention form {attention!r}; choose from {', '.join(ATTENTION_FORMS)}")
+    else:
+        reason = "chosen with --attention"
+    passes: list[tuple[str, Callable[[onnx.ModelProto], tuple[onnx.ModelProto, str]]]] = [
+        ("cleanup", lambda m: (cleanup(m), "onnxslim: constant folding, shape ops, dead nodes")),
+        ("cam", lambda m: _counted(simplify_cam(m), "CAM site(s): rowmax chain removed")),
+    ]
+    if attention == "mha":
+        passes.append(("pam-mha", lambda m: _counted(pam_to_mha(m, heads), "PAM site(s) -> 4-D multi-head")))
+    elif attention == "onnx-attention":
+        passes.append(
+            ("pam-onnx-attention", lambda m: _counted(pam_to_onnx_attention(m, heads), "PAM site(s) -> Attention"))
+        )
+    elif attention == "blocked":
+        passes.append(
+            ("pam-blocked", lambda m: _counted(pam_to_blocked(m, block), f"PAM site(s) -> Scan, block {block}"))
+        )
+
+    existing = {s.form for s in find_sites(model) if s.kind == "pam"}
+    if attention != "naive" and existing and existing != {"naive"} and existing != {attention}:
+        raise BadInputError(
+            f"PAM is already in the {', '.join(sorted(existing))} form; simplify the raw export to get {attention!r}"
+        )
+
+    from ..bundled import sample_images
+
+    feeds = _input_feed(model, config, images if images is not None else sample_images(2))
+    report = SimplifyReport(tgt.name if tgt else "any", attention, reason, list(feeds[0].shape))
+    before = _run(model, feeds)
+    for name, apply in passes:
+        started = time.perf_counter()
+        nodes_before = len(model.graph.node)
+        try:
+            candidate, detail = apply(onnx.ModelProto.FromString(model.SerializeToString()))
+        except RewriteError as exc:
+            raise BadInputError(str(exc)) from None
+        after = _run(candidate, feeds)
+        diff = max(float(np.abs(a.astype(np.float64) - b).max()) for a, b in zip(after, before))
+        tolerance = atol + rtol * max(float(np.abs(b).max()) for b in before)
+        result = PassReport(name, detail, nodes_before, len(candidate.graph.node), diff, tolerance,
+                            round(time.perf_counter() - started, 2))  # fmt: skip
+        if on_pass:
+            on_pass(result)
+        if not np.isfinite(diff) or diff > tolerance:
+            raise CheckFailedError(f"pass {name}: max abs diff {diff:.3g} vs before exceeds tolerance {tolerance:.3g}")
+        report.passes.append(result)
+        model, before = candidate, after
+    if not model.metadata_props:  # a rewrite rebuilt the model; carry the config and provenance over
+        model.metadata_props.extend(original_props)
+    write_metadata(model, {META_GRAPH: json.dumps(asdict(report))})
+    return model, report
+
+
+def _counted(result: tuple[onnx.ModelProto, int], what: str) -> tuple[onnx.ModelProto, str]:
+    model, count = result
+    return model, f"{count} {what}"
+
+
+def simplify_file(
+    in_path: str | os.PathLike[str], out_path: str | os.PathLike[str], **kwargs: Any
+) -> tuple[SimplifyReport, dict[str, Any]]:
+    """File to file; nothing is written unless every pass passes its check."""
+    src = Path(in_path)
+    if not src.is_file():
+        raise BadInputError(f"{src}: no such ONNX file")
+    try:
+        model = onnx.load(str(src))
+    except Exception as exc:  # onnx raises DecodeError and others for non-ONNX files
+        raise BadInputError(f"{src}: not a readable ONNX model ({type(exc).__name__})") from None
+    simplified, report = simplify_model(model, **kwargs)
+    with atomic_output(out_path) as tmp:
+        onnx.save(simplified, str(tmp))
+        onnx.checker.check_model(str(tmp))
+    return report, {"onnx_sha256": sha256_file(out_path), "size_bytes": Path(out_path).stat().st_size}
