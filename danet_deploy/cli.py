@@ -300,9 +300,10 @@ def verify(
     split: Annotated[str, typer.Option(help="Cityscapes split.")] = "val",
     limit: Annotated[int | None, typer.Option(min=1, help="Evaluate only the first N images.")] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the full report as JSON.")] = None,
-    max_abs_diff: Annotated[float, typer.Option(help="Max abs logit difference vs the reference.")] = 1e-3,
-    min_agreement: Annotated[float, typer.Option(help="Min fraction of pixels with the reference's label.")] = 0.9999,
-    max_miou_drop: Annotated[float, typer.Option(help="Max mIoU points below the reference.")] = 0.05,
+    threshold: Annotated[
+        list[str] | None,
+        typer.Option(help="Override a pass threshold, e.g. fp16.min_pixel_agreement=0.998 (repeatable)."),
+    ] = None,
     threads: Annotated[int | None, typer.Option(min=1, help="ONNX Runtime intra-op threads.")] = None,
     layout: LayoutOpt = None,
 ) -> None:
@@ -315,7 +316,7 @@ def verify(
     from .report import per_class_table, verify_table, write_json
     from .runners.onnxruntime import OnnxRuntimeRunner
     from .runners.pytorch import PyTorchRunner
-    from .verify import Thresholds
+    from .verify import thresholds_with
     from .verify import verify as run_verify
 
     onnx = onnx or []
@@ -335,7 +336,7 @@ def verify(
     dataset = open_dataset(data, split).head(limit)
     if not dataset.labeled:
         err.print(f"note: {data} has images without labels; mIoU is not computed", highlight=False)
-    thresholds = Thresholds(max_abs_diff=max_abs_diff, min_pixel_agreement=min_agreement, max_miou_drop=max_miou_drop)
+    thresholds = thresholds_with(threshold or [])
     with image_progress(len(dataset), "verify") as progress:
         task = progress.add_task(f"verify ({len(runners)} backends)", total=len(dataset))
         report = run_verify(dataset, runners, config, thresholds, on_image=lambda i: progress.advance(task))

@@ -29,11 +29,20 @@ def _fmt(value: float | None, spec: str) -> str:
 def verify_table(report: VerifyReport) -> Table:
     size = "x".join(map(str, report.input_size)) if report.input_size else "native"
     table = Table(title=f"verify: {report.images} images, input {size}, reference {report.reference}")
-    for column in ("backend", "mIoU %", "pixel agreement", "max |diff|", "mean |diff|", "NaN/Inf", "result"):
+    for column in (
+        "backend",
+        "precision",
+        "mIoU %",
+        "pixel agreement",
+        "max |diff|",
+        "mean |diff|",
+        "NaN/Inf",
+        "result",
+    ):
         table.add_column(column, justify="left" if column == "backend" else "right")
     for b in report.backends:
         result = "[green]pass[/]" if b.passed else f"[red]FAIL[/] {'; '.join(b.failures)}"
-        table.add_row(b.name, _fmt(b.miou, ".2f"), f"{b.pixel_agreement:.4%}", f"{b.max_abs_diff:.2e}",
+        table.add_row(b.name, b.precision, _fmt(b.miou, ".2f"), f"{b.pixel_agreement:.4%}", f"{b.max_abs_diff:.2e}",
                       f"{b.mean_abs_diff:.2e}", str(b.nonfinite_values), result)  # fmt: skip
     return table
 

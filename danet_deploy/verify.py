@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -28,16 +28,46 @@ REPORT_SCHEMA_VERSION = 1
 
 @dataclass(frozen=True)
 class Thresholds:
-    """What a backend must meet against the reference to pass (FP32 defaults)."""
+    """What a backend must meet against the reference to pass."""
 
-    max_abs_diff: float = 1e-3  # on logits
+    max_abs_diff: float | None = 1e-3  # on logits; None: not checked (reduced precision)
     min_pixel_agreement: float = 0.9999  # fraction of pixels whose argmax label matches the reference
     max_miou_drop: float = 0.05  # mIoU points below the reference
+
+
+# Per precision: FP32 must match to rounding; FP16 and INT8 are judged on labels and mIoU, which is what
+# a user ships, because their logit errors are expected and a logit tolerance would fail them for nothing.
+DEFAULT_THRESHOLDS: dict[str, Thresholds] = {
+    "fp32": Thresholds(max_abs_diff=1e-3, min_pixel_agreement=0.9999, max_miou_drop=0.05),
+    "fp16": Thresholds(max_abs_diff=None, min_pixel_agreement=0.999, max_miou_drop=0.1),
+    "int8": Thresholds(max_abs_diff=None, min_pixel_agreement=0.95, max_miou_drop=1.0),
+}
+
+
+def thresholds_with(overrides: list[str]) -> dict[str, Thresholds]:
+    """Defaults with overrides like 'fp16.min_pixel_agreement=0.998' or 'int8.max_miou_drop=0.5'."""
+    result = dict(DEFAULT_THRESHOLDS)
+    fields = set(Thresholds.__dataclass_fields__)
+    for item in overrides:
+        key, _, value = item.partition("=")
+        precision, _, name = key.strip().partition(".")
+        if precision not in result or name not in fields or not value:
+            raise BadInputError(
+                f"--threshold {item!r}: expected PRECISION.FIELD=VALUE with PRECISION in {', '.join(result)} "
+                f"and FIELD in {', '.join(sorted(fields))}"
+            )
+        try:
+            number = None if value.strip().lower() == "none" else float(value)
+        except ValueError:
+            raise BadInputError(f"--threshold {item!r}: {value!r} is not a number") from None
+        result[precision] = replace(result[precision], **{name: number})
+    return result
 
 
 @dataclass
 class BackendResult:
     name: str
+    precision: str
     miou: float | None  # percent; None without labels
     per_class_iou: dict[str, float | None]
     pixel_agreement: float
@@ -56,7 +86,7 @@ class VerifyReport:
     images: int
     labeled: bool
     input_size: list[int] | None
-    thresholds: dict[str, float]
+    thresholds: dict[str, dict[str, float | None]]
     model: dict[str, Any]
     schema_version: int = REPORT_SCHEMA_VERSION
 
@@ -103,10 +133,14 @@ def verify(
     dataset: Dataset,
     runners: Sequence[Runner],
     config: ModelConfig,
-    thresholds: Thresholds = Thresholds(),
+    thresholds: dict[str, Thresholds] | None = None,
     on_image: Callable[[int], None] | None = None,
 ) -> VerifyReport:
-    """Run every runner on every image; the first runner is the reference for parity."""
+    """Run every runner on every image; the first runner is the reference for parity.
+
+    Each backend is judged by the thresholds of its precision (`runner.precision`, default fp32).
+    """
+    thresholds = thresholds or DEFAULT_THRESHOLDS
     if len(runners) < 1:
         raise BadInputError("verify needs at least one backend")
     if len(dataset) == 0:
@@ -144,19 +178,22 @@ def verify(
         miou = mean_iou(a.confusion) * 100 if labeled else None
         iou = per_class_iou(a.confusion) * 100
         agreement = a.agree / a.pixels
+        precision = getattr(runner, "precision", "fp32")
+        limits = thresholds.get(precision, thresholds["fp32"])
         failures = []
         if a.nonfinite:
             failures.append(f"{a.nonfinite} NaN/Inf logits")
         if i > 0:
-            if not a.max_abs <= thresholds.max_abs_diff:
-                failures.append(f"max abs diff {a.max_abs:.3g} > {thresholds.max_abs_diff:g}")
-            if agreement < thresholds.min_pixel_agreement:
-                failures.append(f"pixel agreement {agreement:.4%} < {thresholds.min_pixel_agreement:.4%}")
-            if miou is not None and ref_miou is not None and ref_miou - miou > thresholds.max_miou_drop:
-                failures.append(f"mIoU drop {ref_miou - miou:.2f} > {thresholds.max_miou_drop:g} points")
+            if limits.max_abs_diff is not None and not a.max_abs <= limits.max_abs_diff:
+                failures.append(f"max abs diff {a.max_abs:.3g} > {limits.max_abs_diff:g}")
+            if agreement < limits.min_pixel_agreement:
+                failures.append(f"pixel agreement {agreement:.4%} < {limits.min_pixel_agreement:.4%}")
+            if miou is not None and ref_miou is not None and ref_miou - miou > limits.max_miou_drop:
+                failures.append(f"mIoU drop {ref_miou - miou:.2f} > {limits.max_miou_drop:g} points")
         results.append(
             BackendResult(
                 name=runner.name,
+                precision=precision,
                 miou=round(miou, 4) if miou is not None else None,
                 per_class_iou={
                     c: (round(float(v), 4) if np.isfinite(v) else None) for c, v in zip(config.class_names, iou)
@@ -178,6 +215,6 @@ def verify(
         images=len(dataset),
         labeled=labeled,
         input_size=list(size) if size else None,
-        thresholds=asdict(thresholds),
+        thresholds={k: asdict(v) for k, v in thresholds.items()},
         model={"arch": config.arch, "num_classes": n, "align_corners": config.align_corners},
     )

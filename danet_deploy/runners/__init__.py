@@ -13,6 +13,7 @@ import numpy as np
 
 class Runner(Protocol):
     name: str
+    precision: str  # "fp32", "fp16" or "int8": selects the verify thresholds
     # Fixed (H, W) the backend accepts, or None when any size works.
     input_size: tuple[int, int] | None
 

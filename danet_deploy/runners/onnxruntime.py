@@ -13,6 +13,22 @@ from ..errors import BadInputError
 from ..export import config_from_onnx, onnxruntime_session
 
 
+def detect_precision(path: Path) -> str:
+    """int8 for Q/DQ models, fp16 for models computing in float16, else fp32 (read from the graph)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    ops = {n.op_type for n in model.graph.node}
+    if ops & {"QuantizeLinear", "DequantizeLinear"}:
+        return "int8"
+    fp16 = onnx.TensorProto.FLOAT16
+    if any(t.data_type == fp16 for t in model.graph.initializer) or any(
+        n.op_type == "Cast" and any(a.name == "to" and a.i == fp16 for a in n.attribute) for n in model.graph.node
+    ):
+        return "fp16"
+    return "fp32"
+
+
 class OnnxRuntimeRunner:
     def __init__(self, path: str | os.PathLike[str], name: str | None = None, threads: int | None = None):
         self.path = Path(path)
@@ -32,6 +48,7 @@ class OnnxRuntimeRunner:
         dims = inp.shape[1:3] if self.uint8_input else inp.shape[2:4]
         self.input_size = tuple(dims) if all(isinstance(d, int) for d in dims) else None  # type: ignore[assignment]
         self.input_dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
+        self.precision = detect_precision(self.path)
 
     def infer(self, image: np.ndarray) -> np.ndarray:
         feed = image[None] if self.uint8_input else normalize(image, self.config).astype(self.input_dtype)

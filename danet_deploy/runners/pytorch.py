@@ -14,6 +14,7 @@ class PyTorchRunner:
         self.model = model.eval()
         self.config = config
         self.name = name
+        self.precision = "fp32"
         self.input_size: tuple[int, int] | None = None
 
     def infer(self, image: np.ndarray) -> np.ndarray:

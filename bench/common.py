@@ -1,0 +1,54 @@
+"""Shared by the benchmarks: machine/version header and writing one section of docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+from datetime import date
+from pathlib import Path
+
+from danet_deploy.artifacts import tool_versions
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "benchmarks.md"
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                      if line.startswith("MemTotal"))  # fmt: skip
+        mem = f"{mem_kb / 2**20:.0f} GiB"
+    except (OSError, StopIteration):
+        mem = "?"
+    versions = ", ".join(f"{k} {v}" for k, v in tool_versions("onnxslim").items() if v)
+    return f"{cpu}, {os.cpu_count()} cores, {mem} RAM; {versions}; {date.today().isoformat()}"
+
+
+def write_section(name: str, body: str) -> None:
+    """Replace (or append) the section between `<!-- bench:name -->` markers in docs/benchmarks.md."""
+    DOC.parent.mkdir(parents=True, exist_ok=True)
+    text = (
+        DOC.read_text()
+        if DOC.exists()
+        else "# Benchmarks\n\nEvery table here is written by a script in `bench/`; rerun it to refresh.\n"
+    )
+    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    block = f"{start}\n{body.rstrip()}\n{end}"
+    if start in text:
+        text = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    DOC.write_text(text)
+
+
+def mib(value: float) -> str:
+    return f"{value / 2**20:,.0f} MiB"

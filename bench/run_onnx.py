@@ -1,0 +1,49 @@
+"""Worker: run one ONNX model with ONNX Runtime (CPU) in a fresh process; print latency and peak RSS as JSON.
+
+python bench/run_onnx.py model.onnx --input x.npy --iters 3 --warmup 1 --save out.npy
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import time
+
+import numpy as np
+import onnxruntime as ort
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("model")
+    parser.add_argument("--input", required=True)
+    parser.add_argument("--iters", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--save")
+    args = parser.parse_args()
+    x = np.load(args.input)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    started = time.perf_counter()
+    session = ort.InferenceSession(args.model, opts, providers=["CPUExecutionProvider"])
+    load_seconds = time.perf_counter() - started
+    name = session.get_inputs()[0].name
+    out = None
+    for _ in range(args.warmup):
+        out = session.run(["logits"], {name: x})[0]
+    times = []
+    for _ in range(args.iters):
+        t = time.perf_counter()
+        out = session.run(["logits"], {name: x})[0]
+        times.append(time.perf_counter() - t)
+    if args.save and out is not None:
+        np.save(args.save, out)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    print(json.dumps({"median_s": statistics.median(times), "times_s": times, "peak_rss_bytes": peak,
+                      "load_s": load_seconds, "threads": ort.get_device()}))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
