@@ -13,6 +13,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeRemainingColumn
 
 from .errors import EXIT_BAD_INPUT, DeployError
@@ -39,7 +40,7 @@ def guarded(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except DeployError as exc:
-            err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             err.print("[red]interrupted[/]")
@@ -291,12 +292,79 @@ def inspect(
         raise CheckFailedError(f"{model}: {len(report.errors)} TensorRT readiness error(s) for {report.target}")
 
 
+@app.command("build-engine")
+@guarded
+def build_engine(
+    model: Annotated[Path, typer.Argument(help="ONNX model (FP32 from `export`, or an FP16 / Q/DQ ONNX).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Engine file to write.")] = Path("model.engine"),
+    fp16: Annotated[bool, typer.Option("--fp16", help="FP16 engine (path chosen for the TensorRT version).")] = False,
+    int8: Annotated[bool, typer.Option("--int8", help="INT8 engine from a Q/DQ ONNX (made from --calib).")] = False,
+    calib: Annotated[Path | None, typer.Option(help="Calibration images for --int8 (see calibration/).")] = None,
+    min_shape: Annotated[str | None, typer.Option(help="Profile min, e.g. 1x3x512x1024 (default: model).")] = None,
+    opt_shape: Annotated[str | None, typer.Option(help="Profile opt (default: min).")] = None,
+    max_shape: Annotated[str | None, typer.Option(help="Profile max (default: opt).")] = None,
+    workspace: Annotated[int | None, typer.Option(min=1, help="Workspace limit in MiB.")] = None,
+    timing_cache: Annotated[Path | None, typer.Option(help="Timing cache to load and update.")] = None,
+    dla_core: Annotated[int | None, typer.Option(min=0, help="Build for this DLA core (Jetson Orin).")] = None,
+    gpu_fallback: Annotated[bool, typer.Option(help="With --dla-core: let unsupported layers run on the GPU.")] = False,
+    version_compatible: Annotated[bool, typer.Option(help="Engine runs on later TensorRT of the same major.")] = False,
+    hardware_compat: Annotated[str | None, typer.Option(help="ampere+ or same-cc: engine runs on other GPUs.")] = None,
+    builder_opt_level: Annotated[int | None, typer.Option(help="Builder optimization level 0-5.")] = None,
+    dry_run: Annotated[bool, typer.Option(help="Print the build plan; needs no TensorRT.")] = False,
+    plan_json: Annotated[
+        Path | None, typer.Option("--plan-json", help="With --dry-run: write the plan as JSON.")
+    ] = None,
+    tensorrt_version: Annotated[
+        str | None, typer.Option(help="Plan for this TensorRT version (default: installed, else 11.4).")
+    ] = None,
+) -> None:
+    """Build a TensorRT engine (and model.engine.json) through Polygraphy; --dry-run shows the plan."""
+    from .engine.build import build_engine as run_build
+    from .engine.build import running_system
+    from .engine.plan import DEFAULT_PLAN_VERSION, BuildOptions, parse_shape, plan_build
+    from .report import plan_lines, write_json
+
+    if fp16 and int8:
+        raise DeployError("choose one of --fp16 and --int8", EXIT_BAD_INPUT)
+    options = BuildOptions(
+        precision="int8" if int8 else "fp16" if fp16 else "fp32",
+        min_shape=parse_shape(min_shape, "--min-shape") if min_shape else None,
+        opt_shape=parse_shape(opt_shape, "--opt-shape") if opt_shape else None,
+        max_shape=parse_shape(max_shape, "--max-shape") if max_shape else None,
+        workspace_mib=workspace, timing_cache=str(timing_cache) if timing_cache else None, dla_core=dla_core,
+        gpu_fallback=gpu_fallback, version_compatible=version_compatible, hardware_compat=hardware_compat,
+        builder_opt_level=builder_opt_level, calib=str(calib) if calib else None,
+    )  # fmt: skip
+    version = tensorrt_version
+    if version is None and not dry_run:
+        version = running_system().tensorrt_version  # fails here, before anything is written, without TensorRT
+    elif version is None:
+        try:
+            version = running_system().tensorrt_version
+        except DeployError:
+            version = DEFAULT_PLAN_VERSION
+            err.print(f"note: TensorRT not available here; planning for TensorRT {version} (--tensorrt-version)")
+    plan = plan_build(model, options, version)
+    for line in plan_lines(plan):
+        out.print(line, highlight=False, soft_wrap=True)
+    if dry_run:
+        if plan_json:
+            write_json(plan.to_dict(), plan_json)
+        return
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=err, transient=True) as progress:
+        task = progress.add_task("building (TensorRT)", total=None)
+        sidecar = run_build(plan, output, lambda phase, step, total: progress.update(task, description=phase))
+    out.print(f"wrote {output} and {output}.json ({sidecar.build_seconds:.0f} s, {sidecar.gpu_name}, "
+              f"TensorRT {sidecar.tensorrt_version})", highlight=False)  # fmt: skip
+
+
 @app.command()
 @guarded
 def verify(
     data: Annotated[Path, typer.Option(help="Cityscapes root, images/ + masks/ folders, or an image folder.")],
     ckpt: Annotated[Path | None, typer.Option(help="PyTorch checkpoint: the reference backend.")] = None,
     onnx: Annotated[list[Path] | None, typer.Option(help="ONNX model(s) run with ONNX Runtime; repeatable.")] = None,
+    engine: Annotated[list[Path] | None, typer.Option(help="TensorRT engine(s) with sidecar; repeatable.")] = None,
     split: Annotated[str, typer.Option(help="Cityscapes split.")] = "val",
     limit: Annotated[int | None, typer.Option(min=1, help="Evaluate only the first N images.")] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the full report as JSON.")] = None,
@@ -320,9 +388,17 @@ def verify(
     from .verify import verify as run_verify
 
     onnx = onnx or []
-    if ckpt is None and not onnx:
-        raise DeployError("verify needs --ckpt and/or --onnx", EXIT_BAD_INPUT)
+    if ckpt is None and not onnx and not engine:
+        raise DeployError("verify needs --ckpt and/or --onnx / --engine", EXIT_BAD_INPUT)
     runners: list[Any] = [OnnxRuntimeRunner(p, name=f"onnxruntime:{p.name}", threads=threads) for p in onnx]
+    if engine:
+        from .runners.tensorrt import TensorRTRunner
+
+        for path in engine:
+            trt_runner = TensorRTRunner(path)
+            for warning in trt_runner.warnings:
+                err.print(f"warning: {warning}", highlight=False)
+            runners.append(trt_runner)
     config = runners[0].config if runners else None
     if ckpt is not None:
         # The ONNX metadata says how the model was built (dilations, align_corners, classes); reuse it.
@@ -359,14 +435,17 @@ def demo(
         "danet-deploy-demo"
     ),
 ) -> None:
-    """Export the bundled demo DANet and verify it against PyTorch on the bundled labeled images."""
+    """Export the bundled demo DANet, simplify it for ONNX Runtime, verify both against PyTorch on labeled images."""
     from .bundled import DEMO_CHECKPOINT, DEMO_DATA
 
     onnx_path = workdir / "demo.onnx"
-    out.print(f"[bold]1/2 export[/] {DEMO_CHECKPOINT.name} -> {onnx_path}")
+    simplified = workdir / "demo.ort.onnx"
+    out.print(f"[bold]1/3 export[/] {DEMO_CHECKPOINT.name} -> {onnx_path}")
     export(DEMO_CHECKPOINT, output=onnx_path)
-    out.print(f"[bold]2/2 verify[/] PyTorch vs ONNX Runtime on {DEMO_DATA}")
-    verify(data=DEMO_DATA, ckpt=DEMO_CHECKPOINT, onnx=[onnx_path], json_path=workdir / "report.json")
+    out.print(f"[bold]2/3 simplify[/] for ONNX Runtime -> {simplified}")
+    _simplify(onnx_path, simplified, "ort", None, DEFAULT_BLOCK, None, 1e-4, 1e-4)
+    out.print(f"[bold]3/3 verify[/] PyTorch vs ONNX Runtime on {DEMO_DATA}")
+    verify(data=DEMO_DATA, ckpt=DEMO_CHECKPOINT, onnx=[onnx_path, simplified], json_path=workdir / "report.json")
 
 
 def main() -> None:  # pragma: no cover

@@ -10,6 +10,7 @@ from typing import Any
 from rich.table import Table
 
 from .artifacts import atomic_output
+from .engine.plan import BuildPlan
 from .export import ExportRecord
 from .graph.lint import LintReport, format_bytes
 from .graph.simplify import SimplifyReport
@@ -143,3 +144,26 @@ def inspect_tables(path: str, meta: dict[str, Any], report: LintReport) -> list[
             memory.add_row(m.form, format_bytes(m.bytes), m.note)
         items.append(memory)
     return items
+
+
+def plan_lines(plan: BuildPlan) -> list[str]:
+    """The build plan as a user reads it (what `build-engine --dry-run` prints)."""
+    shape = lambda dims: "x".join(map(str, dims))  # noqa: E731
+    lines = [
+        f"TensorRT {plan.tensorrt_version}: {plan.path} network, {plan.precision} engine",
+        f"  source ONNX    {plan.source_onnx} ({plan.source_precision})",
+    ]
+    lines += [f"  prepare        {step}" for step in plan.prepare]
+    lines += [
+        f"  parse          {plan.network_onnx}",
+        f"  network flags  {', '.join(plan.network_flags) or 'none'}",
+        f"  builder flags  {', '.join(plan.builder_flags) or 'none (precision from the ONNX tensor types)'}",
+    ]
+    for name, (lo, opt, hi) in plan.profile.items():
+        lines.append(f"  profile        {name}: min {shape(lo)}, opt {shape(opt)}, max {shape(hi)}")
+    pinned = ", ".join(plan.pinned_fp32_layers) if plan.pinned_fp32_layers else "none"
+    lines.append(f"  pinned FP32    {pinned}")
+    options = {k: v for k, v in plan.options.items() if v not in (None, False) and k not in ("precision",)}
+    lines.append(f"  options        {', '.join(f'{k}={v}' for k, v in options.items()) or 'defaults'}")
+    lines += [f"  note           {note}" for note in plan.notes]
+    return lines

@@ -122,5 +122,6 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr + result.stdout
     report = json.loads((tmp_path / "demo" / "report.json").read_text())
     assert report["passed"] and report["images"] == 24
-    pt, ort = report["backends"]
-    assert pt["miou"] > 60 and abs(pt["miou"] - ort["miou"]) < 0.01
+    pt, ort, simplified = report["backends"]
+    assert pt["miou"] > 60 and abs(pt["miou"] - ort["miou"]) < 0.01 and abs(pt["miou"] - simplified["miou"]) < 0.01
+    assert "PAM form 'blocked'" in result.stdout

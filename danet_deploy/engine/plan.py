@@ -1,0 +1,214 @@
+"""The TensorRT build plan: which precision path, flags, profiles and pinned layers, decided without TensorRT.
+
+`--fp16` / `--int8` mean the same to the user on every TensorRT version; the plan picks the path the
+installed (or named) version needs:
+- strongly typed (TensorRT >= 10.12, the only mode of 11): precision comes from the ONNX tensor types, so
+  FP16 builds from an FP16 ONNX and INT8 from a Q/DQ ONNX, with no precision flags (a `--fp16` flag on 11
+  would be ignored and silently yield an FP32 engine);
+- weakly typed (8.6 / 10.3 on JetPack 6): the FP32 (or Q/DQ) ONNX with FP16 / INT8+FP16 builder flags, and
+  the overflow-prone attention layers (CAM energy, its softmax and product) pinned to FP32 with
+  OBEY_PRECISION_CONSTRAINTS.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from ..config import ModelConfig
+from ..errors import BadInputError
+from ..export import read_metadata
+from ..graph.sites import find_sites
+
+STRONGLY_TYPED_FROM = (10, 12)
+HARDWARE_COMPAT_FROM = {"ampere+": (8, 6), "same-cc": (10, 9)}
+DEFAULT_PLAN_VERSION = "11.4"  # what `pip install tensorrt` gives on datacenter machines in late 2026
+
+
+def parse_version(text: str) -> tuple[int, int]:
+    parts = text.strip().split(".")
+    try:
+        return int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
+    except ValueError:
+        raise BadInputError(f"TensorRT version must look like 10.3 or 11.4, got {text!r}") from None
+
+
+def parse_shape(text: str, option: str) -> tuple[int, ...]:
+    try:
+        dims = tuple(int(v) for v in text.lower().replace(",", "x").split("x"))
+    except ValueError:
+        raise BadInputError(f"{option}: expected a shape like 1x3x512x1024, got {text!r}") from None
+    if len(dims) != 4 or any(d < 1 for d in dims):
+        raise BadInputError(f"{option}: expected 4 positive dims like 1x3x512x1024, got {text!r}")
+    return dims
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    precision: str = "fp32"  # fp32 | fp16 | int8
+    min_shape: tuple[int, ...] | None = None
+    opt_shape: tuple[int, ...] | None = None
+    max_shape: tuple[int, ...] | None = None
+    workspace_mib: int | None = None
+    timing_cache: str | None = None
+    dla_core: int | None = None
+    gpu_fallback: bool = False
+    version_compatible: bool = False
+    hardware_compat: str | None = None  # None | "ampere+" | "same-cc"
+    builder_opt_level: int | None = None
+    calib: str | None = None  # calibration images for INT8 when the ONNX is not Q/DQ yet
+
+
+@dataclass
+class BuildPlan:
+    tensorrt_version: str
+    path: str  # "strongly typed" | "weakly typed"
+    precision: str
+    source_onnx: str
+    source_precision: str
+    network_onnx: str  # what TensorRT parses
+    prepare: list[str]  # steps that produce network_onnx from source_onnx
+    network_flags: list[str]
+    builder_flags: list[str]
+    profile: dict[str, list[list[int]]]  # input -> [min, opt, max]
+    pinned_fp32_layers: list[str]
+    options: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def onnx_precision(model: onnx.ModelProto) -> str:
+    ops = {n.op_type for n in model.graph.node}
+    if ops & {"QuantizeLinear", "DequantizeLinear"}:
+        return "int8"
+    if any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer):
+        return "fp16"
+    return "fp32"
+
+
+def _input_dims(model: onnx.ModelProto) -> tuple[str, list[int | None]]:
+    value = model.graph.input[0]
+    return value.name, [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
+
+
+def _profile(model: onnx.ModelProto, options: BuildOptions) -> dict[str, list[list[int]]]:
+    """min/opt/max for the input: given explicitly, else the static shape or the model config's size (batch 1)."""
+    name, dims = _input_dims(model)
+    meta = read_metadata(model)
+    if all(dims):
+        default = [int(d) for d in dims]  # type: ignore[arg-type]
+    elif "model_config" in meta:
+        h, w = ModelConfig.from_dict(meta["model_config"]).input_size
+        uint8 = model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+        default = [1, h, w, 3] if uint8 else [1, 3, h, w]
+    else:
+        default = []
+    shapes = []
+    for given, option in ((options.min_shape, "--min-shape"), (options.opt_shape, "--opt-shape"),
+                          (options.max_shape, "--max-shape")):  # fmt: skip
+        shape = list(given) if given else (list(shapes[-1]) if shapes and option != "--min-shape" else default)
+        if not shape:
+            raise BadInputError(f"the ONNX input has dynamic dims {dims} and no model config: give {option}")
+        for i, (d, s) in enumerate(zip(dims, shape)):
+            if d and d != s:
+                raise BadInputError(f"{option} {'x'.join(map(str, shape))}: dim {i} is fixed to {d} in the ONNX model")
+        shapes.append(shape)
+    if options.opt_shape is None and options.max_shape is not None:
+        shapes[1] = list(shapes[0])  # opt defaults to min when only a range is given
+    lo, opt, hi = shapes
+    if not all(a <= b <= c for a, b, c in zip(lo, opt, hi)):
+        raise BadInputError(f"profile must satisfy min <= opt <= max in every dim, got {lo} / {opt} / {hi}")
+    return {name: [lo, opt, hi]}
+
+
+def _attention_layers(model: onnx.ModelProto) -> list[str]:
+    """ONNX node names (TensorRT layer names follow them) of CAM, whose energy overflows FP16."""
+    return [name for s in find_sites(model) if s.kind == "cam" for name in s.nodes]
+
+
+def plan_build(onnx_path: str | os.PathLike[str], options: BuildOptions, tensorrt_version: str) -> BuildPlan:
+    """Decide everything about a build without TensorRT; raises BadInputError for impossible requests."""
+    path = Path(onnx_path)
+    if not path.is_file():
+        raise BadInputError(f"{path}: no such ONNX file")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        raise BadInputError(f"{path}: not a readable ONNX model") from None
+    version = parse_version(tensorrt_version)
+    precision = options.precision
+    if precision not in ("fp32", "fp16", "int8"):
+        raise BadInputError(f"unknown precision {precision!r}")
+    source_precision = onnx_precision(model)
+    strongly_typed = version >= STRONGLY_TYPED_FROM
+    notes: list[str] = []
+    prepare: list[str] = []
+    network = str(path)
+    network_flags: list[str] = ["STRONGLY_TYPED"] if strongly_typed else []
+    builder_flags: list[str] = []
+    pinned: list[str] = []
+
+    if source_precision != "fp32" and source_precision != precision:
+        raise BadInputError(f"{path} is already a {source_precision} model; build it with --{source_precision}")
+    if precision == "int8" and source_precision != "int8" and not options.calib:
+        raise BadInputError("--int8 needs calibration images (--calib DIR) or a Q/DQ ONNX from `danet-deploy quantize`")
+    if precision == "fp16" and source_precision == "fp32":
+        if strongly_typed:
+            network = str(path.with_suffix(".fp16.onnx"))
+            prepare.append(f"FP16 ONNX with FP32 I/O, overflow-prone parts (CAM) kept FP32 -> {network}")
+        else:
+            builder_flags += ["FP16", "OBEY_PRECISION_CONSTRAINTS"]
+            pinned = _attention_layers(model)
+    elif precision == "int8":
+        if source_precision == "fp32":
+            network = str(path.with_suffix(".int8.onnx"))
+            prepare.append(f"Q/DQ ONNX (symmetric, per-channel weights) calibrated on {options.calib} -> {network}")
+        if not strongly_typed:
+            # Explicit quantization: Q/DQ decides INT8; FP16 lets the rest run in half precision.
+            builder_flags += ["INT8", "FP16", "OBEY_PRECISION_CONSTRAINTS"]
+            pinned = _attention_layers(model)
+    if strongly_typed and version >= (11, 0):
+        notes.append("TensorRT 11 builds only strongly typed networks: precision comes from the ONNX tensor types")
+
+    if options.dla_core is not None:
+        if precision == "fp32":
+            raise BadInputError("DLA runs only FP16 or INT8: add --fp16 or --int8 to use --dla-core")
+        notes.append("DLA: Jetson Orin has DLA cores, Jetson Thor has none" +
+                     ("; unsupported layers fall back to the GPU" if options.gpu_fallback else
+                      "; without --gpu-fallback every layer must run on DLA"))  # fmt: skip
+    elif options.gpu_fallback:
+        raise BadInputError("--gpu-fallback only applies with --dla-core")
+    if options.hardware_compat:
+        needed = HARDWARE_COMPAT_FROM.get(options.hardware_compat)
+        if needed is None:
+            raise BadInputError(f"--hardware-compat must be ampere+ or same-cc, got {options.hardware_compat!r}")
+        if version < needed:
+            raise BadInputError(
+                f"--hardware-compat {options.hardware_compat} needs TensorRT >= {needed[0]}.{needed[1]}"
+            )
+    if options.version_compatible and version < (8, 6):
+        raise BadInputError("--version-compatible needs TensorRT >= 8.6")
+    if options.builder_opt_level is not None and not 0 <= options.builder_opt_level <= 5:
+        raise BadInputError("--builder-opt-level must be 0..5")
+
+    return BuildPlan(
+        tensorrt_version=tensorrt_version,
+        path="strongly typed" if strongly_typed else "weakly typed",
+        precision=precision,
+        source_onnx=str(path),
+        source_precision=source_precision,
+        network_onnx=network,
+        prepare=prepare,
+        network_flags=network_flags,
+        builder_flags=builder_flags,
+        profile=_profile(model, options),
+        pinned_fp32_layers=pinned,
+        options=asdict(options),
+        notes=notes,
+    )

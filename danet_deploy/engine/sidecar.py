@@ -1,0 +1,115 @@
+"""The engine sidecar `model.engine.json`: how and where an engine was built, checked before loading it.
+
+The engine file stays a plain TensorRT plan (trtexec, Triton and DeepStream load it); everything else
+lives beside it. Engines are tied to a TensorRT version and GPU unless built version-compatible or with a
+hardware compatibility level, so the runner compares the sidecar with the running system *before*
+deserializing and says exactly what differs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ..artifacts import atomic_output
+from ..errors import BadInputError, DeployError
+
+SIDECAR_SCHEMA = 1
+
+
+@dataclass
+class EngineSidecar:
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: str  # "8.7"
+    cuda_version: str | None
+    precision: str
+    build_path: str  # "strongly typed" | "weakly typed"
+    profiles: list[dict[str, list[list[int]]]]
+    source_onnx: str
+    source_onnx_sha256: str
+    network_onnx_sha256: str
+    model_config: dict[str, Any] | None
+    build_options: dict[str, Any]
+    build_seconds: float
+    engine_sha256: str
+    created: str
+    pinned_fp32_layers: list[str] = field(default_factory=list)
+    schema: int = SIDECAR_SCHEMA
+
+
+@dataclass(frozen=True)
+class RunningSystem:
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: str
+
+
+def sidecar_path(engine: str | os.PathLike[str]) -> Path:
+    return Path(f"{engine}.json")
+
+
+def write_sidecar(engine: str | os.PathLike[str], sidecar: EngineSidecar) -> Path:
+    path = sidecar_path(engine)
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(asdict(sidecar), indent=2) + "\n")
+    return path
+
+
+def read_sidecar(engine: str | os.PathLike[str]) -> EngineSidecar:
+    path = sidecar_path(engine)
+    if not path.is_file():
+        raise BadInputError(f"{path}: no sidecar next to the engine (build engines with `danet-deploy build-engine`)")
+    try:
+        data = json.loads(path.read_text())
+        known = {f.name for f in fields(EngineSidecar)}
+        return EngineSidecar(**{k: v for k, v in data.items() if k in known})
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise BadInputError(f"{path}: not a valid engine sidecar ({type(exc).__name__})") from None
+
+
+def _major_minor(version: str) -> tuple[int, int]:
+    parts = ([*version.split("."), "0"])[:2]
+    return int(parts[0]), int(parts[1])
+
+
+def check_compatible(sidecar: EngineSidecar, running: RunningSystem, engine: str | os.PathLike[str]) -> list[str]:
+    """Raise a DeployError naming what differs when the engine cannot run on this system; return warnings."""
+    options = sidecar.build_options
+    built, now = _major_minor(sidecar.tensorrt_version), _major_minor(running.tensorrt_version)
+    if options.get("version_compatible"):
+        # Version-compatible engines run on the same major version, same or newer.
+        if now[0] != built[0] or now < built:
+            raise DeployError(
+                f"{engine}: built version-compatible with TensorRT {sidecar.tensorrt_version}, which runs on "
+                f"{built[0]}.x >= {sidecar.tensorrt_version}; this system has TensorRT {running.tensorrt_version}"
+            )
+    elif built != now:
+        raise DeployError(
+            f"{engine}: built with TensorRT {sidecar.tensorrt_version}, this system has {running.tensorrt_version}; "
+            "rebuild the engine here (or build with --version-compatible)"
+        )
+    compat = options.get("hardware_compat")
+    same_cc = sidecar.compute_capability == running.compute_capability
+    if compat == "ampere+":
+        if _major_minor(running.compute_capability) < (8, 0):
+            raise DeployError(f"{engine}: built for Ampere and newer GPUs; {running.gpu_name} is SM "
+                              f"{running.compute_capability}")  # fmt: skip
+    elif compat == "same-cc":
+        if not same_cc:
+            raise DeployError(f"{engine}: built for compute capability {sidecar.compute_capability}; "
+                              f"{running.gpu_name} is {running.compute_capability}")  # fmt: skip
+    elif not same_cc:
+        raise DeployError(
+            f"{engine}: built on {sidecar.gpu_name} (SM {sidecar.compute_capability}), this GPU is "
+            f"{running.gpu_name} (SM {running.compute_capability}); rebuild here or build with --hardware-compat"
+        )
+    if sidecar.gpu_name != running.gpu_name and compat is None:
+        # TensorRT itself only warns across GPU models of one compute capability.
+        return [
+            f"{engine}: built on {sidecar.gpu_name}, running on {running.gpu_name} (same SM); rebuild for best speed"
+        ]
+    return []

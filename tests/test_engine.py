@@ -1,0 +1,169 @@
+"""Engine stage without TensorRT: build plans per version path, profiles, option rules, sidecars, errors."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from danet_deploy.data.synthetic import generate_scene
+from danet_deploy.engine.plan import BuildOptions, plan_build
+from danet_deploy.engine.sidecar import EngineSidecar, RunningSystem, check_compatible, read_sidecar, write_sidecar
+from danet_deploy.errors import BadInputError, DeployError
+from danet_deploy.export import ExportOptions, export_onnx
+from danet_deploy.model import DANet
+
+from .conftest import TINY
+
+IMAGE = generate_scene(9, 64, 128).image
+
+
+@pytest.fixture(scope="module")
+def static_onnx(tiny_model: DANet, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("engine") / "static.onnx"
+    export_onnx(tiny_model, TINY, path, ExportOptions(), IMAGE)
+    return path
+
+
+@pytest.fixture(scope="module")
+def dynamic_onnx(tiny_model: DANet, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("engine") / "dynamic.onnx"
+    export_onnx(tiny_model, TINY, path, ExportOptions(dynamic=True), IMAGE)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("version", "precision", "path", "builder_flags", "network_suffix", "pinned"),
+    [
+        ("8.6", "fp16", "weakly typed", ["FP16", "OBEY_PRECISION_CONSTRAINTS"], ".onnx", True),
+        ("10.3", "fp16", "weakly typed", ["FP16", "OBEY_PRECISION_CONSTRAINTS"], ".onnx", True),
+        ("10.3", "int8", "weakly typed", ["INT8", "FP16", "OBEY_PRECISION_CONSTRAINTS"], ".int8.onnx", True),
+        ("10.14", "fp16", "strongly typed", [], ".fp16.onnx", False),
+        ("11.4", "fp16", "strongly typed", [], ".fp16.onnx", False),
+        ("11.4", "int8", "strongly typed", [], ".int8.onnx", False),
+        ("11.4", "fp32", "strongly typed", [], ".onnx", False),
+    ],
+)
+def test_precision_path_per_tensorrt_version(
+    static_onnx: Path, version: str, precision: str, path: str, builder_flags: list[str], network_suffix: str,
+    pinned: bool,
+) -> None:  # fmt: skip
+    options = BuildOptions(precision=precision, calib="calibration/images" if precision == "int8" else None)
+    plan = plan_build(static_onnx, options, version)
+    assert plan.path == path
+    assert plan.builder_flags == builder_flags
+    assert plan.network_flags == (["STRONGLY_TYPED"] if path == "strongly typed" else [])
+    assert plan.network_onnx.endswith(network_suffix) and (plan.network_onnx == str(static_onnx)) == (not plan.prepare)
+    if pinned:  # CAM: energy MatMul, rowmax chain, softmax and product stay FP32 under weak typing
+        assert len(plan.pinned_fp32_layers) == 5 and any("softmax" in n.lower() for n in plan.pinned_fp32_layers)
+    else:
+        assert plan.pinned_fp32_layers == []
+
+
+def test_profiles(static_onnx: Path, dynamic_onnx: Path) -> None:
+    assert plan_build(static_onnx, BuildOptions(), "10.3").profile == {"image": [[1, 3, 64, 128]] * 3}
+    # Dynamic model: explicit ranges; opt defaults to min, max to opt; the default is the config size, batch 1.
+    plan = plan_build(dynamic_onnx, BuildOptions(min_shape=(1, 3, 256, 512), max_shape=(4, 3, 512, 1024)), "10.3")
+    assert plan.profile["image"] == [[1, 3, 256, 512], [1, 3, 256, 512], [4, 3, 512, 1024]]
+    assert plan_build(dynamic_onnx, BuildOptions(), "10.3").profile["image"][0] == [1, 3, 64, 128]
+    with pytest.raises(BadInputError, match="min <= opt <= max"):
+        plan_build(dynamic_onnx, BuildOptions(min_shape=(2, 3, 64, 64), max_shape=(1, 3, 64, 64)), "10.3")
+    with pytest.raises(BadInputError, match="dim 2 is fixed to 64"):
+        plan_build(static_onnx, BuildOptions(min_shape=(1, 3, 128, 128)), "10.3")
+
+
+@pytest.mark.parametrize(
+    ("options", "version", "message"),
+    [
+        (BuildOptions(precision="int8"), "11.4", "--calib"),
+        (BuildOptions(dla_core=0), "10.3", "DLA runs only FP16 or INT8"),
+        (BuildOptions(gpu_fallback=True), "10.3", "--gpu-fallback only applies with --dla-core"),
+        (BuildOptions(hardware_compat="same-cc"), "10.3", "needs TensorRT >= 10.9"),
+        (BuildOptions(hardware_compat="turing+"), "10.3", "ampere+ or same-cc"),
+        (BuildOptions(builder_opt_level=9), "10.3", "0..5"),
+    ],
+)
+def test_impossible_requests_are_refused(static_onnx: Path, options: BuildOptions, version: str, message: str) -> None:
+    with pytest.raises(BadInputError, match=re.escape(message)):
+        plan_build(static_onnx, options, version)
+
+
+def test_dla_plan_notes(static_onnx: Path) -> None:
+    plan = plan_build(static_onnx, BuildOptions(precision="fp16", dla_core=0, gpu_fallback=True), "10.3")
+    assert plan.options["dla_core"] == 0 and any("fall back to the GPU" in n for n in plan.notes)
+
+
+def _sidecar(**changes: object) -> EngineSidecar:
+    base = EngineSidecar(
+        tensorrt_version="10.3.0", gpu_name="Orin", compute_capability="8.7", cuda_version="12.6", precision="fp16",
+        build_path="weakly typed", profiles=[{"image": [[1, 3, 64, 128]] * 3}], source_onnx="m.onnx",
+        source_onnx_sha256="a", network_onnx_sha256="a", model_config=TINY.to_dict(), build_options={},
+        build_seconds=1.0, engine_sha256="b", created="2026-11-21T00:00:00+00:00",
+    )  # fmt: skip
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def test_sidecar_round_trip_and_corrupt(tmp_path: Path) -> None:
+    engine = tmp_path / "m.engine"
+    write_sidecar(engine, _sidecar())
+    assert asdict(read_sidecar(engine)) == json.loads(json.dumps(asdict(_sidecar())))  # tuples come back as lists
+    assert json.loads((tmp_path / "m.engine.json").read_text())["compute_capability"] == "8.7"
+    (tmp_path / "m.engine.json").write_text("{not json")
+    with pytest.raises(BadInputError, match="not a valid engine sidecar"):
+        read_sidecar(engine)
+    with pytest.raises(BadInputError, match="no sidecar"):
+        read_sidecar(tmp_path / "other.engine")
+
+
+@pytest.mark.parametrize(
+    ("sidecar", "running", "error"),
+    [
+        (_sidecar(), RunningSystem("10.3.0", "Orin", "8.7"), None),
+        (_sidecar(), RunningSystem("10.4.1", "Orin", "8.7"), "built with TensorRT 10.3.0, this system has 10.4.1"),
+        (_sidecar(), RunningSystem("10.3.0", "NVIDIA A100", "8.0"), "SM 8.7"),
+        (_sidecar(build_options={"version_compatible": True}), RunningSystem("10.8.0", "Orin", "8.7"), None),
+        (_sidecar(build_options={"version_compatible": True}), RunningSystem("11.4.0", "Orin", "8.7"), "10.x"),
+        (_sidecar(build_options={"hardware_compat": "ampere+"}), RunningSystem("10.3.0", "NVIDIA L4", "8.9"), None),
+        (_sidecar(build_options={"hardware_compat": "ampere+"}), RunningSystem("10.3.0", "Tesla T4", "7.5"), "Ampere"),
+        (_sidecar(build_options={"hardware_compat": "same-cc"}), RunningSystem("10.3.0", "Other", "8.6"), "8.7"),
+    ],
+)
+def test_mismatch_detection(sidecar: EngineSidecar, running: RunningSystem, error: str | None) -> None:
+    if error is None:
+        check_compatible(sidecar, running, "m.engine")
+    else:
+        with pytest.raises(DeployError, match=re.escape(error)):
+            check_compatible(sidecar, running, "m.engine")
+
+
+def test_same_compute_capability_other_gpu_model_is_a_warning() -> None:
+    warnings = check_compatible(_sidecar(), RunningSystem("10.3.0", "Jetson AGX Orin 64GB", "8.7"), "m.engine")
+    assert warnings and "rebuild" in warnings[0]
+
+
+def test_cli_without_tensorrt(static_onnx: Path, tmp_path: Path) -> None:
+    from danet_deploy.engine.build import require_tensorrt
+
+    from .test_cli import assert_one_line_error, run
+
+    try:
+        require_tensorrt()
+        pytest.skip("TensorRT is installed here: the missing-TensorRT error cannot be shown")
+    except DeployError:
+        pass
+    engine = tmp_path / "m.engine"
+    assert_one_line_error(run("build-engine", static_onnx, "--fp16", "-o", engine), 3, "TensorRT is not installed",
+                          "danet-deploy[tensorrt]")  # fmt: skip
+    assert list(tmp_path.iterdir()) == []
+    result = run("build-engine", static_onnx, "--fp16", "--dry-run", "--tensorrt-version", "10.3", "--plan-json",
+                 tmp_path / "plan.json")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "weakly typed" in result.stdout and "pinned FP32" in result.stdout
+    assert json.loads((tmp_path / "plan.json").read_text())["builder_flags"] == ["FP16", "OBEY_PRECISION_CONSTRAINTS"]
+    write_sidecar(engine, _sidecar())
+    engine.write_bytes(np.zeros(16, np.uint8).tobytes())
+    assert_one_line_error(run("verify", "--engine", engine, "--data", tmp_path), 3, "TensorRT is not installed")
