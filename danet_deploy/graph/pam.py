@@ -12,6 +12,7 @@ multi-head attention with Q and K repeated for every head and V split into heads
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import onnx
@@ -76,7 +77,10 @@ def _value_channels(shapes: dict, site: AttentionSite) -> int:
     return _static(shapes.get(site.value, []), 1, f"PAM value channels of {site.softmax}")
 
 
-def pam_to_mha(model: onnx.ModelProto, heads: int | None = None) -> tuple[onnx.ModelProto, int]:
+def _rewrite_as_heads(
+    model: onnx.ModelProto, heads: int | None, attend: Callable[[GraphEditor, str, str, str], str]
+) -> tuple[onnx.ModelProto, int]:
+    """Replace each naive PAM site by `attend(editor, Q4, K4, V4)` on [B, heads, N, H] tensors."""
     sites = _naive_sites(model)
     shapes = infer_shapes(model)
     ed = GraphEditor(model)
@@ -86,27 +90,30 @@ def pam_to_mha(model: onnx.ModelProto, heads: int | None = None) -> tuple[onnx.M
         if channels % h:
             raise RewriteError(f"{h} heads do not divide the {channels} PAM value channels")
         q4, k4, v4 = _heads_inputs(ed, site, channels, h)
-        k4_t = ed.add1("Transpose", [k4], "pam_mha_k_t", perm=[0, 1, 3, 2])
-        scores = ed.add1("MatMul", [q4, k4_t], "pam_mha_scores")
-        probs = ed.add1("Softmax", [scores], "pam_mha_softmax", axis=-1)
-        _merge_heads(ed, site, ed.add1("MatMul", [probs, v4], "pam_mha_context"), channels)
+        _merge_heads(ed, site, attend(ed, q4, k4, v4), channels)
     ed.commit()
     return model, len(sites)
+
+
+def _matmul_softmax_matmul(ed: GraphEditor, q4: str, k4: str, v4: str) -> str:
+    k4_t = ed.add1("Transpose", [k4], "pam_mha_k_t", perm=[0, 1, 3, 2])
+    scores = ed.add1("MatMul", [q4, k4_t], "pam_mha_scores")
+    probs = ed.add1("Softmax", [scores], "pam_mha_softmax", axis=-1)
+    return ed.add1("MatMul", [probs, v4], "pam_mha_context")
+
+
+def _attention_node(ed: GraphEditor, q4: str, k4: str, v4: str) -> str:
+    return ed.add1("Attention", [q4, k4, v4], "pam_attention", scale=1.0)  # PAM has no 1/sqrt(d)
+
+
+def pam_to_mha(model: onnx.ModelProto, heads: int | None = None) -> tuple[onnx.ModelProto, int]:
+    return _rewrite_as_heads(model, heads, _matmul_softmax_matmul)
 
 
 def pam_to_onnx_attention(model: onnx.ModelProto, heads: int | None = None) -> tuple[onnx.ModelProto, int]:
     if opset_of(model) < ATTENTION_OPSET:
         model = onnx.version_converter.convert_version(model, ATTENTION_OPSET)
-    sites = _naive_sites(model)
-    shapes = infer_shapes(model)
-    ed = GraphEditor(model)
-    for site in sites:
-        channels = _value_channels(shapes, site)
-        h = heads or value_heads(channels)
-        q4, k4, v4 = _heads_inputs(ed, site, channels, h)
-        _merge_heads(ed, site, ed.add1("Attention", [q4, k4, v4], "pam_attention", scale=1.0), channels)
-    ed.commit()
-    return model, len(sites)
+    return _rewrite_as_heads(model, heads, _attention_node)
 
 
 def pam_to_blocked(model: onnx.ModelProto, block: int = DEFAULT_BLOCK) -> tuple[onnx.ModelProto, int]:
