@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import sys
 import tempfile
 import traceback
 from collections.abc import Callable, Iterator
@@ -25,8 +26,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="From a trained DANet checkpoint to verified ONNX (and TensorRT) inference models.",
 )
-out = Console()
-err = Console(stderr=True)
+# Off a terminal (CI logs, pipes) Rich would wrap tables at 80 columns; logs can be wider.
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 EXIT_INTERNAL = 4
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -292,6 +294,66 @@ def inspect(
         raise CheckFailedError(f"{model}: {len(report.errors)} TensorRT readiness error(s) for {report.target}")
 
 
+@app.command()
+@guarded
+def quantize(
+    model: Annotated[Path, typer.Argument(help="FP32 ONNX model (from `danet-deploy export`).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="ONNX file to write.")],
+    fp16: Annotated[bool, typer.Option("--fp16", help="FP16 ONNX (FP32 I/O, overflow-prone parts kept FP32).")] = False,
+    plain: Annotated[bool, typer.Option(help="With --fp16: plain cast, no protection (for comparison).")] = False,
+    calib: Annotated[Path | None, typer.Option(help="Calibration images (folder or Cityscapes root).")] = None,
+    method: Annotated[str, typer.Option(help="INT8 calibration: entropy, max or percentile.")] = "entropy",
+    count: Annotated[int | None, typer.Option(min=1, help="Calibration images to use (default: up to 500).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the calibration sample.")] = 0,
+    split: Annotated[str, typer.Option(help="Cityscapes split for calibration.")] = "train",
+    max_miou_drop: Annotated[
+        float | None, typer.Option(help="INT8: keep the most sensitive layers FP16/FP32 until the mIoU drop fits.")
+    ] = None,
+    data: Annotated[Path | None, typer.Option(help="Labeled data for --max-miou-drop.")] = None,
+    exclude: Annotated[list[str] | None, typer.Option(help="Node name or regex to keep FP32; repeatable.")] = None,
+    recalibrate: Annotated[bool, typer.Option(help="Ignore the calibration cache.")] = False,
+    cache_dir: Annotated[Path | None, typer.Option(help="Calibration cache (default ~/.cache/danet-deploy).")] = None,
+) -> None:
+    """FP16 or INT8 (Q/DQ, TensorRT-ready) ONNX from an FP32 ONNX, measured against it on calibration images."""
+    import warnings
+
+    from .report import fp16_lines, int8_lines
+
+    if plain and not fp16:
+        raise DeployError("--plain goes with --fp16", EXIT_BAD_INPUT)
+    if not fp16 and calib is None:
+        raise DeployError("INT8 needs --calib DIR (calibration images); use --fp16 for an FP16 model", EXIT_BAD_INPUT)
+    if max_miou_drop is not None and (fp16 or data is None):
+        raise DeployError("--max-miou-drop is for INT8 and needs --data (labeled images)", EXIT_BAD_INPUT)
+    with warnings.catch_warnings(record=True) as caught, spinner("quantizing and checking against FP32"):
+        warnings.simplefilter("always")
+        if fp16:
+            from .precision import convert_fp16
+
+            _, record = convert_fp16(model, output, calib_path=calib, plain=plain, count=count, seed=seed,
+                                     split=split, nodes_to_exclude=exclude)  # fmt: skip
+            lines = fp16_lines(record)
+        elif max_miou_drop is not None:
+            from .precision import quantize_with_budget
+
+            _, budget = quantize_with_budget(model, calib, data, output, max_miou_drop=max_miou_drop, method=method,
+                                             count=count, seed=seed, nodes_to_exclude=exclude, recalibrate=recalibrate,
+                                             cache_dir=cache_dir, split=split)  # fmt: skip
+            lines = int8_lines(budget.int8, budget)
+        else:
+            from .precision import quantize_int8
+
+            _, record8 = quantize_int8(model, calib, output, method=method, count=count, seed=seed,
+                                       nodes_to_exclude=exclude, recalibrate=recalibrate, cache_dir=cache_dir,
+                                       split=split)  # fmt: skip
+            lines = int8_lines(record8)
+    for warning in caught:
+        if issubclass(warning.category, UserWarning) and "danet_deploy" in (warning.filename or ""):
+            err.print(f"warning: {escape(str(warning.message))}", highlight=False, soft_wrap=True)
+    for line in lines:
+        out.print(escape(line), highlight=False, soft_wrap=True)
+
+
 @app.command("build-engine")
 @guarded
 def build_engine(
@@ -426,6 +488,47 @@ def verify(
         failed = [f"{b.name}: {', '.join(b.failures)}" for b in report.backends if not b.passed]
         raise CheckFailedError("parity check failed: " + "; ".join(failed))
     out.print("[green]passed[/]")
+
+
+@app.command()
+@guarded
+def benchmark(
+    ckpt: Annotated[Path | None, typer.Option(help="PyTorch checkpoint backend.")] = None,
+    onnx: Annotated[list[Path] | None, typer.Option(help="ONNX Runtime backend(s); repeatable.")] = None,
+    engine: Annotated[list[Path] | None, typer.Option(help="TensorRT engine backend(s); repeatable.")] = None,
+    image: Annotated[Path | None, typer.Option(help="Input image (default: a bundled scene).")] = None,
+    warmup: Annotated[int, typer.Option(min=0, help="Warm-up runs per backend.")] = 3,
+    iterations: Annotated[int, typer.Option(min=1, help="Timed runs per backend.")] = 20,
+    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads (PyTorch, ONNX Runtime).")] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON.")] = None,
+) -> None:
+    """Latency per backend: median/p90/p99, throughput, end-to-end vs compute, peak memory, each in its own process."""
+    from .bench import BackendSpec
+    from .bench import benchmark as run_benchmark
+    from .bundled import sample_image
+    from .data.datasets import read_image
+    from .report import benchmark_table, write_json
+
+    specs = [BackendSpec("pytorch", str(ckpt), "pytorch")] if ckpt else []
+    specs += [BackendSpec("onnxruntime", str(p), f"onnxruntime:{p.name}") for p in onnx or []]
+    specs += [BackendSpec("tensorrt", str(p), f"tensorrt:{p.name}") for p in engine or []]
+    if not specs:
+        raise DeployError("benchmark needs --ckpt, --onnx and/or --engine", EXIT_BAD_INPUT)
+    for spec in specs:
+        if not Path(spec.path).is_file():
+            raise DeployError(f"{spec.path}: no such file", EXIT_BAD_INPUT)
+    picture = read_image(image) if image else sample_image()
+    with spinner(f"benchmarking {len(specs)} backend(s): {warmup} warm-up + {iterations} timed runs each"):
+        results = run_benchmark(specs, picture, warmup, iterations, threads)
+    failed = [r for r in results["backends"] if "error" in r]
+    ok = [r for r in results["backends"] if "error" not in r]
+    if ok:
+        out.print(benchmark_table(ok, results["device"]))
+    if json_path:
+        write_json(results, json_path)
+        out.print(f"results: {json_path}", highlight=False)
+    if failed:
+        raise DeployError("; ".join(r["error"] for r in failed), failed[0]["exit_code"])
 
 
 @app.command()

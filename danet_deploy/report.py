@@ -167,3 +167,64 @@ def plan_lines(plan: BuildPlan) -> list[str]:
     lines.append(f"  options        {', '.join(f'{k}={v}' for k, v in options.items()) or 'defaults'}")
     lines += [f"  note           {note}" for note in plan.notes]
     return lines
+
+
+def _agreement(agreement: Any) -> str:
+    if agreement is None:
+        return "not measured"
+    return (f"label agreement {agreement.label_agreement:.4%}, max |diff| {agreement.max_abs_diff:.3g}, "
+            f"NaN/Inf {agreement.nonfinite} on {agreement.images} calibration images")  # fmt: skip
+
+
+def int8_lines(record: Any, budget: Any = None) -> list[str]:
+    calib = record.calibration
+    lines = [
+        f"wrote {record.onnx_path}: INT8 Q/DQ (symmetric, per-channel weights), method {record.method}, "
+        f"{calib.images} images from {calib.source} (seed {calib.seed}), "
+        f"cache {'hit' if record.cache_hit else 'miss'}, "
+        f"{record.seconds:.1f} s",
+        f"vs FP32: {_agreement(record.agreement)}",
+    ]
+    if record.nodes_to_exclude:
+        lines.append(f"kept in higher precision: {', '.join(record.nodes_to_exclude)}")
+    if budget is not None:
+        lines.append(f"mIoU budget {budget.max_miou_drop:g} points vs FP32 {budget.fp32_miou:.2f} on "
+                     f"{budget.eval_images} images of {budget.eval_data}:")  # fmt: skip
+        for i, step in enumerate(budget.steps):
+            kept = f"{len(step.excluded)} layers kept FP32" if step.excluded else "all layers INT8"
+            lines.append(f"  step {i}: {kept}: mIoU {step.miou:.2f} (drop {step.drop:.2f}) "
+                         f"{'meets' if step.passed else 'misses'} the budget")  # fmt: skip
+    return lines
+
+
+def fp16_lines(record: Any) -> list[str]:
+    lines = [
+        f"wrote {record.onnx_path}: FP16 ({record.mode}), FP32 I/O, {len(record.fp32_nodes)} nodes kept FP32 "
+        f"({len(record.cam_nodes)} CAM by rule), {record.fp16_nodes} in FP16, {record.seconds:.1f} s",
+        f"vs FP32: {_agreement(record.agreement)}",
+    ]
+    report = record.range_report
+    if report is None:
+        lines.append("range report: none (give --calib to measure magnitudes)")
+        return lines
+    counts = f"{len(report.overflow)} tensors beyond the FP16 range, {len(report.unprotected)} left in FP16"
+    lines.append(f"range report ({report.images} images, FP16 max {report.fp16_max:g}): {counts}")
+    for t in report.tensors:
+        where = {True: "kept FP32", False: "FP16 (unprotected)", None: "?"}[t.kept_fp32]
+        lines.append(f"  {t.tier:<8} {t.absmax:>12.4g}  {t.op_type:<10} {t.tensor} -> {where}")
+    return lines
+
+
+def benchmark_table(results: list[dict[str, Any]], device: str) -> Table:
+    first = results[0]
+    table = Table(title=f"benchmark: {first['warmup']} warm-up + {first['iterations']} timed runs, {device}")
+    for column in ("backend", "precision", "input", "median ms", "p90 ms", "p99 ms", "end-to-end ms", "images/s",
+                   "peak RSS", "threads"):  # fmt: skip
+        table.add_column(column, justify="left" if column in ("backend", "precision", "input") else "right")
+    for r in results:
+        shape = "x".join(map(str, r["input_shape"]))
+        times = [f"{r[k]:.1f}" for k in ("median_ms", "p90_ms", "p99_ms", "end_to_end_median_ms")]
+        memory = f"{r['peak_rss_mib']:.0f} MiB"
+        table.add_row(r["name"], r["precision"], shape, *times, f"{r['throughput_ips']:.2f}", memory,
+                      str(r["threads"] or "-"))  # fmt: skip
+    return table

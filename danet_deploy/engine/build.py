@@ -67,7 +67,8 @@ def prepare_network(plan: BuildPlan) -> None:
     if plan.precision == "fp16":
         from ..precision.fp16 import convert_fp16
 
-        convert_fp16(plan.source_onnx, plan.network_onnx)
+        # With calibration images, magnitudes measured on them decide what stays FP32 too (not only the CAM rule).
+        convert_fp16(plan.source_onnx, plan.network_onnx, calib_path=plan.options.get("calib"))
     elif plan.precision == "int8":
         from ..precision.int8 import quantize_int8
 
