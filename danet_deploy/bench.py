@@ -113,11 +113,6 @@ def _device() -> str:
 
 def _run_one(spec: BackendSpec, image: np.ndarray, warmup: int, iterations: int, threads: int | None) -> dict:
     runner = _make_runner(spec, threads)
-    size = getattr(runner, "input_size", None)
-    if size:
-        from .data.preprocess import resize_image
-
-        image = resize_image(image, size)
     compute = _compute_call(runner, image)
     for _ in range(warmup):
         compute()
@@ -154,10 +149,39 @@ def _child(args: tuple) -> dict:
         return {"error": f"{type(exc).__name__}: {exc}", "exit_code": 4}
 
 
+def fixed_input_size(spec: BackendSpec) -> tuple[int, int] | None:
+    """(H, W) a backend requires, read from the ONNX input or the engine sidecar without loading the model."""
+    if spec.kind == "onnxruntime":
+        import onnx
+
+        value = onnx.load(spec.path, load_external_data=False).graph.input[0]
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
+        spatial = dims[1:3] if value.type.tensor_type.elem_type == onnx.TensorProto.UINT8 else dims[2:4]
+        return (int(spatial[0]), int(spatial[1])) if all(spatial) else None  # type: ignore[arg-type]
+    if spec.kind == "tensorrt":
+        from .engine.sidecar import read_sidecar
+
+        (_, (lo, _, hi)), *_ = read_sidecar(spec.path).profiles[0].items()
+        spatial = (lo[1:3], hi[1:3]) if lo[-1] == 3 else (lo[2:4], hi[2:4])
+        return (int(spatial[0][0]), int(spatial[0][1])) if spatial[0] == spatial[1] else None
+    return None
+
+
 def benchmark(
     specs: list[BackendSpec], image: np.ndarray, warmup: int = 3, iterations: int = 20, threads: int | None = None
 ) -> dict[str, Any]:
-    """Benchmark each backend in a fresh process; returns {"backends": [...], "versions": ..., "device": ...}."""
+    """Benchmark each backend in a fresh process; returns {"backends": [...], "versions": ..., "device": ...}.
+
+    All backends run at one input size: a static backend's size if there is one, else the image's.
+    """
+    from .data.preprocess import resize_image
+    from .errors import BadInputError
+
+    sizes = {size for spec in specs if (size := fixed_input_size(spec)) is not None}
+    if len(sizes) > 1:
+        raise BadInputError(f"backends have different fixed input sizes {sorted(sizes)}; export them at one size")
+    if sizes:
+        image = resize_image(image, next(iter(sizes)))
     ctx = multiprocessing.get_context("spawn")
     results = []
     for spec in specs:

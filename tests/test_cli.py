@@ -125,3 +125,19 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     pt, ort, simplified = report["backends"]
     assert pt["miou"] > 60 and abs(pt["miou"] - ort["miou"]) < 0.01 and abs(pt["miou"] - simplified["miou"]) < 0.01
     assert "PAM form 'blocked'" in result.stdout
+
+
+def test_benchmark_reports_latency_per_backend(exported: Path, tiny_ckpt: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    result = run("benchmark", "--ckpt", tiny_ckpt, "--onnx", exported, "--warmup", "1", "--iterations", "3",
+                 "--json", out)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    backends = json.loads(out.read_text())["backends"]
+    assert [b["kind"] for b in backends] == ["pytorch", "onnxruntime"]
+    for b in backends:
+        assert (
+            b["iterations"] == 3 and b["warmup"] == 1 and b["input_shape"] == [1, 64, 128, 3]
+        )  # the static ONNX size, for both
+        assert 0 < b["median_ms"] <= b["p99_ms"] and b["throughput_ips"] > 0 and b["peak_rss_mib"] > 50
+    assert_one_line_error(run("benchmark", "--onnx", tmp_path / "none.onnx"), 2, "none.onnx")
+    assert_one_line_error(run("benchmark"), 2, "--ckpt, --onnx and/or --engine")
