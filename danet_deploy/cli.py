@@ -434,6 +434,13 @@ def verify(
         list[str] | None,
         typer.Option(help="Override a pass threshold, e.g. fp16.min_pixel_agreement=0.998 (repeatable)."),
     ] = None,
+    thresholds_file: Annotated[
+        Path | None, typer.Option(help='JSON thresholds per precision, e.g. {"int8": {"max_miou_drop": 0.5}}.')
+    ] = None,
+    crop: Annotated[int | None, typer.Option(min=8, help="Sliding-window crop (e.g. 768), with --stride.")] = None,
+    stride: Annotated[int | None, typer.Option(min=1, help="Sliding-window stride (e.g. 512).")] = None,
+    flip: Annotated[bool, typer.Option(help="Average with the horizontally flipped image.")] = False,
+    scales: Annotated[str | None, typer.Option(help="Multi-scale, e.g. 0.75,1,1.25 (logits averaged).")] = None,
     threads: Annotated[int | None, typer.Option(min=1, help="ONNX Runtime intra-op threads.")] = None,
     layout: LayoutOpt = None,
 ) -> None:
@@ -443,6 +450,7 @@ def verify(
     """
     from .data.datasets import open_dataset
     from .errors import CheckFailedError
+    from .protocols import Protocol
     from .report import per_class_table, verify_table, write_json
     from .runners.onnxruntime import OnnxRuntimeRunner
     from .runners.pytorch import PyTorchRunner
@@ -474,10 +482,17 @@ def verify(
     dataset = open_dataset(data, split).head(limit)
     if not dataset.labeled:
         err.print(f"note: {data} has images without labels; mIoU is not computed", highlight=False)
-    thresholds = thresholds_with(threshold or [])
+    thresholds = thresholds_with(threshold or [], str(thresholds_file) if thresholds_file else None)
+    try:
+        scale_values = tuple(float(v) for v in scales.split(",")) if scales else (1.0,)
+    except ValueError:
+        raise DeployError(f"--scales: expected numbers like 0.75,1,1.25, got {scales!r}", EXIT_BAD_INPUT) from None
+    protocol = Protocol(crop=crop, stride=stride, flip=flip, scales=scale_values)
     with image_progress(len(dataset), "verify") as progress:
         task = progress.add_task(f"verify ({len(runners)} backends)", total=len(dataset))
-        report = run_verify(dataset, runners, config, thresholds, on_image=lambda i: progress.advance(task))
+        report = run_verify(
+            dataset, runners, config, thresholds, on_image=lambda i: progress.advance(task), protocol=protocol
+        )
     out.print(verify_table(report))
     if report.labeled:
         out.print(per_class_table(report))

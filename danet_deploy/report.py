@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from .artifacts import atomic_output
@@ -29,22 +30,18 @@ def _fmt(value: float | None, spec: str) -> str:
 
 def verify_table(report: VerifyReport) -> Table:
     size = "x".join(map(str, report.input_size)) if report.input_size else "native"
-    table = Table(title=f"verify: {report.images} images, input {size}, reference {report.reference}")
-    for column in (
-        "backend",
-        "precision",
-        "mIoU %",
-        "pixel agreement",
-        "max |diff|",
-        "mean |diff|",
-        "NaN/Inf",
-        "result",
-    ):
-        table.add_column(column, justify="left" if column == "backend" else "right")
+    title = f"verify: {report.images} images, {report.protocol}, input {size}, reference {report.reference}"
+    table = Table(title=title)
+    columns = ("backend", "precision", "mIoU %", "delta", "pixel agreement", "max |diff|", "p99 |diff|", "cosine",
+               "NaN/Inf", "result")  # fmt: skip
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("backend", "precision", "result") else "right")
     for b in report.backends:
-        result = "[green]pass[/]" if b.passed else f"[red]FAIL[/] {'; '.join(b.failures)}"
-        table.add_row(b.name, b.precision, _fmt(b.miou, ".2f"), f"{b.pixel_agreement:.4%}", f"{b.max_abs_diff:.2e}",
-                      f"{b.mean_abs_diff:.2e}", str(b.nonfinite_values), result)  # fmt: skip
+        result = "[green]pass[/]" if b.passed else f"[red]FAIL[/] {escape('; '.join(b.failures))}"
+        table.add_row(
+            escape(b.name), b.precision, _fmt(b.miou, ".2f"), _fmt(b.miou_delta, "+.2f"), f"{b.pixel_agreement:.4%}",
+            f"{b.max_abs_diff:.2e}", f"{b.p99_abs_diff:.1e}", f"{b.cosine:.6f}", str(b.nonfinite_values), result,
+        )  # fmt: skip
     return table
 
 

@@ -13,14 +13,13 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from .config import ModelConfig
 from .data.datasets import Dataset
 from .data.preprocess import resize_image
 from .errors import BadInputError
 from .metrics import confusion_matrix, mean_iou, per_class_iou
+from .protocols import Protocol, predict, resize_logits
 from .runners import Runner
 
 REPORT_SCHEMA_VERSION = 1
@@ -44,11 +43,13 @@ DEFAULT_THRESHOLDS: dict[str, Thresholds] = {
 }
 
 
-def thresholds_with(overrides: list[str]) -> dict[str, Thresholds]:
-    """Defaults with overrides like 'fp16.min_pixel_agreement=0.998' or 'int8.max_miou_drop=0.5'."""
+def thresholds_with(overrides: list[str], file: str | None = None) -> dict[str, Thresholds]:
+    """Defaults, then a JSON file ({"fp16": {"min_pixel_agreement": 0.998}}), then overrides like
+    'fp16.min_pixel_agreement=0.998' or 'int8.max_miou_drop=0.5'."""
+    items = [*_file_overrides(file), *overrides] if file else list(overrides)
     result = dict(DEFAULT_THRESHOLDS)
     fields = set(Thresholds.__dataclass_fields__)
-    for item in overrides:
+    for item in items:
         key, _, value = item.partition("=")
         precision, _, name = key.strip().partition(".")
         if precision not in result or name not in fields or not value:
@@ -64,6 +65,21 @@ def thresholds_with(overrides: list[str]) -> dict[str, Thresholds]:
     return result
 
 
+def _file_overrides(file: str) -> list[str]:
+    import json
+    from pathlib import Path
+
+    try:
+        data = json.loads(Path(file).read_text())
+    except OSError as exc:
+        raise BadInputError(f"{file}: cannot read thresholds file ({exc.strerror})") from None
+    except json.JSONDecodeError as exc:
+        raise BadInputError(f"{file}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise BadInputError(f'{file}: expected {{"fp16": {{"min_pixel_agreement": 0.998}}, ...}}')
+    return [f"{precision}.{name}={value}" for precision, values in data.items() for name, value in values.items()]
+
+
 @dataclass
 class BackendResult:
     name: str
@@ -73,9 +89,14 @@ class BackendResult:
     pixel_agreement: float
     max_abs_diff: float
     mean_abs_diff: float
+    p99_abs_diff: float  # upper edge of a log-spaced histogram bin (streamed over all logits)
+    cosine: float  # of all logits against the reference
     nonfinite_values: int
     passed: bool
     failures: list[str] = field(default_factory=list)
+    miou_delta: float | None = None  # points vs the reference
+    per_class_iou_delta: dict[str, float | None] = field(default_factory=dict)
+    worst_images: list[dict[str, Any]] = field(default_factory=list)  # lowest pixel agreement first
 
 
 @dataclass
@@ -86,6 +107,7 @@ class VerifyReport:
     images: int
     labeled: bool
     input_size: list[int] | None
+    protocol: str
     thresholds: dict[str, dict[str, float | None]]
     model: dict[str, Any]
     schema_version: int = REPORT_SCHEMA_VERSION
@@ -104,6 +126,10 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+# Log-spaced bins for a streaming p99 of |logit difference| (1e-9 .. 1e4, 10 bins per decade).
+_DIFF_BINS = np.concatenate([[0.0], np.logspace(-9, 4, 131), [np.inf]])
+
+
 class _Accumulator:
     def __init__(self, num_classes: int):
         self.confusion = np.zeros((num_classes, num_classes), np.int64)
@@ -113,6 +139,37 @@ class _Accumulator:
         self.sum_abs = 0.0
         self.values = 0
         self.nonfinite = 0
+        self.diff_histogram = np.zeros(len(_DIFF_BINS) - 1, np.int64)
+        self.dot = self.norm_a = self.norm_b = 0.0
+        self.per_image: list[tuple[str, float]] = []  # (image, pixel agreement)
+
+    def add(self, out: np.ndarray, reference: np.ndarray, ref_labels: np.ndarray, name: str) -> np.ndarray:
+        finite = np.isfinite(out)
+        self.nonfinite += int(out.size - finite.sum())
+        clean = np.where(finite, out, 0).astype(np.float64)
+        diff = np.abs(clean - reference)
+        self.max_abs = max(self.max_abs, float(diff.max()) if finite.all() else math.inf)
+        self.sum_abs += float(diff.sum())
+        self.values += diff.size
+        self.diff_histogram += np.histogram(diff, _DIFF_BINS)[0]
+        self.dot += float((clean * reference).sum())
+        self.norm_a += float((clean * clean).sum())
+        self.norm_b += float((reference.astype(np.float64) ** 2).sum())
+        labels = out.argmax(1)
+        agree = int((labels == ref_labels).sum())
+        self.agree += agree
+        self.pixels += labels.size
+        self.per_image.append((name, agree / labels.size))
+        return labels
+
+    def p99(self) -> float:
+        cumulative = np.cumsum(self.diff_histogram)
+        index = int(np.searchsorted(cumulative, 0.99 * cumulative[-1]))
+        return float(_DIFF_BINS[min(index + 1, len(_DIFF_BINS) - 1)])  # upper edge of the bin
+
+    def cosine(self) -> float:
+        denominator = math.sqrt(self.norm_a * self.norm_b)
+        return self.dot / denominator if denominator else 1.0
 
 
 def common_input_size(runners: Sequence[Runner]) -> tuple[int, int] | None:
@@ -122,23 +179,19 @@ def common_input_size(runners: Sequence[Runner]) -> tuple[int, int] | None:
     return next(iter(sizes), None)
 
 
-def _to_label_size(logits: np.ndarray, size: tuple[int, int], align_corners: bool) -> np.ndarray:
-    if logits.shape[-2:] == size:
-        return logits
-    resized = F.interpolate(torch.from_numpy(logits), size=size, mode="bilinear", align_corners=align_corners)
-    return resized.numpy()
-
-
 def verify(
     dataset: Dataset,
     runners: Sequence[Runner],
     config: ModelConfig,
     thresholds: dict[str, Thresholds] | None = None,
     on_image: Callable[[int], None] | None = None,
+    protocol: Protocol = Protocol(),
+    worst: int = 3,
 ) -> VerifyReport:
-    """Run every runner on every image; the first runner is the reference for parity.
+    """Run every runner on every image under one protocol; the first runner is the reference for parity.
 
-    Each backend is judged by the thresholds of its precision (`runner.precision`, default fp32).
+    Each backend is judged by the thresholds of its precision (`runner.precision`, default fp32). Images
+    stream one at a time; per image only each backend's pixel agreement is kept (for the worst images).
     """
     thresholds = thresholds or DEFAULT_THRESHOLDS
     if len(runners) < 1:
@@ -146,34 +199,32 @@ def verify(
     if len(dataset) == 0:
         raise BadInputError(f"{dataset.root}: no images to evaluate")
     size = common_input_size(runners)
+    if protocol.crop is not None and size is not None and size != (protocol.crop, protocol.crop):
+        crop = f"{protocol.crop}x{protocol.crop}"
+        raise BadInputError(f"sliding window {crop} needs backends of that size; a backend is fixed at "
+                            f"{size[0]}x{size[1]} (export it with --input-size {crop})")  # fmt: skip
+    resize_to = size if protocol.crop is None else None
     n = config.num_classes
     acc = [_Accumulator(n) for _ in runners]
     labeled = dataset.labeled
     for index, sample in enumerate(dataset):
-        image = resize_image(sample.image, size) if size else sample.image
-        outputs = [r.infer(image) for r in runners]
+        image = resize_image(sample.image, resize_to) if resize_to else sample.image
+        outputs = [predict(r.infer, image, protocol, config.align_corners) for r in runners]
         reference = outputs[0]
         if reference.shape[1] != n:
             raise BadInputError(f"{runners[0].name}: {reference.shape[1]} output classes, model config says {n}")
         ref_labels = reference.argmax(1)
         for a, out in zip(acc, outputs):
-            finite = np.isfinite(out)
-            a.nonfinite += int(out.size - finite.sum())
-            diff = np.abs(np.where(finite, out, 0).astype(np.float64) - reference)
-            a.max_abs = max(a.max_abs, float(diff.max()) if finite.all() else math.inf)
-            a.sum_abs += float(diff.sum())
-            a.values += diff.size
-            labels = out.argmax(1)
-            a.agree += int((labels == ref_labels).sum())
-            a.pixels += labels.size
+            a.add(out, reference, ref_labels, sample.name)
             if sample.label is not None:
-                scored = _to_label_size(out, sample.label.shape, config.align_corners).argmax(1)[0]
+                scored = resize_logits(out, sample.label.shape, config.align_corners).argmax(1)[0]
                 a.confusion += confusion_matrix(sample.label, scored, n, config.ignore_index)
         if on_image:
             on_image(index)
 
     results: list[BackendResult] = []
     ref_miou = mean_iou(acc[0].confusion) * 100 if labeled else None
+    ref_iou = per_class_iou(acc[0].confusion) * 100
     for i, (runner, a) in enumerate(zip(runners, acc)):
         miou = mean_iou(a.confusion) * 100 if labeled else None
         iou = per_class_iou(a.confusion) * 100
@@ -190,22 +241,26 @@ def verify(
                 failures.append(f"pixel agreement {agreement:.4%} < {limits.min_pixel_agreement:.4%}")
             if miou is not None and ref_miou is not None and ref_miou - miou > limits.max_miou_drop:
                 failures.append(f"mIoU drop {ref_miou - miou:.2f} > {limits.max_miou_drop:g} points")
+        per_class = {c: _round(v) for c, v in zip(config.class_names, iou)} if labeled else {}
+        deltas = {c: _round(v - r) for c, v, r in zip(config.class_names, iou, ref_iou)} if labeled else {}
+        worst_first = sorted(a.per_image, key=lambda item: item[1])[:worst] if i > 0 else []
         results.append(
             BackendResult(
                 name=runner.name,
                 precision=precision,
-                miou=round(miou, 4) if miou is not None else None,
-                per_class_iou={
-                    c: (round(float(v), 4) if np.isfinite(v) else None) for c, v in zip(config.class_names, iou)
-                }
-                if labeled
-                else {},
+                miou=_round(miou),
+                per_class_iou=per_class,
                 pixel_agreement=agreement,
                 max_abs_diff=a.max_abs,
                 mean_abs_diff=a.sum_abs / max(a.values, 1),
+                p99_abs_diff=a.p99(),
+                cosine=a.cosine(),
                 nonfinite_values=a.nonfinite,
                 passed=not failures,
                 failures=failures,
+                miou_delta=_round(miou - ref_miou) if miou is not None and ref_miou is not None else None,
+                per_class_iou_delta=deltas,
+                worst_images=[{"image": name, "pixel_agreement": value} for name, value in worst_first],
             )
         )
     return VerifyReport(
@@ -215,6 +270,11 @@ def verify(
         images=len(dataset),
         labeled=labeled,
         input_size=list(size) if size else None,
+        protocol=protocol.name,
         thresholds={k: asdict(v) for k, v in thresholds.items()},
         model={"arch": config.arch, "num_classes": n, "align_corners": config.align_corners},
     )
+
+
+def _round(value: float | None) -> float | None:
+    return round(float(value), 4) if value is not None and np.isfinite(value) else None

@@ -76,3 +76,78 @@ def test_precision_selects_thresholds(tiny_model, city_data: Path) -> None:
     assert by_name["noisy-fp16"].pixel_agreement > 0.999
     assert by_name["noisy-fp16"].passed == (by_name["noisy-fp16"].pixel_agreement >= 0.999)
     assert report.passed is False and report.labeled and report.images == 3
+
+
+# --- evaluation protocols ------------------------------------------------------------------------------
+
+
+def per_pixel(image: np.ndarray) -> np.ndarray:
+    """A backend whose logits depend on each pixel alone (like a 1x1 conv): protocols must not change it."""
+    x = image.astype(np.float32).transpose(2, 0, 1)[None] / 255
+    return np.concatenate([x, 1 - x, x[:, :1] * x[:, 1:2]], axis=1)
+
+
+@pytest.mark.parametrize(("crop", "stride"), [(32, 16), (48, 20), (64, 64), (100, 50)])
+def test_sliding_window_covers_every_pixel_exactly(crop: int, stride: int) -> None:
+    from danet_deploy.protocols import Protocol, predict
+
+    image = np.random.default_rng(0).integers(0, 256, (61, 99, 3), dtype=np.uint8)
+    seen: list[tuple[int, int]] = []
+
+    def infer(window: np.ndarray) -> np.ndarray:
+        seen.append(window.shape[:2])
+        return per_pixel(window)
+
+    got = predict(infer, image, Protocol(crop=crop, stride=stride), align_corners=False)
+    np.testing.assert_allclose(got, per_pixel(image), rtol=1e-6)
+    assert set(seen) == {(crop, crop)}  # windows always have the crop size (small images are padded)
+
+
+def test_flip_and_scales_average_like_the_official_protocol() -> None:
+    from danet_deploy.protocols import Protocol, predict
+
+    image = np.random.default_rng(1).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    np.testing.assert_allclose(predict(per_pixel, image, Protocol(flip=True), False), per_pixel(image), rtol=1e-6)
+    same_scales = predict(per_pixel, image, Protocol(scales=(1.0, 1.0)), False)
+    np.testing.assert_allclose(same_scales, per_pixel(image), rtol=1e-6)
+    yy, xx = np.mgrid[0:40, 0:56]
+    smooth = np.stack([xx * 4, yy * 6, (xx + yy) * 2], axis=-1).astype(np.uint8)  # resizing keeps a gradient
+    multi = predict(per_pixel, smooth, Protocol(scales=(0.5, 1.0, 1.5)), False)
+    assert multi.shape == (1, 7, 40, 56) and np.abs(multi - per_pixel(smooth)).mean() < 0.02
+
+
+def test_protocol_validation() -> None:
+    from danet_deploy.protocols import Protocol
+
+    for kwargs in ({"crop": 64}, {"crop": 64, "stride": 80}, {"scales": ()}, {"scales": (0.0,)}):
+        with pytest.raises(BadInputError):
+            Protocol(**kwargs)
+    assert Protocol(crop=768, stride=512, flip=True, scales=(0.75, 1.0)).name == "slide 768/512 + flip + scales 0.75,1"
+
+
+def test_verify_under_sliding_window_and_flip(tiny_model, city_data: Path, tmp_path: Path) -> None:
+    from danet_deploy.export import ExportOptions, export_onnx
+    from danet_deploy.protocols import Protocol
+    from danet_deploy.runners.onnxruntime import OnnxRuntimeRunner
+
+    path = tmp_path / "crop.onnx"
+    export_onnx(tiny_model, TINY, path, ExportOptions(input_size=(48, 48)), np.zeros((48, 48, 3), np.uint8))
+    runners = [PyTorchRunner(tiny_model, TINY), OnnxRuntimeRunner(path)]
+    report = verify(open_dataset(city_data), runners, TINY, protocol=Protocol(crop=48, stride=32, flip=True))
+    assert report.passed, report.backends[1].failures
+    assert report.protocol == "slide 48/32 + flip" and report.backends[1].cosine > 0.999999
+    assert report.backends[1].worst_images and report.backends[1].miou_delta == pytest.approx(0, abs=1e-3)
+    with pytest.raises(BadInputError, match="needs backends of that size"):
+        verify(open_dataset(city_data), runners, TINY, protocol=Protocol(crop=32, stride=16))
+
+
+def test_thresholds_file(tmp_path: Path) -> None:
+    path = tmp_path / "t.json"
+    path.write_text('{"int8": {"max_miou_drop": 0.5}, "fp32": {"max_abs_diff": 1e-4}}')
+    t = thresholds_with(["int8.max_miou_drop=0.25"], str(path))
+    assert t["int8"].max_miou_drop == 0.25 and t["fp32"].max_abs_diff == 1e-4  # command line wins over the file
+    path.write_text("[1, 2]")
+    with pytest.raises(BadInputError, match="expected"):
+        thresholds_with([], str(path))
+    with pytest.raises(BadInputError, match="cannot read"):
+        thresholds_with([], str(tmp_path / "missing.json"))

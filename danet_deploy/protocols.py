@@ -1,0 +1,102 @@
+"""Evaluation protocols of the DANet community, applied the same way to every backend.
+
+- whole image (default);
+- sliding window (`crop`, `stride`): windows on a grid covering the image, images smaller than the crop padded
+  with black (the normalized value of black, as the official code pads), overlapping logits averaged;
+- horizontal flip: logits of the flipped image flipped back and averaged;
+- multi-scale: the image resized by each scale, logits resized back to the image size and averaged.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .errors import BadInputError
+
+Infer = Callable[[np.ndarray], np.ndarray]  # H x W x 3 uint8 -> 1 x C x H x W logits
+
+
+@dataclass(frozen=True)
+class Protocol:
+    crop: int | None = None  # sliding window size; None: whole image
+    stride: int | None = None
+    flip: bool = False
+    scales: tuple[float, ...] = (1.0,)
+
+    def __post_init__(self) -> None:
+        if (self.crop is None) != (self.stride is None):
+            raise BadInputError("--crop and --stride go together")
+        if self.crop is not None and self.stride is not None and not 0 < self.stride <= self.crop:
+            raise BadInputError(f"--stride must be in 1..crop ({self.crop}), got {self.stride}")
+        if not self.scales or any(s <= 0 for s in self.scales):
+            raise BadInputError(f"--scales must be positive, got {self.scales}")
+
+    @property
+    def name(self) -> str:
+        parts = [f"slide {self.crop}/{self.stride}" if self.crop else "whole"]
+        if self.flip:
+            parts.append("flip")
+        if self.scales != (1.0,):
+            parts.append("scales " + ",".join(f"{s:g}" for s in self.scales))
+        return " + ".join(parts)
+
+    @property
+    def is_plain(self) -> bool:
+        return self.crop is None and not self.flip and self.scales == (1.0,)
+
+
+def resize_logits(logits: np.ndarray, size: tuple[int, int], align_corners: bool) -> np.ndarray:
+    if logits.shape[-2:] == size:
+        return logits
+    t = F.interpolate(torch.from_numpy(logits), size=size, mode="bilinear", align_corners=align_corners)
+    return t.numpy()
+
+
+def sliding_window(infer: Infer, image: np.ndarray, crop: int, stride: int) -> np.ndarray:
+    h, w = image.shape[:2]
+    ph, pw = max(h, crop), max(w, crop)
+    padded = np.zeros((ph, pw, 3), np.uint8)  # black: normalizes to the official padding value
+    padded[:h, :w] = image
+    rows = math.ceil(max(ph - crop, 0) / stride) + 1
+    cols = math.ceil(max(pw - crop, 0) / stride) + 1
+    total: np.ndarray | None = None
+    count = np.zeros((1, 1, ph, pw), np.float32)
+    for r in range(rows):
+        for c in range(cols):
+            y0, x0 = min(r * stride, ph - crop), min(c * stride, pw - crop)
+            logits = infer(np.ascontiguousarray(padded[y0 : y0 + crop, x0 : x0 + crop]))
+            if total is None:
+                total = np.zeros((1, logits.shape[1], ph, pw), np.float32)
+            total[:, :, y0 : y0 + crop, x0 : x0 + crop] += logits
+            count[:, :, y0 : y0 + crop, x0 : x0 + crop] += 1
+    assert total is not None
+    return (total / count)[:, :, :h, :w]
+
+
+def predict(infer: Infer, image: np.ndarray, protocol: Protocol, align_corners: bool) -> np.ndarray:
+    """Logits at the image's size under the protocol."""
+    h, w = image.shape[:2]
+
+    def once(img: np.ndarray) -> np.ndarray:
+        if protocol.crop is not None and protocol.stride is not None:
+            return sliding_window(infer, img, protocol.crop, protocol.stride)
+        return infer(img)
+
+    total: np.ndarray | None = None
+    for scale in protocol.scales:
+        size = (max(8, round(h * scale)), max(8, round(w * scale)))
+        scaled = image if size == (h, w) else np.asarray(Image.fromarray(image).resize(size[::-1], Image.BILINEAR))
+        logits = once(scaled)
+        if protocol.flip:
+            logits = logits + once(np.ascontiguousarray(scaled[:, ::-1]))[..., ::-1]
+        logits = resize_logits(np.ascontiguousarray(logits), (h, w), align_corners)
+        total = logits if total is None else total + logits
+    assert total is not None
+    return total / (len(protocol.scales) * (2 if protocol.flip else 1))
