@@ -430,6 +430,9 @@ def verify(
     split: Annotated[str, typer.Option(help="Cityscapes split.")] = "val",
     limit: Annotated[int | None, typer.Option(min=1, help="Evaluate only the first N images.")] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the full report as JSON.")] = None,
+    report_dir: Annotated[
+        Path | None, typer.Option("--report", help="Write report.html (charts, worst images) and report.md here.")
+    ] = None,
     threshold: Annotated[
         list[str] | None,
         typer.Option(help="Override a pass threshold, e.g. fp16.min_pixel_agreement=0.998 (repeatable)."),
@@ -443,6 +446,9 @@ def verify(
     scales: Annotated[str | None, typer.Option(help="Multi-scale, e.g. 0.75,1,1.25 (logits averaged).")] = None,
     threads: Annotated[int | None, typer.Option(min=1, help="ONNX Runtime intra-op threads.")] = None,
     layout: LayoutOpt = None,
+    benchmark_json: Annotated[
+        Path | None, typer.Option(help="Benchmark results (`benchmark --json`) to chart in the report.")
+    ] = None,
 ) -> None:
     """Evaluate PyTorch and ONNX Runtime on the same images: mIoU, per-class IoU, parity, NaN/Inf.
 
@@ -483,6 +489,14 @@ def verify(
     if not dataset.labeled:
         err.print(f"note: {data} has images without labels; mIoU is not computed", highlight=False)
     thresholds = thresholds_with(threshold or [], str(thresholds_file) if thresholds_file else None)
+    benchmark_results = None
+    if benchmark_json:
+        import json
+
+        try:
+            benchmark_results = json.loads(benchmark_json.read_text())
+        except (OSError, ValueError):
+            raise DeployError(f"{benchmark_json}: not a readable benchmark JSON", EXIT_BAD_INPUT) from None
     try:
         scale_values = tuple(float(v) for v in scales.split(",")) if scales else (1.0,)
     except ValueError:
@@ -499,6 +513,14 @@ def verify(
     if json_path:
         write_json(report.to_dict(), json_path)
         out.print(f"report: {json_path}", highlight=False)
+    if report_dir:
+        from .html_report import collect_examples, write_html, write_markdown
+
+        with spinner("writing the HTML report (re-running the worst images)"):
+            examples = collect_examples(dataset, runners, report, config, protocol)
+            html_path = write_html(report, examples, config, report_dir / "report.html", benchmark=benchmark_results)
+            write_markdown(report, report_dir / "report.md", html_path.name)
+        out.print(f"report: {html_path}", highlight=False)
     if not report.passed:
         failed = [f"{b.name}: {', '.join(b.failures)}" for b in report.backends if not b.passed]
         raise CheckFailedError("parity check failed: " + "; ".join(failed))
