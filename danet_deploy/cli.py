@@ -571,21 +571,34 @@ def benchmark(
 @app.command()
 @guarded
 def demo(
-    workdir: Annotated[Path, typer.Option(help="Where the demo writes its ONNX model and report.")] = Path(
+    workdir: Annotated[Path, typer.Option(help="Where the demo writes its models and report.")] = Path(
         "danet-deploy-demo"
     ),
+    calib_images: Annotated[int, typer.Option(min=8, help="Synthetic calibration images for INT8/FP16.")] = 100,
 ) -> None:
-    """Export the bundled demo DANet, simplify it for ONNX Runtime, verify both against PyTorch on labeled images."""
+    """The whole pipeline on the bundled model and data: export, simplify, FP16, INT8, benchmark, verify, report."""
     from .bundled import DEMO_CHECKPOINT, DEMO_DATA
+    from .data.synthetic import write_calibration_images
 
-    onnx_path = workdir / "demo.onnx"
-    simplified = workdir / "demo.ort.onnx"
-    out.print(f"[bold]1/3 export[/] {DEMO_CHECKPOINT.name} -> {onnx_path}")
+    onnx_path, simplified = workdir / "demo.onnx", workdir / "demo.ort.onnx"
+    fp16_path, int8_path = workdir / "demo.fp16.onnx", workdir / "demo.int8.onnx"
+    calib = workdir / "calibration"
+    out.print(f"[bold]1/6 export[/] {DEMO_CHECKPOINT.name} -> {onnx_path}")
     export(DEMO_CHECKPOINT, output=onnx_path)
-    out.print(f"[bold]2/3 simplify[/] for ONNX Runtime -> {simplified}")
+    out.print(f"[bold]2/6 simplify[/] for ONNX Runtime -> {simplified}")
     _simplify(onnx_path, simplified, "ort", None, DEFAULT_BLOCK, None, 1e-4, 1e-4)
-    out.print(f"[bold]3/3 verify[/] PyTorch vs ONNX Runtime on {DEMO_DATA}")
-    verify(data=DEMO_DATA, ckpt=DEMO_CHECKPOINT, onnx=[onnx_path, simplified], json_path=workdir / "report.json")
+    with spinner(f"writing {calib_images} synthetic calibration scenes (the calibration/ split of the generator)"):
+        write_calibration_images(calib, calib_images)
+    out.print(f"[bold]3/6 FP16[/] -> {fp16_path}")
+    quantize(onnx_path, fp16_path, fp16=True, calib=calib, count=min(calib_images, 32))
+    out.print(f"[bold]4/6 INT8[/] -> {int8_path}")
+    quantize(onnx_path, int8_path, calib=calib, count=calib_images, cache_dir=workdir / "cache")
+    models = [onnx_path, simplified, fp16_path, int8_path]
+    out.print("[bold]5/6 benchmark[/] PyTorch and every ONNX model on ONNX Runtime CPU")
+    benchmark(ckpt=DEMO_CHECKPOINT, onnx=models, warmup=2, iterations=5, json_path=workdir / "benchmark.json")
+    out.print(f"[bold]6/6 verify[/] every backend against PyTorch on {DEMO_DATA}")
+    verify(data=DEMO_DATA, ckpt=DEMO_CHECKPOINT, onnx=models, json_path=workdir / "report.json",
+           report_dir=workdir, benchmark_json=workdir / "benchmark.json")  # fmt: skip
 
 
 def main() -> None:  # pragma: no cover

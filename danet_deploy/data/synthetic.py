@@ -375,3 +375,14 @@ def write_cityscapes_split(
         if label_ids:
             Image.fromarray(train_ids_to_label_ids(scene.label)).save(gt_dir / f"{stem}_gtFine_labelIds.png")
     return root
+
+
+def write_calibration_images(folder: str | Path, count: int, height: int = 256, width: int = 512) -> Path:
+    """The calibration split of the generator as PNG files (`calibration/images` ships the same scenes as JPEG)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        path = folder / f"calib_{i:04d}.png"
+        if not path.exists():
+            Image.fromarray(generate_scene(scene_seed("calib", i), height, width).image).save(path)
+    return folder
