@@ -1,0 +1,71 @@
+"""The HTML report: self-contained, escapes names, renders in headless Chromium (where Chromium is installed)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from danet_deploy.data.datasets import open_dataset
+from danet_deploy.html_report import collect_examples, write_html, write_markdown
+from danet_deploy.protocols import Protocol
+from danet_deploy.runners.pytorch import PyTorchRunner
+from danet_deploy.verify import verify
+
+from .conftest import TINY
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+class ShiftedRunner:
+    """A backend that disagrees with the reference on class 0, so the report has something to show."""
+
+    def __init__(self, inner: PyTorchRunner):
+        self.inner, self.precision, self.input_size = inner, "int8", None
+        self.name = "<int8 & friends>"  # must be escaped in the page
+
+    def infer(self, image: np.ndarray) -> np.ndarray:
+        out = self.inner.infer(image).copy()
+        out[:, 0] += 3.0
+        return out
+
+
+@pytest.fixture(scope="module")
+def report_page(tiny_model, city_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    reference = PyTorchRunner(tiny_model, TINY)
+    runners = [reference, ShiftedRunner(reference)]
+    dataset = open_dataset(city_data)
+    report = verify(dataset, runners, TINY)
+    examples = collect_examples(dataset, runners, report, TINY, Protocol(), limit=2)
+    assert len(examples) == 2 and examples[0].agreement[1] <= examples[1].agreement[1]
+    bench = {"device": "CPU", "backends": [{"name": "pytorch", "median_ms": 10.0, "p90_ms": 11.0, "p99_ms": 12.0}]}
+    out = tmp_path_factory.mktemp("report")
+    write_markdown(report, out / "report.md", "report.html")
+    return write_html(report, examples, TINY, out / "report.html", benchmark=bench)
+
+
+def test_report_is_self_contained_and_escaped(report_page: Path) -> None:
+    page = report_page.read_text()
+    assert "&lt;int8 &amp; friends&gt;" in page and "<int8 & friends>" not in page
+    assert "http://" not in page.replace("http://www.w3.org/2000/svg", "") and "https://" not in page
+    assert page.count("data:image/png;base64,") == 2 * (1 + 2 + 1)  # input, 2 predictions, 1 disagreement map
+    assert "FAILED" in page and "Per-class IoU" in page and "Latency" in page
+    assert "FAIL" in (report_page.parent / "report.md").read_text()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (apt-get install chromium)")
+def test_report_renders_in_headless_chromium(report_page: Path, tmp_path: Path) -> None:
+    shot = tmp_path / "shot.png"
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+           "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'p'}",
+           f"--screenshot={shot}", "--window-size=1400,2000", report_page.as_uri()]  # fmt: skip
+    subprocess.run(cmd, capture_output=True, timeout=120, check=False)
+    assert shot.is_file()
+    pixels = np.asarray(Image.open(shot).convert("RGB"))
+    assert pixels.std() > 10  # something was drawn, not a blank page
+    # The failure banner (#ffebe9) and the per-class bars are on screen.
+    assert (np.abs(pixels.astype(int) - (255, 235, 233)).sum(axis=2) < 8).sum() > 1000
