@@ -307,7 +307,8 @@ def quantize(
     seed: Annotated[int, typer.Option(help="Seed of the calibration sample.")] = 0,
     split: Annotated[str, typer.Option(help="Cityscapes split for calibration.")] = "train",
     max_miou_drop: Annotated[
-        float | None, typer.Option(help="INT8: keep the most sensitive layers FP16/FP32 until the mIoU drop fits.")
+        float | None,
+        typer.Option(help="INT8: keep the most sensitive layers FP32 until the mIoU drop fits (needs --data)."),
     ] = None,
     data: Annotated[Path | None, typer.Option(help="Labeled data for --max-miou-drop.")] = None,
     exclude: Annotated[list[str] | None, typer.Option(help="Node name or regex to keep FP32; repeatable.")] = None,

@@ -33,6 +33,7 @@ META_CONFIG = "danet_deploy.model_config"
 META_PROVENANCE = "danet_deploy.provenance"
 META_IO = "danet_deploy.io"
 META_GRAPH = "danet_deploy.graph"
+META_PRECISION = "danet_deploy.precision"
 MIN_DYNAMO_OPSET = 18
 DEFAULT_OPSET = 18
 
@@ -199,7 +200,10 @@ def read_metadata(model: onnx.ModelProto | str | os.PathLike[str]) -> dict[str, 
         model = onnx.load(str(model), load_external_data=False)
     props = {p.key: p.value for p in model.metadata_props}
     out: dict[str, Any] = {}
-    keys = ((META_CONFIG, "model_config"), (META_PROVENANCE, "provenance"), (META_IO, "io"), (META_GRAPH, "graph"))
+    keys = (
+        (META_CONFIG, "model_config"), (META_PROVENANCE, "provenance"), (META_IO, "io"), (META_GRAPH, "graph"),
+        (META_PRECISION, "precision"),
+    )  # fmt: skip
     for key, name in keys:
         if key in props:
             out[name] = json.loads(props[key])

@@ -167,3 +167,17 @@ def test_cli_without_tensorrt(static_onnx: Path, tmp_path: Path) -> None:
     write_sidecar(engine, _sidecar())
     engine.write_bytes(np.zeros(16, np.uint8).tobytes())
     assert_one_line_error(run("verify", "--engine", engine, "--data", tmp_path), 3, "TensorRT is not installed")
+
+
+def test_strongly_typed_fp16_plan_prepares_an_fp16_onnx(static_onnx: Path, tmp_path: Path) -> None:
+    """The step before TensorRT runs here: the plan's FP16 network ONNX is produced by the precision stage."""
+    import shutil
+
+    from danet_deploy.engine.build import prepare_network
+    from danet_deploy.runners.onnxruntime import detect_precision
+
+    source = tmp_path / "m.onnx"
+    shutil.copy(static_onnx, source)
+    plan = plan_build(source, BuildOptions(precision="fp16"), "11.4")
+    prepare_network(plan)
+    assert plan.network_onnx == str(tmp_path / "m.fp16.onnx") and detect_precision(plan.network_onnx) == "fp16"

@@ -35,8 +35,16 @@ class OnnxRuntimeRunner:
         if not self.path.is_file():
             raise BadInputError(f"{self.path}: no such ONNX file")
         self.config: ModelConfig = config_from_onnx(self.path)
+        self.precision = detect_precision(self.path)
         try:
-            self.session = onnxruntime_session(self.path, threads)
+            if self.precision == "fp16":
+                # ORT's CPU provider runs most FP16 ops in FP32 and never rounds between them, which hides
+                # FP16 overflow; this session stores every FP16 intermediate in FP16, as a GPU would.
+                from ..precision.fp16 import fp16_session
+
+                self.session = fp16_session(self.path)
+            else:
+                self.session = onnxruntime_session(self.path, threads)
         except Exception as exc:  # onnxruntime raises its own exception types for invalid models
             raise BadInputError(
                 f"{self.path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0][:160]})"
@@ -48,7 +56,6 @@ class OnnxRuntimeRunner:
         dims = inp.shape[1:3] if self.uint8_input else inp.shape[2:4]
         self.input_size = tuple(dims) if all(isinstance(d, int) for d in dims) else None  # type: ignore[assignment]
         self.input_dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
-        self.precision = detect_precision(self.path)
 
     def infer(self, image: np.ndarray) -> np.ndarray:
         feed = image[None] if self.uint8_input else normalize(image, self.config).astype(self.input_dtype)

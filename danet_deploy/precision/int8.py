@@ -1,0 +1,508 @@
+"""FP32 ONNX -> INT8 Q/DQ ONNX for TensorRT (explicit quantization), plus an mIoU-guarded mixed INT8/FP32 mode.
+
+Quantization is NVIDIA ModelOpt's (`modelopt.onnx.quantization.quantize`): it calibrates with ONNX Runtime on
+the CPU and places Q/DQ where TensorRT fuses them. Settings TensorRT needs: symmetric INT8 (zero point 0)
+for activations and weights, per-channel weight scales, FP32 model inputs/outputs. Layers left unquantized
+stay FP32 (`high_precision_dtype="fp32"`): ModelOpt's FP16 option is a plain cast with no range check, and
+DANet's CAM energy overflows FP16 (see `fp16.py` for the protected FP16 conversion).
+
+Calibration methods: `entropy` (TensorRT's classic choice) and `max` are ModelOpt's own. ModelOpt has no
+`percentile`; it is computed here (symmetric percentile of |x| per tensor, 2048-bin histograms, as ONNX
+Runtime's percentile calibrator does) and handed to ModelOpt as a TensorRT calibration cache, so Q/DQ
+placement still follows ModelOpt's TensorRT rules. That costs two extra passes over the images.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import struct
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from ..artifacts import atomic_output, sha256_file
+from ..data.datasets import open_dataset
+from ..errors import BadInputError, CheckFailedError
+from ..export import write_metadata
+from ..graph.editor import opset_of
+from .calibration import (
+    META_PRECISION,
+    ActivationProbe,
+    Agreement,
+    CalibrationCache,
+    CalibrationInfo,
+    CalibrationReader,
+    CalibrationSet,
+    activation_tensors,
+    cache_key,
+    cache_key_material,
+    calibration_set,
+    compare_models,
+    exact_names,
+    finish_model,
+    first_batches,
+    key_tool_versions,
+    load_source,
+    quiet_tools,
+)
+
+log = logging.getLogger(__name__)
+
+METHODS = ("entropy", "max", "percentile")
+DEFAULT_PERCENTILE = 99.99
+PERCENTILE_BINS = 2048
+QUANTIZED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+TRT86_MAX_OPSET = 17  # JetPack 6.0
+
+
+@dataclass
+class QdqSummary:
+    """What the Q/DQ model holds; `check_qdq` fails on anything TensorRT would reject."""
+
+    quantize_nodes: int
+    dequantize_nodes: int
+    per_channel_weights: int  # weights with one scale per output channel
+    per_tensor_weights: int
+    quantized_layers: list[str]  # Conv/MatMul/Gemm nodes fed by a DequantizeLinear
+
+
+@dataclass
+class Int8Record:
+    onnx_path: str
+    onnx_sha256: str
+    source_sha256: str
+    method: str
+    percentile: float | None
+    calibration: CalibrationInfo
+    cache_hit: bool
+    cache_key: str
+    nodes_to_exclude: list[str]
+    qdq: QdqSummary
+    agreement: Agreement  # vs FP32 on the first calibration images (seen data: an optimistic figure)
+    seconds: float
+    warnings: list[str] = field(default_factory=list)
+
+
+# Q/DQ checks ----------------------------------------------------------------------------------------------
+
+
+def _initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+
+
+def _constant(name: str, inits: dict[str, np.ndarray], constants: dict[str, np.ndarray]) -> np.ndarray | None:
+    return inits[name] if name in inits else constants.get(name)
+
+
+def _op(node: onnx.NodeProto | None) -> str:
+    return node.op_type if node is not None else ""
+
+
+def check_qdq(model: onnx.ModelProto, where: str) -> QdqSummary:
+    """Every Q/DQ is INT8 with zero point 0 (TensorRT rejects others); count per-channel weight scales."""
+    inits = _initializers(model)
+    constants = {
+        n.output[0]: numpy_helper.to_array(a.t)
+        for n in model.graph.node
+        if n.op_type == "Constant"
+        for a in n.attribute
+        if a.name == "value"
+    }
+    producers = {o: n for n in model.graph.node for o in n.output}
+    bad: list[str] = []
+    per_channel = per_tensor = 0
+    for node in model.graph.node:
+        if node.op_type not in QDQ_OPS:
+            continue
+        zero = _constant(node.input[2], inits, constants) if len(node.input) > 2 and node.input[2] else None
+        if zero is None:
+            # An absent zero point defaults to uint8 0: TensorRT needs INT8.
+            bad.append(f"{node.name} has no INT8 zero point")
+        elif zero.dtype != np.int8 or np.any(zero != 0):
+            bad.append(f"{node.name} zero point {zero.dtype} {zero.ravel()[:3].tolist()}")
+        if node.op_type == "DequantizeLinear":
+            source = producers.get(node.input[0])
+            weight = node.input[0] in inits or (
+                source is not None and source.op_type == "QuantizeLinear" and source.input[0] in inits
+            )
+            if weight:
+                scale = _constant(node.input[1], inits, constants)
+                if scale is not None and scale.size > 1:
+                    per_channel += 1
+                else:
+                    per_tensor += 1
+    if bad:
+        raise CheckFailedError(f"{where}: Q/DQ not TensorRT-ready: {'; '.join(bad[:3])} ({len(bad)} in all)")
+    layers = [
+        n.name
+        for n in model.graph.node
+        if n.op_type in QUANTIZED_OPS and any(_op(producers.get(i)) == "DequantizeLinear" for i in n.input)
+    ]
+    return QdqSummary(
+        quantize_nodes=sum(n.op_type == "QuantizeLinear" for n in model.graph.node),
+        dequantize_nodes=sum(n.op_type == "DequantizeLinear" for n in model.graph.node),
+        per_channel_weights=per_channel,
+        per_tensor_weights=per_tensor,
+        quantized_layers=layers,
+    )
+
+
+# percentile ranges ----------------------------------------------------------------------------------------
+
+
+def percentile_amax(model: onnx.ModelProto, calib: CalibrationSet, percentile: float) -> dict[str, float]:
+    """Symmetric percentile of |x| per activation tensor: pass 1 finds max |x|, pass 2 fills 2048-bin histograms."""
+    names = [calib.input.name, *activation_tensors(model)]
+    probe = ActivationProbe(model, [n for n in names if n != calib.input.name])
+    amax: dict[str, float] = {}
+    for batch in calib.batches():
+        values = {calib.input.name: batch, **probe.run({calib.input.name: batch})}
+        for name, value in values.items():
+            amax[name] = max(amax.get(name, 0.0), float(np.abs(value.astype(np.float32)).max(initial=0.0)))
+    hists = {name: np.zeros(PERCENTILE_BINS, np.int64) for name in amax}
+    for batch in calib.batches():
+        values = {calib.input.name: batch, **probe.run({calib.input.name: batch})}
+        for name, value in values.items():
+            if amax[name] > 0:
+                hists[name] += np.histogram(np.abs(value.astype(np.float32)), PERCENTILE_BINS, (0, amax[name]))[0]
+    result = {}
+    for name, hist in hists.items():
+        if amax[name] <= 0 or not hist.sum():
+            continue
+        cdf = np.cumsum(hist) / hist.sum()
+        edge = int(np.searchsorted(cdf, percentile / 100.0)) + 1
+        result[name] = amax[name] * min(edge, PERCENTILE_BINS) / PERCENTILE_BINS
+    return result
+
+
+def write_trt_cache(amax: dict[str, float], path: Path) -> None:
+    """TensorRT calibration cache text (scale = amax / 127 as big-endian float32 hex), ModelOpt's import format."""
+    lines = ["TRT-8501-EntropyCalibration2"]
+    lines += [f"{name}: {struct.pack('!f', value / 127.0).hex()}" for name, value in amax.items() if value > 0]
+    path.write_text("\n".join(lines) + "\n")
+
+
+# quantization ---------------------------------------------------------------------------------------------
+
+
+def _run_modelopt(
+    model: onnx.ModelProto, calib: CalibrationSet, method: str, patterns: list[str], percentile: float
+) -> bytes:
+    """Quantize in a private temp folder (ModelOpt writes intermediate files beside its input)."""
+    from modelopt.onnx.quantization import quantize
+
+    with tempfile.TemporaryDirectory(prefix="danet-int8-") as tmp:
+        src, out = Path(tmp) / "model.onnx", Path(tmp) / "model.int8.onnx"
+        onnx.save(model, str(src))
+        cache_path = None
+        if method == "percentile":
+            cache_path = Path(tmp) / "percentile.cache"
+            write_trt_cache(percentile_amax(model, calib, percentile), cache_path)
+        with quiet_tools():
+            quantize(
+                onnx_path=str(src),
+                quantize_mode="int8",
+                calibration_data_reader=CalibrationReader(calib),
+                # With a cache ModelOpt still runs a pass; "max" is its cheapest, and the cache overrides the scales.
+                calibration_method="max" if method == "percentile" else method,
+                calibration_cache_path=str(cache_path) if cache_path else None,
+                calibration_eps=["cpu"],
+                nodes_to_exclude=list(patterns),
+                high_precision_dtype="fp32",
+                output_path=str(out),
+                log_level="ERROR",
+            )
+        if not out.is_file():
+            raise CheckFailedError(f"ModelOpt wrote no quantized model for {calib.root}")
+        return out.read_bytes()
+
+
+def quantize_int8(
+    onnx_path: str | os.PathLike[str],
+    calib_path: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    method: str = "entropy",
+    count: int | None = None,
+    seed: int = 0,
+    nodes_to_exclude: list[str] | None = None,
+    recalibrate: bool = False,
+    cache_dir: str | os.PathLike[str] | None = None,
+    split: str = "train",
+    percentile: float = DEFAULT_PERCENTILE,
+    check_images: int = 4,
+) -> tuple[Path, Int8Record]:
+    """Calibrate on images from `calib_path` and write a TensorRT-ready Q/DQ ONNX to `out_path`.
+
+    `nodes_to_exclude`: node names or regular expressions (`re.match`) kept FP32. `count` None takes up to
+    500 images. A cached result (same model bytes, image bytes, settings and tool versions) is reused unless
+    `recalibrate`. The output is checked (INT8 zero points 0, runs in ONNX Runtime, finite logits) before it
+    is written; nothing is left at `out_path` on failure.
+    """
+    started = time.perf_counter()
+    if method not in METHODS:
+        raise BadInputError(f"unknown calibration method {method!r}; choose from {', '.join(METHODS)}")
+    if method == "percentile" and not 50.0 < percentile <= 100.0:
+        raise BadInputError(f"percentile must be in (50, 100], got {percentile}")
+    source = load_source(onnx_path)
+    calib = calibration_set(calib_path, onnx_path, count, seed, split)
+    patterns = sorted(nodes_to_exclude or [])
+    settings: dict[str, Any] = {"mode": "int8", "method": method, "nodes_to_exclude": patterns, "high": "fp32"}
+    if method == "percentile":
+        settings["percentile"] = percentile
+    material = cache_key_material(onnx_path, calib, **settings)
+    key = cache_key(material)
+    cache = CalibrationCache(cache_dir)
+    data = None if recalibrate else cache.get(key)
+    hit = data is not None
+    if data is None:
+        data = _run_modelopt(source, calib, method, patterns, percentile)
+        cache.put(key, data, material)
+    log.info("int8: calibration cache %s (%s)", "hit" if hit else "miss", key[:12])
+
+    out = Path(out_path)
+    model = onnx.load_from_string(data)
+    qdq = check_qdq(model, str(out))
+    notes = list(calib.warnings)
+    if not qdq.quantized_layers:
+        notes.append("no layer was quantized (everything excluded?); the model computes in FP32")
+    opsets = (opset_of(source), opset_of(model))
+    if opsets[0] <= TRT86_MAX_OPSET < opsets[1]:
+        # 19 is ModelOpt's minimum for INT8; an opset <= 17 export was most likely meant for TensorRT 8.6.
+        notes.append(f"ModelOpt raised the opset from {opsets[0]} to {opsets[1]}; TensorRT 8.6 parses up to 17")
+    for note in notes[len(calib.warnings) :]:
+        log.warning("int8: %s", note)
+    agreement = compare_models(str(onnx_path), data, calib, check_images)
+    if agreement.nonfinite:
+        raise CheckFailedError(f"{out}: INT8 model gives {agreement.nonfinite} NaN/Inf logits on calibration images")
+    entry = {
+        "precision": "int8",
+        "format": "qdq",
+        "method": method,
+        "percentile": percentile if method == "percentile" else None,
+        "calibration": {**asdict(calib.info()), "cache_key": key},
+        "nodes_to_exclude": patterns,
+        "quantized_layers": len(qdq.quantized_layers),
+        "unquantized_precision": "fp32",
+        "opset": opsets[1],
+        "agreement_vs_fp32": asdict(agreement),
+        "source_sha256": material["onnx_sha256"],
+        "tool_versions": key_tool_versions(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    finish_model(model, source, entry)
+    with atomic_output(out) as tmp:
+        onnx.save(model, str(tmp))
+    return out, Int8Record(
+        onnx_path=str(out),
+        onnx_sha256=sha256_file(out),
+        source_sha256=material["onnx_sha256"],
+        method=method,
+        percentile=entry["percentile"],
+        calibration=calib.info(),
+        cache_hit=hit,
+        cache_key=key,
+        nodes_to_exclude=patterns,
+        qdq=qdq,
+        agreement=agreement,
+        seconds=round(time.perf_counter() - started, 2),
+        warnings=notes,
+    )
+
+
+# accuracy budget ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LayerSensitivity:
+    """Relative L2 error (INT8 vs FP32) of a layer's output and of its activation inputs; score = the growth."""
+
+    node: str
+    op_type: str
+    input_error: float
+    output_error: float
+
+    @property
+    def score(self) -> float:
+        return self.output_error - self.input_error
+
+
+@dataclass
+class BudgetStep:
+    excluded: list[str]  # layer names kept FP32 in this step
+    miou: float  # percent
+    drop: float  # FP32 mIoU minus this, in points
+    passed: bool
+    cache_hit: bool
+
+
+@dataclass
+class BudgetRecord:
+    int8: Int8Record  # the model written (the first step that met the budget)
+    fp32_miou: float
+    max_miou_drop: float
+    eval_data: str
+    eval_images: int
+    steps: list[BudgetStep]
+    sensitivity: list[LayerSensitivity]  # most sensitive first (empty when the first step passed)
+
+
+def dataset_miou(onnx_path: str | os.PathLike[str], dataset: Any) -> float:
+    """mIoU (percent) of one ONNX model on a labeled dataset, scored like `danet-deploy verify`."""
+    from ..runners.onnxruntime import OnnxRuntimeRunner
+    from ..verify import verify
+
+    runner = OnnxRuntimeRunner(onnx_path)
+    report = verify(dataset, [runner], runner.config)
+    miou = report.backends[0].miou
+    return float("nan") if miou is None else float(miou)
+
+
+def layer_sensitivity(
+    fp32: onnx.ModelProto, int8: onnx.ModelProto, layers: list[str], calib: CalibrationSet, images: int
+) -> list[LayerSensitivity]:
+    """Rank quantized layers by how much relative error they add (output error minus input error).
+
+    Both models are probed at the original tensor names (Q/DQ is inserted between tensors, so the FP32
+    tensors keep their names in the Q/DQ model). Using the growth rather than the output error alone keeps
+    late layers from ranking high only because error accumulated upstream.
+    """
+    nodes = {n.name: n for n in fp32.graph.node}
+    inits = {i.name for i in fp32.graph.initializer}
+    produced = {o for n in fp32.graph.node for o in n.output}
+    io: dict[str, tuple[list[str], str]] = {}
+    for name in layers:
+        node = nodes.get(name)
+        if node is not None:
+            io[name] = ([i for i in node.input if i in produced and i not in inits], node.output[0])
+    tensors = sorted({t for ins, out in io.values() for t in [*ins, out]})
+    probes = ActivationProbe(fp32, tensors), ActivationProbe(int8, tensors)
+    sq_diff = dict.fromkeys(tensors, 0.0)
+    sq_ref = dict.fromkeys(tensors, 0.0)
+    for batch in first_batches(calib, images):
+        feed = {calib.input.name: batch}
+        ref, got = (p.run(feed) for p in probes)
+        for t in tensors:
+            r = ref[t].astype(np.float64)
+            sq_diff[t] += float(np.sum((got[t].astype(np.float64) - r) ** 2))
+            sq_ref[t] += float(np.sum(r**2))
+
+    def rel(t: str) -> float:
+        return float(np.sqrt(sq_diff[t] / sq_ref[t])) if sq_ref[t] > 0 else float(np.sqrt(sq_diff[t]))
+
+    ranked = [
+        LayerSensitivity(name, nodes[name].op_type, max((rel(t) for t in ins), default=0.0), rel(out))
+        for name, (ins, out) in io.items()
+    ]
+    return sorted(ranked, key=lambda s: s.score, reverse=True)
+
+
+def _exclusion_sizes(total: int, max_steps: int) -> list[int]:
+    """1, 2, 4, ... layers, ending with all of them: the budget search grows geometrically."""
+    sizes, k = [], 1
+    while k < total and len(sizes) < max_steps - 1:
+        sizes.append(k)
+        k *= 2
+    return [*sizes, total] if total else sizes
+
+
+def _write_budget_model(path: Path, out: Path, budget: dict[str, Any]) -> None:
+    """The chosen step's model, its precision metadata extended with the budget search."""
+    model = onnx.load(str(path))
+    entry = json.loads(next(p.value for p in model.metadata_props if p.key == META_PRECISION))
+    write_metadata(model, {META_PRECISION: {**entry, "budget": budget}})
+    with atomic_output(out) as tmp:
+        onnx.save(model, str(tmp))
+
+
+def quantize_with_budget(
+    onnx_path: str | os.PathLike[str],
+    calib_path: str | os.PathLike[str],
+    data_path: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    max_miou_drop: float = 1.0,
+    method: str = "entropy",
+    count: int | None = None,
+    seed: int = 0,
+    data_split: str = "val",
+    eval_count: int | None = None,
+    sensitivity_images: int = 4,
+    max_steps: int = 8,
+    nodes_to_exclude: list[str] | None = None,
+    recalibrate: bool = False,
+    cache_dir: str | os.PathLike[str] | None = None,
+    split: str = "train",
+) -> tuple[Path, BudgetRecord]:
+    """INT8 whose mIoU on labeled `data_path` stays within `max_miou_drop` points of FP32.
+
+    If full INT8 misses the budget, quantized layers are ranked by `layer_sensitivity` on a few calibration
+    images and the worst 1, 2, 4, ... are kept FP32 (re-quantizing each time) until the budget holds.
+    Raises CheckFailedError (nothing written) when no step meets it.
+    """
+    if max_miou_drop < 0:
+        raise BadInputError(f"max mIoU drop must be >= 0 points, got {max_miou_drop}")
+    dataset = open_dataset(data_path, data_split).head(eval_count)
+    if not dataset.labeled:
+        raise BadInputError(f"{data_path}: the mIoU budget needs labeled images (some have no label file)")
+    if Path(data_path).resolve() == Path(calib_path).resolve() and split == data_split:
+        log.warning("int8 budget: calibrating and evaluating on the same images gives an optimistic mIoU")
+    fp32_miou = dataset_miou(onnx_path, dataset)
+    base = list(nodes_to_exclude or [])
+    common = dict(method=method, count=count, seed=seed, recalibrate=recalibrate, cache_dir=cache_dir, split=split)
+    steps: list[BudgetStep] = []
+    ranking: list[LayerSensitivity] = []
+    with tempfile.TemporaryDirectory(prefix="danet-int8-budget-") as tmp:
+
+        def attempt(excluded: list[str]) -> tuple[Path, Int8Record, BudgetStep]:
+            path = Path(tmp) / f"step{len(steps)}.onnx"
+            patterns = base + exact_names(excluded)
+            path, record = quantize_int8(onnx_path, calib_path, path, nodes_to_exclude=patterns, **common)
+            miou = dataset_miou(path, dataset)
+            drop = fp32_miou - miou
+            passed = bool(drop <= max_miou_drop)
+            step = BudgetStep(list(excluded), round(miou, 4), round(drop, 4), passed, record.cache_hit)
+            log.info("int8 budget: %d layer(s) FP32 -> mIoU %.2f (drop %.2f)", len(excluded), miou, drop)
+            steps.append(step)
+            return path, record, step
+
+        path, record, step = attempt([])
+        if not step.passed:
+            calib = calibration_set(calib_path, onnx_path, count, seed, split, min_recommended=None)
+            ranking = layer_sensitivity(
+                onnx.load(str(onnx_path)), onnx.load(str(path)), record.qdq.quantized_layers, calib, sensitivity_images
+            )
+            for k in _exclusion_sizes(len(ranking), max_steps):
+                path, record, step = attempt([s.node for s in ranking[:k]])
+                if step.passed:
+                    break
+        if not step.passed:
+            best = min(steps, key=lambda s: s.drop)
+            raise CheckFailedError(
+                f"{out_path}: no INT8 mix met the mIoU budget of {max_miou_drop:g} points (best: drop {best.drop:.2f} "
+                f"with {len(best.excluded)} layer(s) FP32, FP32 mIoU {fp32_miou:.2f}); file not written"
+            )
+        out = Path(out_path)
+        _write_budget_model(path, out, {
+            "max_miou_drop": max_miou_drop, "fp32_miou": round(fp32_miou, 4), "eval_data": str(data_path),
+            "eval_images": len(dataset), "steps": [asdict(s) for s in steps],
+        })  # fmt: skip
+    record.onnx_path = str(out)
+    record.onnx_sha256 = sha256_file(out)
+    return out, BudgetRecord(
+        int8=record,
+        fp32_miou=round(fp32_miou, 4),
+        max_miou_drop=max_miou_drop,
+        eval_data=str(data_path),
+        eval_images=len(dataset),
+        steps=steps,
+        sensitivity=ranking,
+    )
