@@ -104,19 +104,22 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", default=["512x1024", "1024x2048"])
     parser.add_argument("--iters", type=int, default=3)
     args = parser.parse_args()
-    lines = [
+    header = [
         "## PAM forms: DANet ResNet-50, batch 1, ONNX Runtime CPU provider",
         "",
-        f"Machine: {machine()}. Command: `python bench/attention_bench.py --iters {args.iters}` (1 warm-up run, "
-        "median of the timed runs; each model in its own process; peak RSS includes the runtime and weights).",
         "Random (seeded) weights; the input is a bundled scene resized to the model size. 'simplified' = onnxslim",
-        "cleanup + CAM rewrite + the PAM form; 'naive' keeps PAM as trained.",
-        "",
+        "cleanup + CAM rewrite + the PAM form ('naive' keeps PAM as trained). 1 warm-up run, then the median of",
+        "the timed runs; each model runs in its own process, so peak RSS is that model's (runtime and weights",
+        "included).",
     ]
+    write_section("attention", "\n".join(header))
     with tempfile.TemporaryDirectory() as tmp:
         for text in args.sizes:
-            lines += bench_size(parse_size(text), args.iters, Path(tmp))
-    write_section("attention", "\n".join(lines))
+            lines = bench_size(parse_size(text), args.iters, Path(tmp))
+            lines.insert(1, f"Machine: {machine()}. Command: `python bench/attention_bench.py --sizes {text} "
+                            f"--iters {args.iters}`.")  # fmt: skip
+            lines.insert(2, "")
+            write_section(f"attention-{text}", "\n".join(lines))
 
 
 if __name__ == "__main__":
