@@ -457,6 +457,7 @@ def verify(
     """
     from .data.datasets import open_dataset
     from .errors import CheckFailedError
+    from .export import read_metadata
     from .protocols import Protocol
     from .report import per_class_table, verify_table, write_json
     from .runners.onnxruntime import OnnxRuntimeRunner
@@ -485,6 +486,11 @@ def verify(
                          "class_names": config.class_names, "mean": config.mean, "std": config.std}  # fmt: skip
         loaded = _load(ckpt, layout, **overrides)
         config = loaded.config
+        for path in onnx:
+            exported_from = read_metadata(path).get("provenance", {}).get("checkpoint_sha256")
+            if exported_from and exported_from != loaded.sha256:
+                err.print(f"warning: {path} was exported from another checkpoint (sha256 {exported_from[:12]}...)",
+                          highlight=False)  # fmt: skip
         runners.insert(0, PyTorchRunner(loaded.model, config))
     dataset = open_dataset(data, split).head(limit)
     if not dataset.labeled:
