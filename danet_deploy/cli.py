@@ -428,6 +428,7 @@ def verify(
     ckpt: Annotated[Path | None, typer.Option(help="PyTorch checkpoint: the reference backend.")] = None,
     onnx: Annotated[list[Path] | None, typer.Option(help="ONNX model(s) run with ONNX Runtime; repeatable.")] = None,
     engine: Annotated[list[Path] | None, typer.Option(help="TensorRT engine(s) with sidecar; repeatable.")] = None,
+    pytorch_fp16: Annotated[bool, typer.Option(help="Also run the checkpoint in FP16 on a CUDA GPU.")] = False,
     split: Annotated[str, typer.Option(help="Cityscapes split.")] = "val",
     limit: Annotated[int | None, typer.Option(min=1, help="Evaluate only the first N images.")] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the full report as JSON.")] = None,
@@ -492,6 +493,10 @@ def verify(
                 err.print(f"warning: {path} was exported from another checkpoint (sha256 {exported_from[:12]}...)",
                           highlight=False)  # fmt: skip
         runners.insert(0, PyTorchRunner(loaded.model, config))
+        if pytorch_fp16:
+            runners.insert(1, PyTorchRunner(loaded.model, config, name="pytorch-fp16", half=True))
+    elif pytorch_fp16:
+        raise DeployError("--pytorch-fp16 needs --ckpt", EXIT_BAD_INPUT)
     dataset = open_dataset(data, split).head(limit)
     if not dataset.labeled:
         err.print(f"note: {data} has images without labels; mIoU is not computed", highlight=False)

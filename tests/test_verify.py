@@ -151,3 +151,17 @@ def test_thresholds_file(tmp_path: Path) -> None:
         thresholds_with([], str(path))
     with pytest.raises(BadInputError, match="cannot read"):
         thresholds_with([], str(tmp_path / "missing.json"))
+
+
+def test_pytorch_fp16_needs_a_gpu(tiny_model) -> None:
+    import torch
+
+    from danet_deploy.errors import DeployError
+
+    if torch.cuda.is_available():
+        runner = PyTorchRunner(tiny_model, TINY, half=True)
+        assert runner.precision == "fp16" and runner.infer(np.zeros((64, 128, 3), np.uint8)).dtype == np.float32
+    else:
+        with pytest.raises(DeployError, match="CUDA GPU") as info:
+            PyTorchRunner(tiny_model, TINY, half=True)
+        assert info.value.exit_code == 3
