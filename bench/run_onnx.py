@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import time
 
 import numpy as np
 import onnxruntime as ort
+
+from danet_deploy.bench import peak_rss_bytes
 
 
 def main() -> None:
@@ -40,7 +41,7 @@ def main() -> None:
         times.append(time.perf_counter() - t)
     if args.save and out is not None:
         np.save(args.save, out)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    peak = peak_rss_bytes()
     print(json.dumps({"median_s": statistics.median(times), "times_s": times, "peak_rss_bytes": peak,
                       "load_s": load_seconds, "threads": ort.get_device()}))  # fmt: skip
 

@@ -47,6 +47,22 @@ class LatencyStats:
     device: str
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory.
+
+    VmHWM belongs to the process's own address space; getrusage's ru_maxrss is not usable in a spawned child
+    because Linux carries the parent's peak over across fork and exec.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
@@ -126,7 +142,7 @@ def _run_one(spec: BackendSpec, image: np.ndarray, warmup: int, iterations: int,
         started = time.perf_counter()
         runner.infer(image).argmax(1)
         e2e.append((time.perf_counter() - started) * 1000)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
+    peak = peak_rss_bytes() / 2**20
     device = _device() if spec.kind != "tensorrt" else f"GPU: {getattr(runner, 'gpu_name', 'NVIDIA')}"
     median_e2e = statistics.median(e2e)
     return asdict(LatencyStats(
