@@ -23,7 +23,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import machine, mib, write_section  # noqa: E402
+from bench.common import active_attention, machine, mib, write_section  # noqa: E402
 from danet_deploy.bundled import sample_images  # noqa: E402
 from danet_deploy.config import ModelConfig, parse_size  # noqa: E402
 from danet_deploy.data.preprocess import normalize, resize_image  # noqa: E402
@@ -54,7 +54,7 @@ def run(model: Path, x_path: Path, out_path: Path, iters: int) -> dict:
 def bench_size(size: tuple[int, int], iters: int, workdir: Path) -> list[str]:
     torch.manual_seed(0)
     config = ModelConfig(depth=50, input_size=size)
-    model = build_danet(config).eval()
+    model = active_attention(build_danet(config).eval())
     image = sample_images(1)[0]
     raw_path = workdir / f"raw_{size[0]}x{size[1]}.onnx"
     print(f"exporting ResNet-50 DANet at {size}", flush=True)
@@ -107,7 +107,7 @@ def main() -> None:
     header = [
         "## PAM forms: DANet ResNet-50, batch 1, ONNX Runtime CPU provider",
         "",
-        "Random (seeded) weights; the input is a bundled scene resized to the model size. 'simplified' = onnxslim",
+        "Random (seeded) weights with PAM/CAM gamma set to 0.5/0.3 (attention active); the input is a bundled scene resized to the model size. 'simplified' = onnxslim",
         "cleanup + CAM rewrite + the PAM form ('naive' keeps PAM as trained). 1 warm-up run, then the median of",
         "the timed runs; each model runs in its own process, so peak RSS is that model's (runtime and weights",
         "included).",

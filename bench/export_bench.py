@@ -16,7 +16,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import machine, mib, write_section
+from bench.common import active_attention, machine, mib, write_section
 from danet_deploy.bundled import sample_image
 from danet_deploy.config import ModelConfig
 from danet_deploy.export import ExportOptions, export_onnx
@@ -29,7 +29,7 @@ def main() -> None:
     for depth in (50, 101):
         torch.manual_seed(0)
         config = ModelConfig(depth=depth, input_size=(512, 1024))
-        model = build_danet(config).eval()
+        model = active_attention(build_danet(config).eval())
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / f"danet_r{depth}.onnx"
             started = time.perf_counter()
@@ -44,7 +44,7 @@ def main() -> None:
     body = "\n".join([
         "## Export: DANet at 512x1024, static batch 1, opset 18 (dynamo exporter)",
         "",
-        f"Machine: {machine()}. Command: `python bench/export_bench.py`. Random (seeded) weights.",
+        f"Machine: {machine()}. Command: `python bench/export_bench.py`. Random (seeded) weights, PAM/CAM gamma 0.5/0.3 so attention reaches the output.",
         "Export = torch.onnx export + metadata; total adds onnx.checker (full) and the ONNX Runtime vs PyTorch",
         "parity run on a bundled image resized to 512x1024.",
         "",
