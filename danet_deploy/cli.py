@@ -69,7 +69,7 @@ def spinner(text: str) -> Iterator[None]:
         yield
 
 
-def image_progress(total: int, text: str) -> Progress:
+def image_progress() -> Progress:
     return Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("ETA"), TimeRemainingColumn(),
         console=err, transient=True,
@@ -514,7 +514,7 @@ def verify(
     except ValueError:
         raise DeployError(f"--scales: expected numbers like 0.75,1,1.25, got {scales!r}", EXIT_BAD_INPUT) from None
     protocol = Protocol(crop=crop, stride=stride, flip=flip, scales=scale_values)
-    with image_progress(len(dataset), "verify") as progress:
+    with image_progress() as progress:
         task = progress.add_task(f"verify ({len(runners)} backends)", total=len(dataset))
         report = run_verify(
             dataset, runners, config, thresholds, on_image=lambda i: progress.advance(task), protocol=protocol
