@@ -452,7 +452,7 @@ def verify(
         Path | None, typer.Option(help="Benchmark results (`benchmark --json`) to chart in the report.")
     ] = None,
 ) -> None:
-    """Evaluate PyTorch and ONNX Runtime on the same images: mIoU, per-class IoU, parity, NaN/Inf.
+    """Evaluate backends (PyTorch, ONNX Runtime, TensorRT) on the same images: mIoU, per-class IoU, parity, NaN/Inf.
 
     Exit code 0 when every backend is within tolerance of the reference, 1 when not, 2 on bad input.
     """
