@@ -149,3 +149,13 @@ def test_benchmark_reports_latency_per_backend(exported: Path, tiny_ckpt: Path, 
         assert 0 < b["median_ms"] <= b["p99_ms"] and b["throughput_ips"] > 0 and b["peak_rss_mib"] > 50
     assert_one_line_error(run("benchmark", "--onnx", tmp_path / "none.onnx"), 2, "none.onnx")
     assert_one_line_error(run("benchmark"), 2, "--ckpt, --onnx and/or --engine")
+
+
+def test_quantize_option_errors(exported: Path, tmp_path: Path) -> None:
+    out = tmp_path / "q.onnx"
+    assert_one_line_error(run("quantize", exported, "-o", out), 2, "INT8 needs --calib")
+    assert_one_line_error(run("quantize", exported, "-o", out, "--plain"), 2, "--plain goes with --fp16")
+    assert_one_line_error(run("quantize", exported, "-o", out, "--calib", tmp_path, "--max-miou-drop", "1"), 2,
+                          "needs --data")  # fmt: skip
+    assert_one_line_error(run("quantize", exported, "-o", out, "--calib", tmp_path / "none"), 2, "none")
+    assert not out.exists()
