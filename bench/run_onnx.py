@@ -14,6 +14,7 @@ import numpy as np
 import onnxruntime as ort
 
 from danet_deploy.bench import peak_rss_bytes
+from danet_deploy.export import onnxruntime_session
 
 
 def main() -> None:
@@ -25,10 +26,8 @@ def main() -> None:
     parser.add_argument("--save")
     args = parser.parse_args()
     x = np.load(args.input)
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
     started = time.perf_counter()
-    session = ort.InferenceSession(args.model, opts, providers=["CPUExecutionProvider"])
+    session = onnxruntime_session(args.model)
     load_seconds = time.perf_counter() - started
     name = session.get_inputs()[0].name
     out = None
@@ -43,7 +42,7 @@ def main() -> None:
         np.save(args.save, out)
     peak = peak_rss_bytes()
     print(json.dumps({"median_s": statistics.median(times), "times_s": times, "peak_rss_bytes": peak,
-                      "load_s": load_seconds, "threads": ort.get_device()}))  # fmt: skip
+                      "load_s": load_seconds, "device": ort.get_device()}))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -230,14 +230,22 @@ def write_metadata(model: onnx.ModelProto, entries: dict[str, Any]) -> None:
             model.metadata_props.add(key=key, value=text)
 
 
-def onnxruntime_session(path: str | os.PathLike[str], threads: int | None = None) -> Any:
+def onnxruntime_session(
+    model: str | os.PathLike[str] | bytes | onnx.ModelProto, threads: int | None = None, optimize: bool = True
+) -> Any:
+    """An ONNX Runtime CPU session from a path, serialized bytes or a ModelProto; quiet logging."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if threads:
         opts.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if isinstance(model, onnx.ModelProto):
+        model = model.SerializeToString()
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
 
 
 def check_parity(

@@ -21,7 +21,7 @@ from ..artifacts import atomic_output, sha256_file
 from ..config import ModelConfig
 from ..data.preprocess import normalize, resize_image
 from ..errors import BadInputError, CheckFailedError
-from ..export import META_GRAPH, read_metadata, write_metadata
+from ..export import META_GRAPH, onnxruntime_session, read_metadata, write_metadata
 from .cam import simplify_cam
 from .cleanup import cleanup
 from .pam import DEFAULT_BLOCK, RewriteError, pam_to_blocked, pam_to_mha, pam_to_onnx_attention
@@ -109,11 +109,7 @@ def _input_feed(model: onnx.ModelProto, config: ModelConfig | None, images: list
 
 
 def _run(model: onnx.ModelProto, feeds: list[np.ndarray]) -> list[np.ndarray]:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    session = onnxruntime_session(model)
     name = session.get_inputs()[0].name
     return [session.run(["logits"], {name: f})[0] for f in feeds]
 

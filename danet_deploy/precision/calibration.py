@@ -35,7 +35,7 @@ from ..config import ModelConfig
 from ..data.datasets import IMAGE_SUFFIXES, open_dataset, read_image
 from ..data.preprocess import normalize, resize_image
 from ..errors import BadInputError
-from ..export import META_PRECISION, config_from_onnx
+from ..export import META_PRECISION, config_from_onnx, onnxruntime_session
 
 log = logging.getLogger(__name__)
 
@@ -419,8 +419,6 @@ class ActivationProbe:
     """
 
     def __init__(self, model: onnx.ModelProto, tensors: list[str], threads: int | None = None):
-        import onnxruntime as ort
-
         probed = onnx.ModelProto()
         probed.CopyFrom(model)
         types = tensor_types(probed)
@@ -429,12 +427,8 @@ class ActivationProbe:
             if name not in present:
                 probed.graph.output.append(onnx.helper.make_tensor_value_info(name, types[name], None))
                 present.add(name)
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        if threads:
-            opts.intra_op_num_threads = threads
         self.tensors = list(tensors)
-        self.session = ort.InferenceSession(probed.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        self.session = onnxruntime_session(probed, threads)
 
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         values = self.session.run(self.tensors, feed)
@@ -485,19 +479,9 @@ class Agreement:
 
 def cpu_session(model: Any, optimize: bool = True) -> Any:
     """An ONNX Runtime CPU session from a path, serialized bytes or ModelProto (a session passes through)."""
-    import onnxruntime as ort
-
     if hasattr(model, "run"):
         return model
-    if isinstance(model, onnx.ModelProto):
-        model = model.SerializeToString()
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if not optimize:
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(
-        model if isinstance(model, bytes) else str(model), opts, providers=["CPUExecutionProvider"]
-    )
+    return onnxruntime_session(model, optimize=optimize)
 
 
 def first_batches(calib: CalibrationSet, images: int) -> Iterator[np.ndarray]:
