@@ -11,7 +11,6 @@ import statistics
 import time
 
 import numpy as np
-import onnxruntime as ort
 
 from danet_deploy.bench import peak_rss_bytes
 from danet_deploy.export import onnxruntime_session
@@ -42,7 +41,7 @@ def main() -> None:
         np.save(args.save, out)
     peak = peak_rss_bytes()
     print(json.dumps({"median_s": statistics.median(times), "times_s": times, "peak_rss_bytes": peak,
-                      "load_s": load_seconds, "device": ort.get_device()}))  # fmt: skip
+                      "load_s": load_seconds, "providers": session.get_providers()}))  # fmt: skip
 
 
 if __name__ == "__main__":
