@@ -170,10 +170,9 @@ def fixed_input_size(spec: BackendSpec) -> tuple[int, int] | None:
     if spec.kind == "onnxruntime":
         import onnx
 
-        value = onnx.load(spec.path, load_external_data=False).graph.input[0]
-        dims = [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
-        spatial = dims[1:3] if value.type.tensor_type.elem_type == onnx.TensorProto.UINT8 else dims[2:4]
-        return (int(spatial[0]), int(spatial[1])) if all(spatial) else None  # type: ignore[arg-type]
+        from .export import image_input
+
+        return image_input(onnx.load(spec.path, load_external_data=False)).static_size
     if spec.kind == "tensorrt":
         from .engine.sidecar import read_sidecar
 

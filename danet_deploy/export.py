@@ -210,6 +210,45 @@ def read_metadata(model: onnx.ModelProto | str | os.PathLike[str]) -> dict[str, 
     return out
 
 
+@dataclass(frozen=True)
+class ImageInput:
+    """The model's image input: NCHW float (normalized) or, with baked preprocessing, NHWC uint8."""
+
+    name: str
+    dims: list[int | None]  # None for a dynamic dim
+    uint8: bool
+
+    @property
+    def static_size(self) -> tuple[int, int] | None:
+        """(H, W) when fixed in the graph, else None."""
+        h, w = self.dims[1:3] if self.uint8 else self.dims[2:4]
+        return (h, w) if h and w else None
+
+    def shape(self, batch: int, size: tuple[int, int]) -> list[int]:
+        return [batch, size[0], size[1], 3] if self.uint8 else [batch, 3, size[0], size[1]]
+
+
+def image_input(model: onnx.ModelProto) -> ImageInput:
+    value = model.graph.input[0]
+    tensor = value.type.tensor_type
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
+    return ImageInput(value.name, dims, tensor.elem_type == onnx.TensorProto.UINT8)
+
+
+def onnx_precision(model: onnx.ModelProto | str | os.PathLike[str]) -> str:
+    """int8 for Q/DQ models, fp16 for models computing in float16, else fp32 (read from the graph)."""
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(str(model), load_external_data=False)
+    if {n.op_type for n in model.graph.node} & {"QuantizeLinear", "DequantizeLinear"}:
+        return "int8"
+    fp16 = onnx.TensorProto.FLOAT16
+    if any(t.data_type == fp16 for t in model.graph.initializer) or any(
+        n.op_type == "Cast" and any(a.name == "to" and a.i == fp16 for a in n.attribute) for n in model.graph.node
+    ):
+        return "fp16"
+    return "fp32"
+
+
 def config_from_onnx(path: str | os.PathLike[str]) -> ModelConfig:
     try:
         meta = read_metadata(path)

@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from danet_deploy.data.datasets import open_dataset
 from danet_deploy.errors import BadInputError
-from danet_deploy.runners.onnxruntime import detect_precision
+from danet_deploy.export import onnx_precision
 from danet_deploy.runners.pytorch import PyTorchRunner
 from danet_deploy.verify import DEFAULT_THRESHOLDS, thresholds_with, verify
 
@@ -49,7 +49,7 @@ def test_detect_precision(tmp_path: Path) -> None:
         helper.make_node("DequantizeLinear", ["q", "s", "z"], ["logits"]),
     ]
     int8 = _save(tmp_path, qdq, [scale, zero], "c.onnx")
-    assert [detect_precision(p) for p in (fp32, fp16, int8)] == ["fp32", "fp16", "int8"]
+    assert [onnx_precision(p) for p in (fp32, fp16, int8)] == ["fp32", "fp16", "int8"]
 
 
 class NoisyRunner:

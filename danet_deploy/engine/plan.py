@@ -21,7 +21,7 @@ import onnx
 
 from ..config import ModelConfig
 from ..errors import BadInputError
-from ..export import read_metadata
+from ..export import image_input, onnx_precision, read_metadata
 from ..graph.sites import find_sites
 
 STRONGLY_TYPED_FROM = (10, 12)
@@ -83,30 +83,15 @@ class BuildPlan:
         return asdict(self)
 
 
-def onnx_precision(model: onnx.ModelProto) -> str:
-    ops = {n.op_type for n in model.graph.node}
-    if ops & {"QuantizeLinear", "DequantizeLinear"}:
-        return "int8"
-    if any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer):
-        return "fp16"
-    return "fp32"
-
-
-def _input_dims(model: onnx.ModelProto) -> tuple[str, list[int | None]]:
-    value = model.graph.input[0]
-    return value.name, [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
-
-
 def _profile(model: onnx.ModelProto, options: BuildOptions) -> dict[str, list[list[int]]]:
     """min/opt/max for the input: given explicitly, else the static shape or the model config's size (batch 1)."""
-    name, dims = _input_dims(model)
+    image = image_input(model)
+    name, dims = image.name, image.dims
     meta = read_metadata(model)
     if all(dims):
         default = [int(d) for d in dims]  # type: ignore[arg-type]
     elif "model_config" in meta:
-        h, w = ModelConfig.from_dict(meta["model_config"]).input_size
-        uint8 = model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
-        default = [1, h, w, 3] if uint8 else [1, 3, h, w]
+        default = image.shape(1, ModelConfig.from_dict(meta["model_config"]).input_size)
     else:
         default = []
     shapes = []

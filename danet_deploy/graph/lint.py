@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
+from ..export import image_input
 from .cleanup import cleanup
 from .editor import GraphEditor, attribute, opset_of
 from .pam import value_heads
@@ -131,15 +132,12 @@ def _mha_rules(site: AttentionSite, d: int | None, value_head: int | None, n: in
 
 def lint(model: onnx.ModelProto, target: str, input_size: tuple[int, int] | None = None, batch: int = 1) -> LintReport:
     tgt = get_target(target)
-    value = model.graph.input[0]
-    uint8 = value.type.tensor_type.elem_type == onnx.TensorProto.UINT8
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
-    spatial = dims[1:3] if uint8 else dims[2:4]
+    image = image_input(model)
     if input_size is None:
-        if not all(spatial):
+        input_size = image.static_size
+        if input_size is None:
             raise ValueError("the model has dynamic height/width: give --input-size HxW")
-        input_size = (int(spatial[0]), int(spatial[1]))  # type: ignore[arg-type]
-    shape = [dims[0] or batch, input_size[0], input_size[1], 3] if uint8 else [dims[0] or batch, 3, *input_size]
+    shape = image.shape(image.dims[0] or batch, input_size)
     findings = _check_ops(model, tgt)
     fixed = cleanup(with_input_shape(model, shape))
     shapes = infer_shapes(fixed)

@@ -21,7 +21,7 @@ from ..artifacts import atomic_output, sha256_file
 from ..config import ModelConfig
 from ..data.preprocess import normalize, resize_image
 from ..errors import BadInputError, CheckFailedError
-from ..export import META_GRAPH, onnxruntime_session, read_metadata, write_metadata
+from ..export import META_GRAPH, image_input, onnxruntime_session, read_metadata, write_metadata
 from .cam import simplify_cam
 from .cleanup import cleanup
 from .pam import DEFAULT_BLOCK, RewriteError, pam_to_blocked, pam_to_mha, pam_to_onnx_attention
@@ -91,20 +91,17 @@ class SimplifyReport:
 
 def _input_feed(model: onnx.ModelProto, config: ModelConfig | None, images: list[np.ndarray]) -> list[np.ndarray]:
     """Check inputs: real images at the model's static size (or the config's input size), preprocessed."""
-    value = model.graph.input[0]
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
-    uint8 = value.type.tensor_type.elem_type == onnx.TensorProto.UINT8
-    spatial = dims[1:3] if uint8 else dims[2:4]
-    size = tuple(spatial) if all(spatial) else (config.input_size if config else (64, 128))
+    spec = image_input(model)
+    size = spec.static_size or (config.input_size if config else (64, 128))
     feeds = []
     for image in images:
-        resized = resize_image(image, size)  # type: ignore[arg-type]
-        if uint8:
+        resized = resize_image(image, size)
+        if spec.uint8:
             feeds.append(resized[None])
         else:
             x = normalize(resized, config) if config else (resized.astype(np.float32) / 255)[None].transpose(0, 3, 1, 2)
             feeds.append(np.ascontiguousarray(x, dtype=np.float32))
-    batch = dims[0] or 1
+    batch = spec.dims[0] or 1
     return [np.repeat(f, batch, axis=0) if batch > 1 else f for f in feeds]
 
 

@@ -35,7 +35,7 @@ from ..config import ModelConfig
 from ..data.datasets import IMAGE_SUFFIXES, open_dataset, read_image
 from ..data.preprocess import normalize, resize_image
 from ..errors import BadInputError
-from ..export import META_PRECISION, config_from_onnx, onnxruntime_session
+from ..export import META_PRECISION, config_from_onnx, image_input, onnxruntime_session
 
 log = logging.getLogger(__name__)
 
@@ -93,12 +93,12 @@ def model_input_spec(onnx_path: str | os.PathLike[str], config: ModelConfig) -> 
     if elem not in ONNX_DTYPES:
         raise BadInputError(f"{onnx_path}: input {inp.name!r} has unsupported element type {elem}")
     dtype = ONNX_DTYPES[elem]
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in inp.type.tensor_type.shape.dim]
-    if len(dims) != 4:
-        raise BadInputError(f"{onnx_path}: input {inp.name!r} has rank {len(dims)}, expected 4")
-    hw = dims[1:3] if dtype == "uint8" else dims[2:4]
+    image = image_input(model)
+    if len(image.dims) != 4:
+        raise BadInputError(f"{onnx_path}: input {inp.name!r} has rank {len(image.dims)}, expected 4")
+    hw = image.dims[1:3] if image.uint8 else image.dims[2:4]
     size = (hw[0] or config.input_size[0], hw[1] or config.input_size[1])
-    return InputSpec(inp.name, dtype, size, dims[0] or 1)
+    return InputSpec(inp.name, dtype, size, image.dims[0] or 1)
 
 
 def _warn(message: str, collected: list[str]) -> None:

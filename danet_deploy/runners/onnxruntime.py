@@ -10,23 +10,7 @@ import numpy as np
 from ..config import ModelConfig
 from ..data.preprocess import normalize
 from ..errors import BadInputError
-from ..export import config_from_onnx, onnxruntime_session
-
-
-def detect_precision(path: Path) -> str:
-    """int8 for Q/DQ models, fp16 for models computing in float16, else fp32 (read from the graph)."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    ops = {n.op_type for n in model.graph.node}
-    if ops & {"QuantizeLinear", "DequantizeLinear"}:
-        return "int8"
-    fp16 = onnx.TensorProto.FLOAT16
-    if any(t.data_type == fp16 for t in model.graph.initializer) or any(
-        n.op_type == "Cast" and any(a.name == "to" and a.i == fp16 for a in n.attribute) for n in model.graph.node
-    ):
-        return "fp16"
-    return "fp32"
+from ..export import config_from_onnx, onnx_precision, onnxruntime_session
 
 
 class OnnxRuntimeRunner:
@@ -35,7 +19,7 @@ class OnnxRuntimeRunner:
         if not self.path.is_file():
             raise BadInputError(f"{self.path}: no such ONNX file")
         self.config: ModelConfig = config_from_onnx(self.path)
-        self.precision = detect_precision(self.path)
+        self.precision = onnx_precision(self.path)
         try:
             if self.precision == "fp16":
                 # ORT's CPU provider runs most FP16 ops in FP32 and never rounds between them, which hides
