@@ -176,9 +176,7 @@ def fixed_input_size(spec: BackendSpec) -> tuple[int, int] | None:
     if spec.kind == "tensorrt":
         from .engine.sidecar import read_sidecar
 
-        (_, (lo, _, hi)), *_ = read_sidecar(spec.path).profiles[0].items()
-        spatial = (lo[1:3], hi[1:3]) if lo[-1] == 3 else (lo[2:4], hi[2:4])
-        return (int(spatial[0][0]), int(spatial[0][1])) if spatial[0] == spatial[1] else None
+        return read_sidecar(spec.path).fixed_input_size
     return None
 
 
@@ -190,13 +188,11 @@ def benchmark(
     All backends run at one input size: a static backend's size if there is one, else the image's.
     """
     from .data.preprocess import resize_image
-    from .errors import BadInputError
+    from .verify import common_input_size
 
-    sizes = {size for spec in specs if (size := fixed_input_size(spec)) is not None}
-    if len(sizes) > 1:
-        raise BadInputError(f"backends have different fixed input sizes {sorted(sizes)}; export them at one size")
-    if sizes:
-        image = resize_image(image, next(iter(sizes)))
+    size = common_input_size(fixed_input_size(spec) for spec in specs)
+    if size:
+        image = resize_image(image, size)
     ctx = multiprocessing.get_context("spawn")
     results = []
     for spec in specs:

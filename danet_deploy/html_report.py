@@ -50,7 +50,7 @@ def collect_examples(
             ranked[item["image"]] = min(ranked.get(item["image"], 1.0), item["pixel_agreement"])
     names = [name for name, _ in sorted(ranked.items(), key=lambda kv: kv[1])[:limit]]
     index = {str(path.relative_to(dataset.root)): i for i, (path, _) in enumerate(dataset.items)}
-    size = common_input_size(runners) if protocol.crop is None else None
+    size = common_input_size(r.input_size for r in runners) if protocol.crop is None else None
     examples = []
     for name in names:
         sample = dataset.load(index[name])

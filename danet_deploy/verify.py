@@ -8,7 +8,7 @@ the image's own size. Logits are resized back to the label size for scoring.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -172,8 +172,9 @@ class _Accumulator:
         return self.dot / denominator if denominator else 1.0
 
 
-def common_input_size(runners: Sequence[Runner]) -> tuple[int, int] | None:
-    sizes = {r.input_size for r in runners if r.input_size is not None}
+def common_input_size(fixed_sizes: Iterable[tuple[int, int] | None]) -> tuple[int, int] | None:
+    """The one fixed (H, W) among backends (None entries: any size works); differing sizes are an error."""
+    sizes = {size for size in fixed_sizes if size is not None}
     if len(sizes) > 1:
         raise BadInputError(f"backends have different fixed input sizes {sorted(sizes)}; export them at one size")
     return next(iter(sizes), None)
@@ -198,7 +199,7 @@ def verify(
         raise BadInputError("verify needs at least one backend")
     if len(dataset) == 0:
         raise BadInputError(f"{dataset.root}: no images to evaluate")
-    size = common_input_size(runners)
+    size = common_input_size(r.input_size for r in runners)
     if protocol.crop is not None and size is not None and size != (protocol.crop, protocol.crop):
         crop = f"{protocol.crop}x{protocol.crop}"
         raise BadInputError(f"sliding window {crop} needs backends of that size; a backend is fixed at "

@@ -181,3 +181,11 @@ def test_strongly_typed_fp16_plan_prepares_an_fp16_onnx(static_onnx: Path, tmp_p
     plan = plan_build(source, BuildOptions(precision="fp16"), "11.4")
     prepare_network(plan)
     assert plan.network_onnx == str(tmp_path / "m.fp16.onnx") and onnx_precision(plan.network_onnx) == "fp16"
+
+
+def test_sidecar_input_size_from_the_profile() -> None:
+    assert _sidecar().fixed_input_size == (64, 128) and not _sidecar().uint8_input
+    ranged = _sidecar(profiles=[{"image": [[1, 3, 256, 512], [1, 3, 512, 1024], [4, 3, 1024, 2048]]}])
+    assert ranged.fixed_input_size is None
+    uint8 = _sidecar(profiles=[{"image": [[1, 64, 128, 3]] * 3}])
+    assert uint8.uint8_input and uint8.fixed_input_size == (64, 128)

@@ -40,6 +40,19 @@ class EngineSidecar:
     pinned_fp32_layers: list[str] = field(default_factory=list)
     schema: int = SIDECAR_SCHEMA
 
+    @property
+    def uint8_input(self) -> bool:
+        """Baked preprocessing: NHWC uint8 input (its last dim is the 3 colour channels)."""
+        (_, (lo, _, _)), *_ = self.profiles[0].items()
+        return lo[-1] == 3
+
+    @property
+    def fixed_input_size(self) -> tuple[int, int] | None:
+        """(H, W) when the profile's min and max agree, else None."""
+        (_, (lo, _, hi)), *_ = self.profiles[0].items()
+        index = slice(1, 3) if self.uint8_input else slice(2, 4)
+        return (int(lo[index][0]), int(lo[index][1])) if lo[index] == hi[index] else None
+
 
 @dataclass(frozen=True)
 class RunningSystem:

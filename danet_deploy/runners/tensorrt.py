@@ -31,10 +31,8 @@ class TensorRTRunner:
         self.config = ModelConfig.from_dict(sidecar.model_config)
         self.precision = sidecar.precision
         self.name = name or f"tensorrt:{self.path.name}"
-        (_, (lo, _, hi)), *_ = sidecar.profiles[0].items()
-        self.uint8_input = lo[-1] == 3
-        spatial = (lo[1:3], hi[1:3]) if self.uint8_input else (lo[2:4], hi[2:4])
-        self.input_size = tuple(spatial[0]) if spatial[0] == spatial[1] else None
+        self.uint8_input = sidecar.uint8_input
+        self.input_size = sidecar.fixed_input_size
 
     def infer(self, image: np.ndarray) -> np.ndarray:
         feed = image[None] if self.uint8_input else normalize(image, self.config)
