@@ -11,6 +11,9 @@ from .errors import BadInputError
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 DEMO_CHECKPOINT = ASSETS / "demo_danet_r18w32.pth"
+# The same recipe with Shuffle Attention (8 groups) in the position branch instead of PAM.
+DEMO_SA_CHECKPOINT = ASSETS / "demo_danet_r18w32_sa8.pth"
+DEMO_CHECKPOINTS = {"danet": DEMO_CHECKPOINT, "shuffle": DEMO_SA_CHECKPOINT}
 DEMO_DATA = ASSETS / "demo_data"  # Cityscapes layout, split "val"
 
 

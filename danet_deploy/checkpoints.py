@@ -288,7 +288,23 @@ def infer_architecture(state: dict[str, torch.Tensor]) -> dict[str, Any]:
         "base_width": int(_require(state, "backbone.layer1.0.conv1.weight").shape[0]),
         "stem_channels": stem,
         "num_classes": int(_require(state, "head.classifier.weight").shape[0]),
+        **_head_variant(state),
     }
+
+
+def _head_variant(state: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Which attention each head branch holds, from the module names the variants save under."""
+    variant: dict[str, Any] = {}
+    channels = int(_require(state, "head.classifier.weight").shape[1])
+    if "head.sa.cweight" in state:
+        variant["position_attention"] = "shuffle"
+        variant["sa_groups"] = channels // (2 * int(state["head.sa.cweight"].shape[1]))
+    elif "head.spatial_gate.gate.weight" in state:
+        variant["position_attention"] = "spatial-gate"
+    if "head.se.fc1.weight" in state:
+        variant["channel_attention"] = "se"
+        variant["se_reduction"] = channels // int(state["head.se.fc1.weight"].shape[0])
+    return variant
 
 
 def _classes_from_mmseg_meta(meta: dict[str, Any]) -> tuple[tuple[str, ...] | None, Any]:

@@ -131,6 +131,16 @@ AttentionOpt = Annotated[
     str | None, typer.Option(help="PAM form: naive, mha, onnx-attention, blocked (default: chosen from --target).")
 ]
 BlockOpt = Annotated[int, typer.Option(min=1, help="Query block size of the blocked PAM form.")]
+GroupNormOpt = Annotated[
+    str | None,
+    typer.Option(help="GroupNorm form (Shuffle Attention): group-normalization, decomposed (default: from --target)."),
+]
+FoldShuffleOpt = Annotated[
+    bool,
+    typer.Option(
+        "--fold-shuffle/--keep-shuffle", help="Fold channel shuffles into the next Conv, or keep one reshape/transpose."
+    ),
+]
 LayoutOpt = Annotated[str | None, typer.Option(help="Checkpoint layout: ours, official, mmseg (default: detected).")]
 DilationsOpt = Annotated[
     str | None,
@@ -187,6 +197,8 @@ def export(
     target: TargetOpt = None,
     attention: AttentionOpt = None,
     block: BlockOpt = DEFAULT_BLOCK,
+    group_norm: GroupNormOpt = None,
+    fold_shuffle: FoldShuffleOpt = True,
 ) -> None:
     """Export a checkpoint to ONNX, then check it with onnx.checker and ONNX Runtime vs PyTorch."""
     from .bundled import sample_image
@@ -205,8 +217,8 @@ def export(
         atol=atol, rtol=rtol,
     )  # fmt: skip
     parity_image = read_image(image) if image else sample_image()
-    if (target or attention) and not simplify:
-        raise DeployError("--target/--attention take effect with --simplify", EXIT_BAD_INPUT)
+    if (target or attention or group_norm) and not simplify:
+        raise DeployError("--target/--attention/--group-norm take effect with --simplify", EXIT_BAD_INPUT)
     with contextlib.ExitStack() as stack:
         raw = output
         if simplify:  # export beside, simplify onto `output`: a failed pass leaves nothing at `output`
@@ -216,19 +228,18 @@ def export(
         for line in export_summary(record):
             out.print(line.replace(str(raw), str(output)), highlight=False)
         if simplify:
-            _simplify(raw, output, target, attention, block, None, atol, rtol)
+            _simplify(raw, output, target=target, attention=attention, block=block, atol=atol, rtol=rtol,
+                      group_norm=group_norm, fold_shuffle=fold_shuffle)  # fmt: skip
 
 
-def _simplify(
-    model: Path, output: Path, target: str | None, attention: str | None, block: int, heads: int | None,
-    atol: float, rtol: float,
-) -> None:  # fmt: skip
+def _simplify(model: Path, output: Path, **passes: Any) -> None:
+    """`passes`: simplify_file's keyword arguments (target, attention, group_norm, ...)."""
     from .graph.simplify import simplify_file
     from .report import simplify_lines
 
     with spinner("simplifying the graph, checking every pass with ONNX Runtime"):
         report, info = simplify_file(
-            model, output, target=target, attention=attention, block=block, heads=heads, atol=atol, rtol=rtol,
+            model, output, **passes,
             on_pass=lambda p: err.print(f"  pass {p.name}: max abs diff {p.max_abs_diff:.2e}", highlight=False),
         )  # fmt: skip
     for line in simplify_lines(report):
@@ -249,9 +260,12 @@ def simplify(
     ] = None,
     atol: Annotated[float, typer.Option(help="Per-pass tolerance: atol + rtol * max|logit|.")] = 1e-4,
     rtol: Annotated[float, typer.Option(help="Per-pass tolerance, relative part.")] = 1e-4,
+    group_norm: GroupNormOpt = None,
+    fold_shuffle: FoldShuffleOpt = True,
 ) -> None:
     """Simplify the attention graph for a target; every pass is checked against the previous graph."""
-    _simplify(model, output, target, attention, block, heads, atol, rtol)
+    _simplify(model, output, target=target, attention=attention, block=block, heads=heads, atol=atol, rtol=rtol,
+              group_norm=group_norm, fold_shuffle=fold_shuffle)  # fmt: skip
 
 
 @app.command()
@@ -587,18 +601,25 @@ def demo(
         "danet-deploy-demo"
     ),
     calib_images: Annotated[int, typer.Option(min=8, help="Synthetic calibration images for INT8/FP16.")] = 100,
+    variant: Annotated[
+        str, typer.Option(help="Bundled model: danet (PAM + CAM) or shuffle (Shuffle Attention + CAM).")
+    ] = "danet",
 ) -> None:
     """The whole pipeline on the bundled model and data: export, simplify, FP16, INT8, benchmark, verify, report."""
-    from .bundled import DEMO_CHECKPOINT, DEMO_DATA
+    from .bundled import DEMO_CHECKPOINTS, DEMO_DATA
     from .data.synthetic import write_calibration_images
+
+    if variant not in DEMO_CHECKPOINTS:
+        raise DeployError(f"--variant {variant!r}: choose from {', '.join(DEMO_CHECKPOINTS)}", EXIT_BAD_INPUT)
+    checkpoint = DEMO_CHECKPOINTS[variant]
 
     onnx_path, simplified = workdir / "demo.onnx", workdir / "demo.ort.onnx"
     fp16_path, int8_path = workdir / "demo.fp16.onnx", workdir / "demo.int8.onnx"
     calib = workdir / "calibration"
-    out.print(f"[bold]1/6 export[/] {DEMO_CHECKPOINT.name} -> {onnx_path}")
-    export(DEMO_CHECKPOINT, output=onnx_path)
+    out.print(f"[bold]1/6 export[/] {checkpoint.name} -> {onnx_path}")
+    export(checkpoint, output=onnx_path)
     out.print(f"[bold]2/6 simplify[/] for ONNX Runtime -> {simplified}")
-    _simplify(onnx_path, simplified, "ort", None, DEFAULT_BLOCK, None, 1e-4, 1e-4)
+    _simplify(onnx_path, simplified, target="ort")
     with spinner(f"writing {calib_images} synthetic calibration scenes (the calibration/ split of the generator)"):
         write_calibration_images(calib, calib_images)
     out.print(f"[bold]3/6 FP16[/] -> {fp16_path}")
@@ -607,9 +628,9 @@ def demo(
     quantize(onnx_path, int8_path, calib=calib, count=calib_images, cache_dir=workdir / "cache")
     models = [onnx_path, simplified, fp16_path, int8_path]
     out.print("[bold]5/6 benchmark[/] PyTorch and every ONNX model on ONNX Runtime CPU")
-    benchmark(ckpt=DEMO_CHECKPOINT, onnx=models, warmup=2, iterations=5, json_path=workdir / "benchmark.json")
+    benchmark(ckpt=checkpoint, onnx=models, warmup=2, iterations=5, json_path=workdir / "benchmark.json")
     out.print(f"[bold]6/6 verify[/] every backend against PyTorch on {DEMO_DATA}")
-    verify(data=DEMO_DATA, ckpt=DEMO_CHECKPOINT, onnx=models, json_path=workdir / "report.json",
+    verify(data=DEMO_DATA, ckpt=checkpoint, onnx=models, json_path=workdir / "report.json",
            report_dir=workdir, benchmark_json=workdir / "benchmark.json")  # fmt: skip
 
 

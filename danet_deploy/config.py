@@ -41,6 +41,9 @@ STEM_7X7 = (64,)
 STEM_DEEP_OFFICIAL = (64, 64, 128)
 STEM_DEEP_MMSEG = (32, 32, 64)
 
+POSITION_ATTENTIONS = ("pam", "shuffle", "spatial-gate")
+CHANNEL_ATTENTIONS = ("cam", "se")
+
 MULTI_GRID_DILATIONS = (4, 8, 16)
 CONTRACTED_DILATIONS = (2, 4, 4)
 
@@ -61,7 +64,11 @@ class ModelConfig:
         input_size: (H, W) the model is exported and calibrated at by default.
         palette: RGB colour per class, for reports.
         ignore_index: label value that is not scored.
-        head: attention head variant ("danet": PAM + CAM).
+        position_attention: the position branch's attention: "pam" (DANet's N x N position attention),
+            "shuffle" (Shuffle Attention, SA-Net: O(N)) or "spatial-gate" (1x1 conv -> sigmoid).
+        channel_attention: the channel branch's attention: "cam" (DANet's C x C) or "se" (squeeze-excitation).
+        sa_groups: Shuffle Attention groups G (the branch's channels must divide by 2G).
+        se_reduction: squeeze-excitation hidden width divisor.
     """
 
     depth: int = 50
@@ -76,7 +83,10 @@ class ModelConfig:
     input_size: tuple[int, int] = (512, 1024)
     palette: tuple[tuple[int, int, int], ...] = CITYSCAPES_PALETTE
     ignore_index: int = 255
-    head: str = "danet"
+    position_attention: str = "pam"
+    channel_attention: str = "cam"
+    sa_groups: int = 8
+    se_reduction: int = 16
 
     def __post_init__(self) -> None:
         # Normalise list-valued fields (from JSON) to tuples so configs compare and hash equal.
@@ -93,13 +103,46 @@ class ModelConfig:
             raise ValueError(f"{len(self.class_names)} class names for {self.num_classes} classes")
         if len(self.palette) < self.num_classes:
             object.__setattr__(self, "palette", default_palette(self.num_classes))
-        if self.head != "danet":
-            raise ValueError(f"unknown head variant {self.head!r}; supported: 'danet'")
+        if self.position_attention not in POSITION_ATTENTIONS:
+            raise ValueError(
+                f"unknown position_attention {self.position_attention!r}; choose from {', '.join(POSITION_ATTENTIONS)}"
+            )
+        if self.channel_attention not in CHANNEL_ATTENTIONS:
+            raise ValueError(
+                f"unknown channel_attention {self.channel_attention!r}; choose from {', '.join(CHANNEL_ATTENTIONS)}"
+            )
+        if self.position_attention == "shuffle" and (
+            self.sa_groups < 2 or self.head_channels % (2 * self.sa_groups) != 0
+        ):
+            # G = 1 is excluded: torch.export then fixes the batch of a dynamic export to 1 (measured, torch 2.13).
+            raise ValueError(
+                f"sa_groups={self.sa_groups}: needs sa_groups >= 2 and the head's {self.head_channels} channels "
+                "divisible by 2 * sa_groups"
+            )
+        if self.channel_attention == "se" and not 1 <= self.se_reduction <= self.head_channels:
+            raise ValueError(f"se_reduction={self.se_reduction} must be between 1 and {self.head_channels}")
 
     @property
     def arch(self) -> str:
         width = "" if self.base_width == 64 else f"w{self.base_width}"
-        return f"danet_r{self.depth}{width}"
+        return f"danet_r{self.depth}{width}{self.variant_suffix}"
+
+    @property
+    def variant(self) -> str:
+        """The head variant in words, e.g. 'pam+cam' (DANet) or 'shuffle(G=8)+cam'."""
+        position = f"shuffle(G={self.sa_groups})" if self.position_attention == "shuffle" else self.position_attention
+        channel = f"se(r={self.se_reduction})" if self.channel_attention == "se" else self.channel_attention
+        return f"{position}+{channel}"
+
+    @property
+    def variant_suffix(self) -> str:
+        position = {"pam": "", "shuffle": f"_sa{self.sa_groups}", "spatial-gate": "_sg"}[self.position_attention]
+        return position + ("_se" if self.channel_attention == "se" else "")
+
+    @property
+    def head_channels(self) -> int:
+        """Channels of the two attention branches (a quarter of the backbone's output, as upstream)."""
+        return self.backbone_channels // 4
 
     @property
     def bottleneck(self) -> bool:
@@ -121,6 +164,10 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        data = dict(data)
+        # Configs written before the head variants existed carry head="danet" (PAM + CAM).
+        if data.get("head") == "danet":
+            del data["head"]
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -168,8 +215,10 @@ def parse_size(text: str) -> tuple[int, int]:
 
 __all__ = [
     "BLOCKS_PER_DEPTH",
+    "CHANNEL_ATTENTIONS",
     "CITYSCAPES_CLASSES",
     "CITYSCAPES_PALETTE",
+    "POSITION_ATTENTIONS",
     "ModelConfig",
     "default_class_names",
     "default_palette",

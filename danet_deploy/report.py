@@ -73,6 +73,8 @@ def export_summary(record: ExportRecord) -> list[str]:
 
 def simplify_lines(report: SimplifyReport) -> list[str]:
     lines = [f"target {report.target}: PAM form '{report.attention}' ({report.reason})"]
+    if report.group_norm:
+        lines.append(f"  GroupNorm form '{report.group_norm}' ({report.group_norm_reason})")
     for p in report.passes:
         lines.append(
             f"  {p.name:<20} {p.nodes_before:>4} -> {p.nodes_after:<4} nodes  max abs diff {p.max_abs_diff:.2e} "
@@ -90,6 +92,10 @@ def inspect_tables(path: str, meta: dict[str, Any], report: LintReport) -> list[
     summary.add_column("value")
     if config:
         arch = f"danet r{config['depth']} width {config['base_width']}, {config['num_classes']} classes"
+        position, channel = config.get("position_attention", "pam"), config.get("channel_attention", "cam")
+        if (position, channel) != ("pam", "cam"):
+            groups = f" (G={config.get('sa_groups')})" if position == "shuffle" else ""
+            arch += f", head: position {position}{groups} + channel {channel}"
         summary.add_row(
             "model", f"{arch}, stem {config['stem_channels']}, layer4 dilations {config['layer4_dilations']}"
         )
@@ -104,7 +110,8 @@ def inspect_tables(path: str, meta: dict[str, Any], report: LintReport) -> list[
                         f"{provenance.get('exporter', '?')}, {provenance.get('created', '')}")  # fmt: skip
     graph = meta.get("graph")
     if graph:
-        summary.add_row("graph passes", f"target {graph['target']}, PAM {graph['attention']}: "
+        gn = f", GroupNorm {graph['group_norm']}" if graph.get("group_norm") else ""
+        summary.add_row("graph passes", f"target {graph['target']}, PAM {graph['attention']}{gn}: "
                         + ", ".join(p["name"] for p in graph["passes"]))  # fmt: skip
     summary.add_row("lint input", f"{report.input_shape} for target {report.target}")
     items.append(summary)
@@ -197,7 +204,7 @@ def int8_lines(record: Any, budget: Any = None) -> list[str]:
 def fp16_lines(record: Any) -> list[str]:
     lines = [
         f"wrote {record.onnx_path}: FP16 ({record.mode}), FP32 I/O, {len(record.fp32_nodes)} nodes kept FP32 "
-        f"({len(record.cam_nodes)} CAM by rule), {record.fp16_nodes} in FP16, {record.seconds:.1f} s",
+        f"({len(record.cam_nodes)} CAM or GroupNorm by rule), {record.fp16_nodes} in FP16, {record.seconds:.1f} s",
         f"vs FP32: {_agreement(record.agreement)}",
     ]
     report = record.range_report

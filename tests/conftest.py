@@ -12,12 +12,14 @@ from danet_deploy.checkpoints import save_checkpoint
 from danet_deploy.config import ModelConfig
 from danet_deploy.data.synthetic import write_cityscapes_split
 from danet_deploy.model import DANet, build_danet
+from danet_deploy.model.danet import ChannelAttention, PositionAttention
 
 TINY = ModelConfig(depth=18, base_width=8, stem_channels=(8, 8, 16), input_size=(64, 128))
 
 
 def randomize(model: DANet, seed: int = 0) -> DANet:
-    """Random BN statistics and non-zero attention gammas, so every part of the graph shows in the output."""
+    """Random BN statistics, non-zero attention gammas and random light-attention gates (their upstream
+    initialisation makes them constant), so every part of the graph shows in the output."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
@@ -26,8 +28,15 @@ def randomize(model: DANet, seed: int = 0) -> DANet:
                 m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
                 m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
                 m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-        model.head.pam.gamma.fill_(0.5)
-        model.head.cam.gamma.fill_(0.3)
+        if isinstance(getattr(model.head, "pam", None), PositionAttention):
+            model.head.pam.gamma.fill_(0.5)
+        if isinstance(getattr(model.head, "cam", None), ChannelAttention):
+            model.head.cam.gamma.fill_(0.3)
+        if hasattr(model.head, "sa"):
+            for name in ("cweight", "cbias", "sweight", "sbias"):
+                getattr(model.head.sa, name).copy_(torch.randn(getattr(model.head.sa, name).shape, generator=g))
+            model.head.sa.gn.weight.copy_(torch.rand(model.head.sa.gn.weight.shape, generator=g) + 0.5)
+            model.head.sa.gn.bias.copy_(torch.randn(model.head.sa.gn.bias.shape, generator=g) * 0.1)
     return model.eval()
 
 

@@ -22,7 +22,7 @@ import onnx
 from ..config import ModelConfig
 from ..errors import BadInputError
 from ..export import image_input, onnx_precision, read_metadata
-from ..graph.sites import find_sites
+from ..graph.sites import find_light_sites, find_sites
 
 STRONGLY_TYPED_FROM = (10, 12)
 HARDWARE_COMPAT_FROM = {"ampere+": (8, 6), "same-cc": (10, 9)}
@@ -113,8 +113,10 @@ def _profile(model: onnx.ModelProto, options: BuildOptions) -> dict[str, list[li
 
 
 def _attention_layers(model: onnx.ModelProto) -> list[str]:
-    """ONNX node names (TensorRT layer names follow them) of CAM, whose energy overflows FP16."""
-    return [name for s in find_sites(model) if s.kind == "cam" for name in s.nodes]
+    """ONNX node names (TensorRT layer names follow them) of CAM, whose energy overflows FP16, and of GroupNorm
+    (statistics over N positions; TensorRT itself advises FP32 for normalization layers)."""
+    sites = [*find_sites(model), *find_light_sites(model)]
+    return [name for s in sites if s.kind in ("cam", "group-norm") for name in s.nodes]
 
 
 def plan_build(onnx_path: str | os.PathLike[str], options: BuildOptions, tensorrt_version: str) -> BuildPlan:

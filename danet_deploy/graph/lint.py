@@ -19,7 +19,7 @@ from .editor import GraphEditor, attribute, opset_of
 from .pam import value_heads
 from .shapes import elem_type, infer_shapes, with_input_shape
 from .simplify import Target, get_target
-from .sites import AttentionSite, find_sites
+from .sites import AttentionSite, find_light_sites, find_sites
 
 MAX_ELEMENTS = 2**31
 SOFTMAX_OUTER_LIMIT = 65536
@@ -83,6 +83,8 @@ def _check_ops(model: onnx.ModelProto, target: Target) -> list[Finding]:
         if node.op_type == "Attention" and trt < (10, 14):
             findings.append(Finding("error", "attention-op", f"{node.name}: ONNX Attention is parsed from TensorRT "
                                     "10.14; use --attention mha for this target"))  # fmt: skip
+        if node.op_type == "GroupNormalization":
+            findings += _group_normalization_findings(node, trt, opset)
         if node.op_type == "Scan":
             findings.append(Finding("warning", "scan", f"{node.name}: Scan (blocked attention) is meant for ONNX "
                                     "Runtime; for TensorRT use --attention mha or onnx-attention"))  # fmt: skip
@@ -104,6 +106,23 @@ def _check_ops(model: onnx.ModelProto, target: Target) -> list[Finding]:
             if zero_point is None or np.any(zero_point != 0):
                 findings.append(Finding("error", "qdq-zero-point", f"{node.name}: {node.op_type} zero point must be 0 "
                                         "(symmetric quantization) for TensorRT"))  # fmt: skip
+    return findings
+
+
+def _group_normalization_findings(node: onnx.NodeProto, trt: tuple[int, int], opset: int) -> list[Finding]:
+    findings = []
+    if trt < (10, 0):
+        findings.append(Finding("error", "group-norm", f"{node.name}: GroupNormalization needs TensorRT >= 10.0; "
+                                "use --group-norm decomposed for this target"))  # fmt: skip
+    elif opset >= 21 and trt < (10, 9):
+        findings.append(Finding("error", "group-norm", f"{node.name}: opset-21 GroupNormalization (per-channel scale) "
+                                "is parsed from TensorRT 10.9; use opset 18 or --group-norm decomposed"))  # fmt: skip
+    if attribute(node, "num_groups") == 1:
+        message = (
+            f"{node.name}: num_groups=1 normalizes per channel in TensorRT 10.16 (TensorRT issue 4756): check "
+            "parity or use --group-norm decomposed"
+        )
+        findings.append(Finding("warning", "group-norm", message))
     return findings
 
 
@@ -186,6 +205,8 @@ def lint(model: onnx.ModelProto, target: str, input_size: tuple[int, int] | None
             if channels and not memory:
                 memory = attention_memory(b, n, channels, 2 if dtype == onnx.TensorProto.FLOAT16 else 4)
         sites.append(report)
+    for site in find_light_sites(fixed, shapes):  # all O(N): no attention map, no memory estimate
+        sites.append(SiteReport(site.kind, site.form, site.softmax, n, site.params.get("channels")))
     histogram = dict(Counter(node.op_type for node in model.graph.node).most_common())
     return LintReport(tgt.name, shape, histogram, sites, findings, memory)
 

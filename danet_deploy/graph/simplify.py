@@ -1,4 +1,5 @@
-"""The simplify stage: cleanup -> CAM -> PAM (form chosen per target), each pass checked with ONNX Runtime.
+"""The simplify stage: cleanup -> CAM -> PAM (form chosen per target) -> GroupNorm (form chosen per target) ->
+channel shuffle, each pass checked with ONNX Runtime. Passes whose sites a model lacks are not run.
 
 After every pass the model runs on real images and is compared with its state before the pass; a pass
 whose max abs difference exceeds tolerance fails the stage and nothing is written.
@@ -24,8 +25,11 @@ from ..errors import BadInputError, CheckFailedError
 from ..export import META_GRAPH, image_input, onnxruntime_session, read_metadata, write_metadata
 from .cam import simplify_cam
 from .cleanup import cleanup
+from .editor import opset_of
+from .group_norm import GROUP_NORM_FORMS, GROUP_NORMALIZATION_OPSET, check_model, to_decomposed, to_group_normalization
 from .pam import DEFAULT_BLOCK, RewriteError, pam_to_blocked, pam_to_mha, pam_to_onnx_attention
-from .sites import find_sites
+from .shuffle import simplify_shuffles
+from .sites import find_light_sites, find_sites
 
 ATTENTION_FORMS = ("naive", "mha", "onnx-attention", "blocked")
 
@@ -69,6 +73,16 @@ def choose_attention(target: Target, static: bool) -> tuple[str, str]:
     return "mha", "TensorRT < 10.14 has no ONNX Attention; 4-D MatMul-Softmax-MatMul is what its MHA fusion matches"
 
 
+def choose_group_norm(target: Target | None, opset: int) -> tuple[str, str]:
+    """The GroupNorm form for a target and model opset, and why."""
+    if opset < GROUP_NORMALIZATION_OPSET:
+        return "decomposed", f"opset {opset} has no GroupNormalization (added in 18)"
+    if target is not None and target.tensorrt is not None and target.tensorrt < (10, 0):
+        return "decomposed", "TensorRT 8.6 parses opset <= 17, which has no GroupNormalization"
+    where = "ONNX Runtime" if target is None or target.tensorrt is None else "TensorRT >= 10.0"
+    return "group-normalization", f"{where} runs ONNX GroupNormalization natively"
+
+
 @dataclass
 class PassReport:
     name: str
@@ -87,6 +101,8 @@ class SimplifyReport:
     reason: str
     check_input: list[int]
     passes: list[PassReport] = field(default_factory=list)
+    group_norm: str | None = None  # light variants only
+    group_norm_reason: str | None = None
 
 
 def _input_feed(model: onnx.ModelProto, config: ModelConfig | None, images: list[np.ndarray]) -> list[np.ndarray]:
@@ -121,10 +137,14 @@ def simplify_model(
     atol: float = 1e-4,
     rtol: float = 1e-4,
     on_pass: Callable[[PassReport], None] | None = None,
+    group_norm: str | None = None,
+    fold_shuffle: bool = True,
 ) -> tuple[onnx.ModelProto, SimplifyReport]:
-    """Run the passes for `target` (PAM form `attention` or the target's default), checking each one.
+    """Run the passes for `target` (PAM form `attention`, GroupNorm form `group_norm` or the target's defaults),
+    checking each one.
 
-    Without a target and an explicit form, PAM stays as trained (cleanup and CAM only).
+    Without a target and explicit forms, PAM and GroupNorm stay as exported (cleanup, CAM and shuffle only).
+    Channel shuffles fold into the Conv that reads them unless `fold_shuffle` is False.
     """
     tgt = get_target(target) if target else None
     meta = read_metadata(model)
@@ -157,6 +177,26 @@ def simplify_model(
         )
 
     existing = {s.form for s in find_sites(model) if s.kind == "pam"}
+    if not existing:
+        passes = passes[:2]  # a light variant: no PAM to rewrite
+        attention, reason = "none", "no PAM in this model"
+    light = {s.kind for s in find_light_sites(model)}
+    light |= {"group-norm", "channel-shuffle"} if config and config.position_attention == "shuffle" else set()
+    gn_reason = None
+    if group_norm is not None and group_norm not in GROUP_NORM_FORMS:
+        raise BadInputError(f"unknown GroupNorm form {group_norm!r}; choose from {', '.join(GROUP_NORM_FORMS)}")
+    if "group-norm" in light and (group_norm or tgt):
+        opset = opset_of(model)
+        if group_norm is None:
+            group_norm, gn_reason = choose_group_norm(tgt, opset)
+        elif group_norm == "group-normalization" and opset < GROUP_NORMALIZATION_OPSET:
+            raise BadInputError(f"GroupNormalization needs opset >= 18; this model is opset {opset}")
+        else:
+            gn_reason = "chosen with --group-norm"
+        rewrite = to_group_normalization if group_norm == "group-normalization" else to_decomposed
+        passes.append(("group-norm", lambda m: _counted(rewrite(m), f"GroupNorm site(s) -> {group_norm}")))
+    if "channel-shuffle" in light:
+        passes.append(("channel-shuffle", lambda m: _shuffles(m, fold_shuffle)))
     if attention != "naive" and existing and existing != {"naive"} and existing != {attention}:
         raise BadInputError(
             f"PAM is already in the {', '.join(sorted(existing))} form; simplify the raw export to get {attention!r}"
@@ -165,7 +205,9 @@ def simplify_model(
     from ..bundled import sample_images
 
     feeds = _input_feed(model, config, images if images is not None else sample_images(2))
-    report = SimplifyReport(tgt.name if tgt else "any", attention, reason, list(feeds[0].shape))
+    report = SimplifyReport(
+        tgt.name if tgt else "any", attention, reason, list(feeds[0].shape), [], group_norm, gn_reason
+    )
     before = _run(model, feeds)
     for name, apply in passes:
         started = time.perf_counter()
@@ -196,6 +238,11 @@ def _counted(result: tuple[onnx.ModelProto, int], what: str) -> tuple[onnx.Model
     return model, f"{count} {what}"
 
 
+def _shuffles(model: onnx.ModelProto, fold: bool) -> tuple[onnx.ModelProto, str]:
+    model, folded, reshaped = simplify_shuffles(model, fold)
+    return model, f"{folded} channel shuffle(s) folded into the next Conv, {reshaped} as one 4-D reshape/transpose"
+
+
 def simplify_file(
     in_path: str | os.PathLike[str], out_path: str | os.PathLike[str], **kwargs: Any
 ) -> tuple[SimplifyReport, dict[str, Any]]:
@@ -210,5 +257,5 @@ def simplify_file(
     simplified, report = simplify_model(model, **kwargs)
     with atomic_output(out_path) as tmp:
         onnx.save(simplified, str(tmp))
-        onnx.checker.check_model(str(tmp))
+        check_model(onnx.load(str(tmp)))
     return report, {"onnx_sha256": sha256_file(out_path), "size_bytes": Path(out_path).stat().st_size}

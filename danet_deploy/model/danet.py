@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
+from .light_attention import ShuffleAttention, SpatialGate, SqueezeExcitation
 from .resnet import DilatedResNet
 
 
@@ -60,17 +61,42 @@ class ChannelAttention(nn.Module):
         return self.gamma * out + x
 
 
-class DAHead(nn.Module):
-    """Two branches on the backbone feature, fused by a sum, plus the two training-only aux classifiers."""
+def position_attention(config: ModelConfig, channels: int) -> nn.Module:
+    if config.position_attention == "shuffle":
+        return ShuffleAttention(channels, config.sa_groups)
+    if config.position_attention == "spatial-gate":
+        return SpatialGate(channels)
+    return PositionAttention(channels)
 
-    def __init__(self, in_channels: int, num_classes: int):
+
+def channel_attention(config: ModelConfig, channels: int) -> nn.Module:
+    if config.channel_attention == "se":
+        return SqueezeExcitation(channels, config.se_reduction)
+    return ChannelAttention()
+
+
+# Attribute names per variant, so checkpoint keys say which module they hold (head.pam.*, head.sa.*, ...).
+ATTENTION_ATTRIBUTE = {"pam": "pam", "shuffle": "sa", "spatial-gate": "spatial_gate", "cam": "cam", "se": "se"}
+
+
+class DAHead(nn.Module):
+    """Two branches on the backbone feature, fused by a sum, plus the two training-only aux classifiers.
+
+    The branch convs keep MMSegmentation's names (pam_*/cam_*: position and channel branch) for every
+    variant; the attention module between them is PAM/CAM or a light replacement chosen by the config.
+    """
+
+    def __init__(self, in_channels: int, config: ModelConfig):
         super().__init__()
+        num_classes = config.num_classes
         inter = in_channels // 4
+        self.position_name = ATTENTION_ATTRIBUTE[config.position_attention]
+        self.channel_name = ATTENTION_ATTRIBUTE[config.channel_attention]
         self.pam_in_conv = ConvBNReLU(in_channels, inter)
-        self.pam = PositionAttention(inter)
+        setattr(self, self.position_name, position_attention(config, inter))
         self.pam_out_conv = ConvBNReLU(inter, inter)
         self.cam_in_conv = ConvBNReLU(in_channels, inter)
-        self.cam = ChannelAttention()
+        setattr(self, self.channel_name, channel_attention(config, inter))
         self.cam_out_conv = ConvBNReLU(inter, inter)
         self.dropout = nn.Dropout2d(0.1)
         self.classifier = nn.Conv2d(inter, num_classes, 1)
@@ -78,8 +104,9 @@ class DAHead(nn.Module):
         self.cam_aux_classifier = nn.Conv2d(inter, num_classes, 1)
 
     def forward(self, x: torch.Tensor, with_aux: bool = False) -> tuple[torch.Tensor, ...]:
-        pam_feat = self.pam_out_conv(self.pam(self.pam_in_conv(x)))
-        cam_feat = self.cam_out_conv(self.cam(self.cam_in_conv(x)))
+        position, channel = getattr(self, self.position_name), getattr(self, self.channel_name)
+        pam_feat = self.pam_out_conv(position(self.pam_in_conv(x)))
+        cam_feat = self.cam_out_conv(channel(self.cam_in_conv(x)))
         fused = self.classifier(self.dropout(pam_feat + cam_feat))
         if not with_aux:
             return (fused,)
@@ -93,7 +120,7 @@ class DANet(nn.Module):
         super().__init__()
         self.config = config
         self.backbone = DilatedResNet(config)
-        self.head = DAHead(self.backbone.out_channels, config.num_classes)
+        self.head = DAHead(self.backbone.out_channels, config)
 
     def _upsample(self, logits: torch.Tensor, size: torch.Size) -> torch.Tensor:
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=self.config.align_corners)

@@ -32,7 +32,7 @@ from ..artifacts import atomic_output, sha256_file
 from ..errors import BadInputError, CheckFailedError
 from ..export import onnxruntime_session
 from ..graph.editor import GraphEditor
-from ..graph.sites import find_sites
+from ..graph.sites import find_light_sites, find_sites
 from .calibration import (
     ActivationProbe,
     Agreement,
@@ -120,10 +120,11 @@ def tensor_absmax(model: onnx.ModelProto, calib: CalibrationSet) -> dict[str, fl
 
 
 def cam_protected_nodes(model: onnx.ModelProto) -> list[str]:
-    """Node names of every CAM site, plus the Expand that broadcasts the rowmax (it carries energy values)."""
+    """Node names of every CAM site, plus the Expand that broadcasts the rowmax (it carries energy values), and
+    of every GroupNorm site (its variance sums squares over all positions)."""
     ed = GraphEditor(model)
     by_name = {n.name: n for n in model.graph.node}
-    names: list[str] = []
+    names: list[str] = [name for site in find_light_sites(model) if site.kind == "group-norm" for name in site.nodes]
     for site in find_sites(model):
         if site.kind != "cam":
             continue
@@ -212,7 +213,7 @@ def fp16_rounding_model(model: onnx.ModelProto) -> onnx.ModelProto:
         for i, name in enumerate(node.output):
             if name and name not in graph_outputs and types.get(name) == onnx.TensorProto.FLOAT16:
                 node.output[i] = f"{name}__unrounded"
-                nodes.append(onnx.helper.make_node("Identity", [node.output[i]], [name], name=f"{node.name}__fp16"))
+                nodes.append(onnx.helper.make_node("Identity", [node.output[i]], [name], name=f"{node.name}__fp16_{i}"))
     del copy.graph.node[:]
     copy.graph.node.extend(nodes)
     return copy
