@@ -294,7 +294,12 @@ def check_parity(
     with torch.no_grad():
         reference = model(example)
     reference = (reference[0] if isinstance(reference, tuple) else reference).numpy()
-    got = session.run(["logits"], {"image": example.numpy()})[0]
+    try:
+        got = session.run(["logits"], {"image": example.numpy()})[0]
+    except Exception as exc:  # onnxruntime raises its own types, e.g. when an export fixed a dynamic axis
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckFailedError(f"{onnx_path}: ONNX Runtime cannot run the export at input {list(example.shape)}: "
+                               f"{first[:200]}") from None  # fmt: skip
     if got.shape != reference.shape:
         raise CheckFailedError(f"{onnx_path}: ONNX output shape {got.shape} != PyTorch {reference.shape}")
     diff = np.abs(got.astype(np.float64) - reference)

@@ -273,7 +273,7 @@ def verify(
         input_size=list(size) if size else None,
         protocol=protocol.name,
         thresholds={k: asdict(v) for k, v in thresholds.items()},
-        model={"arch": config.arch, "num_classes": n, "align_corners": config.align_corners},
+        model={"arch": config.arch, "variant": config.variant, "num_classes": n, "align_corners": config.align_corners},
     )
 
 

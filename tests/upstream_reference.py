@@ -416,3 +416,58 @@ def randomize_(model: nn.Module, seed: int = 0, pam_gamma: float = 0.5, cam_gamm
         elif name.endswith(("sc.gamma", "cam.gamma.scale")):
             param.fill_(cam_gamma)
     return model.eval()
+
+
+# --- SA-Net (wofmanaf/SA-Net, models/sa_resnet.py `sa_layer`), as published -----------------------------------
+
+
+class sa_layer(nn.Module):  # upstream name
+    """Constructs a Channel Spatial Group module (SA-Net's reference code, unchanged in substance)."""
+
+    def __init__(self, channel: int, groups: int = 64):
+        super().__init__()
+        self.groups = groups
+        self.avg_pool = nn.AdaptiveAvgPool2d(1)
+        self.cweight = nn.Parameter(torch.zeros(1, channel // (2 * groups), 1, 1))
+        self.cbias = nn.Parameter(torch.ones(1, channel // (2 * groups), 1, 1))
+        self.sweight = nn.Parameter(torch.zeros(1, channel // (2 * groups), 1, 1))
+        self.sbias = nn.Parameter(torch.ones(1, channel // (2 * groups), 1, 1))
+        self.sigmoid = nn.Sigmoid()
+        self.gn = nn.GroupNorm(channel // (2 * groups), channel // (2 * groups))
+
+    @staticmethod
+    def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+        b, _, h, w = x.shape
+        x = x.reshape(b, groups, -1, h, w)
+        x = x.permute(0, 2, 1, 3, 4)
+        return x.reshape(b, -1, h, w)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        x = x.reshape(b * self.groups, -1, h, w)
+        x_0, x_1 = x.chunk(2, dim=1)
+        xn = self.avg_pool(x_0)
+        xn = self.cweight * xn + self.cbias
+        xn = x_0 * self.sigmoid(xn)
+        xs = self.gn(x_1)
+        xs = self.sweight * xs + self.sbias
+        xs = x_1 * self.sigmoid(xs)
+        out = torch.cat([xn, xs], dim=1)
+        out = out.reshape(b, -1, h, w)
+        return self.channel_shuffle(out, 2)
+
+
+class SELayer(nn.Module):
+    """Squeeze-and-Excitation (Hu et al.) as commonly written: pooled vector -> Linear -> ReLU -> Linear -> sigmoid."""
+
+    def __init__(self, channel: int, hidden: int):
+        super().__init__()
+        self.avg_pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Sequential(
+            nn.Linear(channel, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, channel), nn.Sigmoid()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, _, _ = x.size()
+        y = self.avg_pool(x).view(b, c)
+        return x * self.fc(y).view(b, c, 1, 1)

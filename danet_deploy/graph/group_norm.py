@@ -13,6 +13,8 @@ composed into the one scale and bias.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import onnx
 
@@ -50,55 +52,61 @@ def _rank(shapes: dict, tensor: str) -> int:
     return len(shapes.get(tensor) or [0, 0, 0, 0])
 
 
-def to_group_normalization(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
-    """Every GroupNorm site (as exported or decomposed) as one ONNX GroupNormalization node."""
+def _rewrite_sites(
+    model: onnx.ModelProto, form: str, emit: Callable[[GraphEditor, AttentionSite, int, int], str]
+) -> tuple[onnx.ModelProto, int]:
+    """Replace every GroupNorm site not yet in `form` by `emit(editor, site, opset, rank)`'s output tensor."""
     opset = opset_of(model)
-    if opset < GROUP_NORMALIZATION_OPSET:
-        raise ValueError(f"GroupNormalization needs opset >= 18; this model is opset {opset}")
-    sites = [s for s in group_norm_sites(model) if s.form != "group-normalization"]
+    sites = [s for s in group_norm_sites(model) if s.form != form]
     shapes = infer_shapes(model)
     ed = GraphEditor(model)
     for site in sites:
         assert site.input and site.output
-        groups, channels = site.params["groups"], site.params["channels"]
-        per_channel = opset >= PER_CHANNEL_SCALE_OPSET or groups == channels
-        scale = site.params["scale"] if per_channel else np.ones(groups, np.float32)
-        bias = site.params["bias"] if per_channel else np.zeros(groups, np.float32)
-        y = ed.add1(
-            "GroupNormalization", [site.input, ed.const("gn_scale", scale), ed.const("gn_bias", bias)],
-            "group_norm", num_groups=groups, epsilon=site.params["epsilon"],
-        )  # fmt: skip
-        if not per_channel:
-            y = _affine(ed, y, site, _rank(shapes, site.input))
-        ed.replace_uses(site.output, y)
+        ed.replace_uses(site.output, emit(ed, site, opset, _rank(shapes, site.input)))
     ed.commit()
     return model, len(sites)
+
+
+def _group_normalization(ed: GraphEditor, site: AttentionSite, opset: int, rank: int) -> str:
+    assert site.input
+    groups, channels = site.params["groups"], site.params["channels"]
+    per_channel = opset >= PER_CHANNEL_SCALE_OPSET or groups == channels
+    scale = site.params["scale"] if per_channel else np.ones(groups, np.float32)
+    bias = site.params["bias"] if per_channel else np.zeros(groups, np.float32)
+    y = ed.add1(
+        "GroupNormalization", [site.input, ed.const("gn_scale", scale), ed.const("gn_bias", bias)],
+        "group_norm", num_groups=groups, epsilon=site.params["epsilon"],
+    )  # fmt: skip
+    return y if per_channel else _affine(ed, y, site, rank)
+
+
+def _decomposition(ed: GraphEditor, site: AttentionSite, opset: int, rank: int) -> str:
+    assert site.input
+    groups, channels = site.params["groups"], site.params["channels"]
+    x, axes = site.input, list(range(2, rank))
+    if groups != channels:  # normalize each group's C/G channels together, as [B, G, -1]
+        x = ed.add1("Reshape", [x, ed.const("gn_groups", np.array([0, groups, -1], np.int64))], "gn_groups")
+        axes = [2]
+    centered = ed.add1("Sub", [x, _reduce_mean(ed, x, axes, opset)], "gn_centered")
+    variance = _reduce_mean(ed, ed.add1("Mul", [centered, centered], "gn_square"), axes, opset)
+    epsilon = ed.const("gn_epsilon", np.array(site.params["epsilon"], np.float32))
+    std = ed.add1("Sqrt", [ed.add1("Add", [variance, epsilon], "gn_variance_eps")], "gn_std")
+    y = ed.add1("Div", [centered, std], "gn_normalized")
+    if groups != channels:
+        y = ed.add1("Reshape", [y, ed.add1("Shape", [site.input], "gn_shape")], "gn_ungroup")
+    return _affine(ed, y, site, rank)
+
+
+def to_group_normalization(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """Every GroupNorm site (as exported or decomposed) as one ONNX GroupNormalization node."""
+    if opset_of(model) < GROUP_NORMALIZATION_OPSET:
+        raise ValueError(f"GroupNormalization needs opset >= 18; this model is opset {opset_of(model)}")
+    return _rewrite_sites(model, "group-normalization", _group_normalization)
 
 
 def to_decomposed(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     """Every GroupNorm site (as exported or as GroupNormalization) in elementary ops, any opset."""
-    opset = opset_of(model)
-    sites = [s for s in group_norm_sites(model) if s.form != "decomposed"]
-    shapes = infer_shapes(model)
-    ed = GraphEditor(model)
-    for site in sites:
-        assert site.input and site.output
-        groups, channels = site.params["groups"], site.params["channels"]
-        rank = _rank(shapes, site.input)
-        x, axes = site.input, list(range(2, rank))
-        if groups != channels:  # normalize each group's C/G channels together, as [B, G, -1]
-            x = ed.add1("Reshape", [x, ed.const("gn_groups", np.array([0, groups, -1], np.int64))], "gn_groups")
-            axes = [2]
-        centered = ed.add1("Sub", [x, _reduce_mean(ed, x, axes, opset)], "gn_centered")
-        variance = _reduce_mean(ed, ed.add1("Mul", [centered, centered], "gn_square"), axes, opset)
-        epsilon = ed.const("gn_epsilon", np.array(site.params["epsilon"], np.float32))
-        std = ed.add1("Sqrt", [ed.add1("Add", [variance, epsilon], "gn_variance_eps")], "gn_std")
-        y = ed.add1("Div", [centered, std], "gn_normalized")
-        if groups != channels:
-            y = ed.add1("Reshape", [y, ed.add1("Shape", [site.input], "gn_shape")], "gn_ungroup")
-        ed.replace_uses(site.output, _affine(ed, y, site, rank))
-    ed.commit()
-    return model, len(sites)
+    return _rewrite_sites(model, "decomposed", _decomposition)
 
 
 def check_model(model: onnx.ModelProto) -> None:
