@@ -31,7 +31,7 @@ from danet_deploy.bundled import DEMO_CHECKPOINTS, sample_images  # noqa: E402
 from danet_deploy.checkpoints import load_checkpoint  # noqa: E402
 from danet_deploy.config import parse_size  # noqa: E402
 from danet_deploy.export import ExportOptions, export_onnx  # noqa: E402
-from danet_deploy.graph.simplify import simplify_model  # noqa: E402
+from danet_deploy.graph.simplify import SimplifyReport, simplify_model  # noqa: E402
 
 LABELS = {"danet": "DANet (PAM + CAM)", "shuffle": "Shuffle Attention (SA, G=8) + CAM"}
 
@@ -76,9 +76,8 @@ def speed_rows(variant: str, size: tuple[int, int], iters: int, workdir: Path) -
     return rows
 
 
-def _forms(report: object) -> str:
-    attention, group_norm = getattr(report, "attention"), getattr(report, "group_norm")  # noqa: B009
-    return f"PAM {attention}" if attention != "none" else f"GroupNorm {group_norm}, shuffle folded"
+def _forms(report: SimplifyReport) -> str:
+    return f"PAM {report.attention}" if report.attention != "none" else f"GroupNorm {report.group_norm}, shuffle folded"
 
 
 def accuracy_table(results: dict[str, dict]) -> list[str]:

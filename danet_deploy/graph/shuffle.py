@@ -33,7 +33,8 @@ def _as_output_layout(ed: GraphEditor, site: AttentionSite) -> str:
     return ed.add1("Reshape", [site.input, site.params["out_shape"]], "shuffle_input")
 
 
-def _foldable_conv(ed: GraphEditor, site: AttentionSite) -> onnx.NodeProto | None:
+def _foldable_conv(ed: GraphEditor, site: AttentionSite) -> tuple[onnx.NodeProto, np.ndarray] | None:
+    """The Conv that alone reads the shuffle, with its constant weight, if the shuffle can fold into it."""
     assert site.output
     users = ed.consumers(site.output)
     if len(users) != 1 or users[0].op_type != "Conv" or ed.is_graph_output(site.output):
@@ -42,7 +43,7 @@ def _foldable_conv(ed: GraphEditor, site: AttentionSite) -> onnx.NodeProto | Non
     weight = ed.constant(conv.input[1])
     if conv.input[0] != site.output or weight is None or attribute(conv, "group", 1) != 1:
         return None
-    return conv if weight.shape[1] == site.params["channels"] else None
+    return (conv, weight) if weight.shape[1] == site.params["channels"] else None
 
 
 def simplify_shuffles(model: onnx.ModelProto, fold: bool = True) -> tuple[onnx.ModelProto, int, int]:
@@ -54,10 +55,9 @@ def simplify_shuffles(model: onnx.ModelProto, fold: bool = True) -> tuple[onnx.M
     for site in sites:
         assert site.output
         channels, groups = site.params["channels"], site.params["groups"]
-        conv = _foldable_conv(ed, site) if fold else None
-        if conv is not None:
-            weight = ed.constant(conv.input[1])
-            assert weight is not None
+        foldable = _foldable_conv(ed, site) if fold else None
+        if foldable is not None:
+            conv, weight = foldable
             # conv(x[:, perm]) == conv'(x) with conv' reading input channel perm[i] through weight[:, i].
             inverse = np.argsort(shuffle_permutation(channels, groups))
             permuted = np.ascontiguousarray(weight[:, inverse])

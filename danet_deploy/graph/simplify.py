@@ -165,6 +165,9 @@ def simplify_model(
         ("cleanup", lambda m: (cleanup(m), "onnxslim: constant folding, shape ops, dead nodes")),
         ("cam", lambda m: _counted(simplify_cam(m), "CAM site(s): rowmax chain removed")),
     ]
+    existing = {s.form for s in find_sites(model) if s.kind == "pam"}
+    if not existing:  # a light variant: no PAM to rewrite
+        attention, reason = "none", "no PAM in this model"
     if attention == "mha":
         passes.append(("pam-mha", lambda m: _counted(pam_to_mha(m, heads), "PAM site(s) -> 4-D multi-head")))
     elif attention == "onnx-attention":
@@ -176,10 +179,6 @@ def simplify_model(
             ("pam-blocked", lambda m: _counted(pam_to_blocked(m, block), f"PAM site(s) -> Scan, block {block}"))
         )
 
-    existing = {s.form for s in find_sites(model) if s.kind == "pam"}
-    if not existing:
-        passes = passes[:2]  # a light variant: no PAM to rewrite
-        attention, reason = "none", "no PAM in this model"
     light = {s.kind for s in find_light_sites(model)}
     light |= {"group-norm", "channel-shuffle"} if config and config.position_attention == "shuffle" else set()
     gn_reason = None
@@ -256,6 +255,6 @@ def simplify_file(
         raise BadInputError(f"{src}: not a readable ONNX model ({type(exc).__name__})") from None
     simplified, report = simplify_model(model, **kwargs)
     with atomic_output(out_path) as tmp:
+        check_model(simplified)
         onnx.save(simplified, str(tmp))
-        check_model(onnx.load(str(tmp)))
     return report, {"onnx_sha256": sha256_file(out_path), "size_bytes": Path(out_path).stat().st_size}

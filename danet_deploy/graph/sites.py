@@ -258,8 +258,9 @@ def _decomposed_norm_site(ed: GraphEditor, sqrt: onnx.NodeProto, shapes: dict[st
     divs = [n for n in ed.consumers(sqrt.output[0]) if n.op_type == "Div"]
     if add is None or add.op_type != "Add" or len(divs) != 1:
         return None
-    var = next((ed.producer(i) for i in add.input if ed.producer(i) is not None), None)
-    eps = next((ed.constant(i) for i in add.input if ed.constant(i) is not None), None)
+    producers = [p for p in (ed.producer(i) for i in add.input) if p is not None]
+    var = producers[0] if producers else None
+    eps = next((c for c in (ed.constant(i) for i in add.input) if c is not None), None)
     square = ed.producer(var.input[0]) if var is not None and var.op_type == "ReduceMean" else None
     if square is None or square.op_type != "Mul" or square.input[0] != square.input[1] or eps is None:
         return None
@@ -270,32 +271,18 @@ def _decomposed_norm_site(ed: GraphEditor, sqrt: onnx.NodeProto, shapes: dict[st
     assert var is not None
     nodes = [mean, sub, square, var, add, sqrt, divs[0]]
     x, out = sub.input[0], divs[0].output[0]
+    groups = None  # G == C: normalized over H, W directly
     if (pre := ed.producer(x)) is not None and pre.op_type == "Reshape":  # G < C: normalized as [B, G, -1]
         users = ed.consumers(out)
         target = ed.constant(pre.input[1])
         if len(users) == 1 and users[0].op_type == "Reshape" and target is not None and target.size == 3:
-            channels = _channels(shapes, pre.input[0])
-            if not channels:
-                return None
-            nodes = [pre, *nodes, users[0]]
-            return _norm_site(
-                ed,
-                "decomposed",
-                sqrt,
-                nodes,
-                pre.input[0],
-                users[0].output[0],
-                int(target[1]),
-                float(eps.reshape(-1)[0]),
-                np.ones(1),
-                np.zeros(1),
-                channels,
-            )
+            nodes, x, out, groups = [pre, *nodes, users[0]], pre.input[0], users[0].output[0], int(target[1])
     channels = _channels(shapes, x)
     if not channels:
         return None
+    epsilon = float(eps.reshape(-1)[0])
     return _norm_site(
-        ed, "decomposed", sqrt, nodes, x, out, channels, float(eps.reshape(-1)[0]), np.ones(1), np.zeros(1), channels
+        ed, "decomposed", sqrt, nodes, x, out, groups or channels, epsilon, np.ones(1), np.zeros(1), channels
     )
 
 
