@@ -197,6 +197,9 @@ def test_decomposed_group_norm_for_tensorrt_8_6(sa_model: torch.nn.Module, tmp_p
     assert not [f for f in lint(simplified, "trt8.6").errors if f.code in ("group-norm", "opset")]
     with pytest.raises(BadInputError, match="opset >= 18"):
         simplify_model(onnx.load(str(path)), group_norm="group-normalization", images=[_image()])
+    result = run("simplify", path, "-o", tmp_path / "out.onnx", "--group-norm", "group-normalization")
+    assert result.returncode == 2 and "Traceback" not in result.stderr and not (tmp_path / "out.onnx").exists()
+    assert f"{path}: GroupNormalization needs opset >= 18; this model is opset 17" in result.stderr
 
 
 def test_group_norm_form_override_and_lint(sa_model: torch.nn.Module, sa_onnx: Path) -> None:

@@ -21,7 +21,7 @@ import onnx
 from ..artifacts import atomic_output, sha256_file
 from ..config import ModelConfig
 from ..data.preprocess import normalize, resize_image
-from ..errors import BadInputError, CheckFailedError
+from ..errors import BadInputError, CheckFailedError, DeployError
 from ..export import META_GRAPH, image_input, onnxruntime_session, read_metadata, write_metadata
 from .cam import simplify_cam
 from .cleanup import cleanup
@@ -253,7 +253,10 @@ def simplify_file(
         model = onnx.load(str(src))
     except Exception as exc:  # onnx raises DecodeError and others for non-ONNX files
         raise BadInputError(f"{src}: not a readable ONNX model ({type(exc).__name__})") from None
-    simplified, report = simplify_model(model, **kwargs)
+    try:
+        simplified, report = simplify_model(model, **kwargs)
+    except DeployError as exc:  # name the file, as every user-facing error does
+        raise type(exc)(f"{src}: {exc}", exc.exit_code) from None
     with atomic_output(out_path) as tmp:
         check_model(simplified)
         onnx.save(simplified, str(tmp))
