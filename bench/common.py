@@ -32,7 +32,8 @@ def machine() -> str:
         mem = f"{mem_kb / 2**20:.0f} GiB"
     except (OSError, StopIteration):
         mem = "?"
-    versions = ", ".join(f"{k} {v}" for k, v in tool_versions("onnxslim").items() if v)
+    versions = ", ".join(f"{k} {'/'.join(v) if isinstance(v, list) else v}"
+                         for k, v in tool_versions("onnxslim").items() if v)  # fmt: skip
     return f"{cpu}, {os.cpu_count()} cores, {mem} RAM; {versions}; {date.today().isoformat()}"
 
 

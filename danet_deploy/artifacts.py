@@ -10,6 +10,7 @@ import tempfile
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 
@@ -47,13 +48,42 @@ def package_version(name: str) -> str | None:
         return None
 
 
-def tool_versions(*extra: str) -> dict[str, str | None]:
-    """Versions of the tools that shape an artifact, recorded in its provenance."""
-    names = ("torch", "onnx", "onnxruntime", "onnxscript", *extra)
-    versions: dict[str, str | None] = {"danet-deploy": __version__, "python": platform.python_version()}
-    for name in names:
+def onnxruntime_package() -> tuple[str | None, str | None]:
+    """(distribution name, version) of the installed ONNX Runtime: `onnxruntime` or `onnxruntime-gpu`."""
+    for name in ("onnxruntime", "onnxruntime-gpu"):
         version = package_version(name)
-        if version is None and name == "onnxruntime":
-            version = package_version("onnxruntime-gpu")
-        versions[name] = version
+        if version is not None:
+            return name, version
+    return None, None
+
+
+def tool_versions(*extra: str) -> dict[str, Any]:
+    """Versions of the tools that shape an artifact, recorded in its provenance.
+
+    torch is recorded as the build that ran (`torch.__version__` keeps the local tag, e.g. `+cpu` or
+    `+cu130`, which the distribution version drops) with its CUDA and cuDNN versions (None on a CPU build);
+    ONNX Runtime with its package (the GPU package runs on the CPU too) and the providers it offers.
+    """
+    versions: dict[str, Any] = {"danet-deploy": __version__, "python": platform.python_version()}
+    versions.update(torch_build())
+    ort_package, versions["onnxruntime"] = onnxruntime_package()
+    versions["onnxruntime_package"] = ort_package
+    versions["onnxruntime_providers"] = onnxruntime_providers() if ort_package else None
+    for name in ("onnx", "onnxscript", *extra):
+        versions[name] = package_version(name)
     return versions
+
+
+def torch_build() -> dict[str, str | None]:
+    try:
+        import torch
+    except ImportError:
+        return {"torch": None, "torch_cuda": None, "cudnn": None}
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    return {"torch": torch.__version__, "torch_cuda": torch.version.cuda, "cudnn": str(cudnn) if cudnn else None}
+
+
+def onnxruntime_providers() -> list[str]:
+    import onnxruntime
+
+    return list(onnxruntime.get_available_providers())

@@ -88,7 +88,16 @@ def test_metadata_carries_config_and_provenance(tiny_model: DANet, tmp_path: Pat
     meta = read_metadata(path)
     assert ModelConfig.from_dict(meta["model_config"]) == TINY
     assert meta["provenance"]["checkpoint_sha256"] == "abc123"
-    assert meta["provenance"]["tool_versions"]["torch"] == torch.__version__
+    versions = meta["provenance"]["tool_versions"]
+    # The build that ran, local tag included (2.13.0+cpu here, 2.13.0+cu130 from PyPI's default wheel).
+    assert versions["torch"] == torch.__version__ and versions["torch_cuda"] == torch.version.cuda
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    assert versions["cudnn"] == (str(cudnn) if cudnn else None)
+    import onnxruntime
+
+    assert versions["onnxruntime"] == onnxruntime.__version__
+    assert versions["onnxruntime_package"] in ("onnxruntime", "onnxruntime-gpu")
+    assert versions["onnxruntime_providers"] == onnxruntime.get_available_providers()
     assert meta["provenance"]["export_options"]["opset"] == 18
     assert meta["io"]["inputs"]["image"]["shape"] == [1, 3, 64, 128]
 
