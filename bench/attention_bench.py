@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import active_attention, machine, mib, write_section  # noqa: E402
-from danet_deploy.bundled import sample_images  # noqa: E402
 from danet_deploy.config import ModelConfig, parse_size  # noqa: E402
+from danet_deploy.data.bundled import sample_images  # noqa: E402
 from danet_deploy.data.preprocess import normalize, resize_image  # noqa: E402
 from danet_deploy.export import ExportOptions, export_onnx  # noqa: E402
 from danet_deploy.graph.lint import attention_memory, format_bytes  # noqa: E402

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from danet_deploy.artifacts import tool_versions
 from danet_deploy.model import DANet
+from danet_deploy.versions import tool_versions
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"

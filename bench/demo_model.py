@@ -11,8 +11,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import write_section
-from danet_deploy.bundled import DEMO_CHECKPOINT
 from danet_deploy.checkpoints import load_checkpoint, read_checkpoint_file
+from danet_deploy.data.bundled import DEMO_CHECKPOINT
 
 
 def main() -> None:

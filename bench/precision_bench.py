@@ -16,10 +16,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import machine, write_section
-from danet_deploy.bench import BackendSpec, benchmark
-from danet_deploy.bundled import DEMO_CHECKPOINT, sample_image
 from danet_deploy.checkpoints import load_checkpoint
+from danet_deploy.data.bundled import DEMO_CHECKPOINT, sample_image
 from danet_deploy.data.synthetic import write_calibration_images
+from danet_deploy.evaluate.benchmark import BackendSpec, benchmark
 from danet_deploy.export import ExportOptions, export_onnx
 from danet_deploy.precision import convert_fp16, quantize_int8
 

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from danet_deploy.bench import peak_rss_bytes
+from danet_deploy.evaluate.benchmark import peak_rss_bytes
 from danet_deploy.export import onnxruntime_session
 
 

@@ -26,10 +26,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import machine, write_section  # noqa: E402
-from danet_deploy.bench import BackendSpec, benchmark  # noqa: E402
-from danet_deploy.bundled import DEMO_CHECKPOINTS, sample_images  # noqa: E402
 from danet_deploy.checkpoints import load_checkpoint  # noqa: E402
 from danet_deploy.config import parse_size  # noqa: E402
+from danet_deploy.data.bundled import DEMO_CHECKPOINTS, sample_images  # noqa: E402
+from danet_deploy.evaluate.benchmark import BackendSpec, benchmark  # noqa: E402
 from danet_deploy.export import ExportOptions, export_onnx  # noqa: E402
 from danet_deploy.graph.simplify import SimplifyReport, simplify_model  # noqa: E402
 

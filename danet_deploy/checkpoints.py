@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from .artifacts import atomic_output, sha256_file
 from .config import (
     BASIC_BLOCK_DEPTHS,
     BLOCKS_PER_DEPTH,
@@ -30,6 +29,7 @@ from .config import (
     default_palette,
 )
 from .errors import BadInputError
+from .files import atomic_path, sha256_file
 from .model import DANet, build_danet
 
 OURS_FORMAT = "danet-deploy"
@@ -434,6 +434,6 @@ def save_checkpoint(model: DANet, path: str | os.PathLike[str], extra: dict[str,
     }
     if extra:
         payload["extra"] = extra
-    with atomic_output(path) as tmp:
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     return Path(path)

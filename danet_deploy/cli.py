@@ -201,10 +201,10 @@ def export(
     fold_shuffle: FoldShuffleOpt = True,
 ) -> None:
     """Export a checkpoint to ONNX, then check it with onnx.checker and ONNX Runtime vs PyTorch."""
-    from .bundled import sample_image
+    from .data.bundled import sample_image
     from .data.datasets import read_image
     from .export import ExportOptions, export_onnx
-    from .report import export_summary
+    from .report.text import export_summary
 
     size = _size(input_size)
     loaded = _load(
@@ -235,7 +235,7 @@ def export(
 def _simplify(model: Path, output: Path, **passes: Any) -> None:
     """`passes`: simplify_file's keyword arguments (target, attention, group_norm, ...)."""
     from .graph.simplify import simplify_file
-    from .report import simplify_lines
+    from .report.text import simplify_lines
 
     with spinner("simplifying the graph, checking every pass with ONNX Runtime"):
         report, info = simplify_file(
@@ -284,8 +284,9 @@ def inspect(
 
     from .errors import CheckFailedError
     from .export import read_metadata
+    from .files import write_json
     from .graph.lint import lint
-    from .report import inspect_tables, write_json
+    from .report.text import inspect_tables
 
     if not model.is_file():
         raise DeployError(f"{model}: no such ONNX file", EXIT_BAD_INPUT)
@@ -303,7 +304,7 @@ def inspect(
     for item in inspect_tables(str(model), meta, report):
         out.print(item)
     if json_path:
-        write_json({"model": str(model), "metadata": meta, **dataclasses.asdict(report)}, json_path)
+        write_json(json_path, {"model": str(model), "metadata": meta, **dataclasses.asdict(report)})
     if strict and report.errors:
         raise CheckFailedError(f"{model}: {len(report.errors)} TensorRT readiness error(s) for {report.target}")
 
@@ -332,7 +333,7 @@ def quantize(
     """FP16 or INT8 (Q/DQ, TensorRT-ready) ONNX from an FP32 ONNX, measured against it on calibration images."""
     import warnings
 
-    from .report import fp16_lines, int8_lines
+    from .report.text import fp16_lines, int8_lines
 
     if plain and not fp16:
         raise DeployError("--plain goes with --fp16", EXIT_BAD_INPUT)
@@ -399,7 +400,8 @@ def build_engine(
     from .engine.build import build_engine as run_build
     from .engine.build import running_system
     from .engine.plan import DEFAULT_PLAN_VERSION, BuildOptions, parse_shape, plan_build
-    from .report import plan_lines, write_json
+    from .files import write_json
+    from .report.text import plan_lines
 
     if fp16 and int8:
         raise DeployError("choose one of --fp16 and --int8", EXIT_BAD_INPUT)
@@ -426,7 +428,7 @@ def build_engine(
         out.print(line, highlight=False, soft_wrap=True)
     if dry_run:
         if plan_json:
-            write_json(plan.to_dict(), plan_json)
+            write_json(plan_json, plan.to_dict())
         return
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=err, transient=True) as progress:
         task = progress.add_task("building (TensorRT)", total=None)
@@ -472,13 +474,14 @@ def verify(
     """
     from .data.datasets import open_dataset
     from .errors import CheckFailedError
+    from .evaluate.protocols import Protocol
+    from .evaluate.verify import thresholds_with
+    from .evaluate.verify import verify as run_verify
     from .export import read_metadata
-    from .protocols import Protocol
-    from .report import per_class_table, verify_table, write_json
+    from .files import write_json
+    from .report.text import per_class_table, verify_table
     from .runners.onnxruntime import OnnxRuntimeRunner
     from .runners.pytorch import PyTorchRunner
-    from .verify import thresholds_with
-    from .verify import verify as run_verify
 
     onnx = onnx or []
     if ckpt is None and not onnx and not engine:
@@ -537,10 +540,10 @@ def verify(
     if report.labeled:
         out.print(per_class_table(report))
     if json_path:
-        write_json(report.to_dict(), json_path)
+        write_json(json_path, report.to_dict())
         out.print(f"report: {json_path}", highlight=False)
     if report_dir:
-        from .html_report import collect_examples, write_html, write_markdown
+        from .report.html_report import collect_examples, write_html, write_markdown
 
         with spinner("writing the HTML report (re-running the worst images)"):
             examples = collect_examples(dataset, runners, report, config, protocol)
@@ -566,11 +569,12 @@ def benchmark(
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON.")] = None,
 ) -> None:
     """Latency per backend: median/p90/p99, throughput, end-to-end vs compute, peak memory, each in its own process."""
-    from .bench import BackendSpec
-    from .bench import benchmark as run_benchmark
-    from .bundled import sample_image
+    from .data.bundled import sample_image
     from .data.datasets import read_image
-    from .report import benchmark_table, write_json
+    from .evaluate.benchmark import BackendSpec
+    from .evaluate.benchmark import benchmark as run_benchmark
+    from .files import write_json
+    from .report.text import benchmark_table
 
     specs = [BackendSpec("pytorch", str(ckpt), "pytorch")] if ckpt else []
     specs += [BackendSpec("onnxruntime", str(p), f"onnxruntime:{p.name}") for p in onnx or []]
@@ -588,7 +592,7 @@ def benchmark(
     if ok:
         out.print(benchmark_table(ok, results["device"]))
     if json_path:
-        write_json(results, json_path)
+        write_json(json_path, results)
         out.print(f"results: {json_path}", highlight=False)
     if failed:
         raise DeployError("; ".join(r["error"] for r in failed), failed[0]["exit_code"])
@@ -606,7 +610,7 @@ def demo(
     ] = "danet",
 ) -> None:
     """The whole pipeline on the bundled model and data: export, simplify, FP16, INT8, benchmark, verify, report."""
-    from .bundled import DEMO_CHECKPOINTS, DEMO_DATA
+    from .data.bundled import DEMO_CHECKPOINTS, DEMO_DATA
     from .data.synthetic import write_calibration_images
 
     if variant not in DEMO_CHECKPOINTS:

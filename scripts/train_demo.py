@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 from danet_deploy.checkpoints import save_checkpoint  # noqa: E402
 from danet_deploy.config import CHANNEL_ATTENTIONS, POSITION_ATTENTIONS, ModelConfig  # noqa: E402
 from danet_deploy.data.synthetic import generate_scene, scene_seed  # noqa: E402
-from danet_deploy.metrics import confusion_matrix, mean_iou, per_class_iou  # noqa: E402
+from danet_deploy.evaluate.metrics import confusion_matrix, mean_iou, per_class_iou  # noqa: E402
 from danet_deploy.model import build_danet  # noqa: E402
 
 DEMO_CONFIG = ModelConfig(

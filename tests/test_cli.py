@@ -13,7 +13,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from danet_deploy.bundled import DEMO_CHECKPOINT
+from danet_deploy.data.bundled import DEMO_CHECKPOINT
 
 CLI = [sys.executable, "-m", "danet_deploy.cli"]
 

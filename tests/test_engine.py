@@ -174,13 +174,13 @@ def test_strongly_typed_fp16_plan_prepares_an_fp16_onnx(static_onnx: Path, tmp_p
     import shutil
 
     from danet_deploy.engine.build import prepare_network
-    from danet_deploy.export import onnx_precision
+    from danet_deploy.export import OnnxModel
 
     source = tmp_path / "m.onnx"
     shutil.copy(static_onnx, source)
     plan = plan_build(source, BuildOptions(precision="fp16"), "11.4")
     prepare_network(plan)
-    assert plan.network_onnx == str(tmp_path / "m.fp16.onnx") and onnx_precision(plan.network_onnx) == "fp16"
+    assert plan.network_onnx == str(tmp_path / "m.fp16.onnx") and OnnxModel.load(plan.network_onnx).precision == "fp16"
 
 
 def test_sidecar_input_size_from_the_profile() -> None:

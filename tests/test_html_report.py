@@ -10,10 +10,10 @@ import pytest
 from PIL import Image
 
 from danet_deploy.data.datasets import open_dataset
-from danet_deploy.html_report import collect_examples, write_html, write_markdown
-from danet_deploy.protocols import Protocol
+from danet_deploy.evaluate.protocols import Protocol
+from danet_deploy.evaluate.verify import verify
+from danet_deploy.report.html_report import collect_examples, write_html, write_markdown
 from danet_deploy.runners.pytorch import PyTorchRunner
-from danet_deploy.verify import verify
 
 from .conftest import TINY
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from danet_deploy.metrics import confusion_matrix, mean_iou, per_class_iou, pixel_accuracy
+from danet_deploy.evaluate.metrics import confusion_matrix, mean_iou, per_class_iou, pixel_accuracy
 
 
 def test_hand_computed_three_classes_with_ignore() -> None:

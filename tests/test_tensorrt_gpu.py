@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from danet_deploy.bundled import DEMO_CHECKPOINT, DEMO_DATA, sample_image
 from danet_deploy.checkpoints import load_checkpoint
+from danet_deploy.data.bundled import DEMO_CHECKPOINT, DEMO_DATA, sample_image
 from danet_deploy.data.datasets import open_dataset
 from danet_deploy.engine.build import build_engine, running_system
 from danet_deploy.engine.plan import BuildOptions, plan_build
 from danet_deploy.errors import DeployError
+from danet_deploy.evaluate.verify import verify
 from danet_deploy.export import ExportOptions, export_onnx
 from danet_deploy.runners.pytorch import PyTorchRunner
-from danet_deploy.verify import verify
 
 ROOT = Path(__file__).resolve().parents[1]
 

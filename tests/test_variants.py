@@ -12,12 +12,13 @@ import pytest
 import torch
 from onnx import helper
 
-from danet_deploy.bundled import DEMO_DATA, DEMO_SA_CHECKPOINT, sample_images
 from danet_deploy.checkpoints import load_checkpoint, save_checkpoint
 from danet_deploy.config import ModelConfig
+from danet_deploy.data.bundled import DEMO_DATA, DEMO_SA_CHECKPOINT, sample_images
 from danet_deploy.data.datasets import open_dataset
 from danet_deploy.data.preprocess import normalize, resize_image
 from danet_deploy.errors import BadInputError
+from danet_deploy.evaluate.verify import verify
 from danet_deploy.export import ExportOptions, export_onnx, onnxruntime_session
 from danet_deploy.graph.group_norm import check_model, to_decomposed, to_group_normalization
 from danet_deploy.graph.lint import lint
@@ -29,7 +30,6 @@ from danet_deploy.model.light_attention import ShuffleAttention, SqueezeExcitati
 from danet_deploy.precision import convert_fp16, quantize_int8
 from danet_deploy.runners.onnxruntime import OnnxRuntimeRunner
 from danet_deploy.runners.pytorch import PyTorchRunner
-from danet_deploy.verify import verify
 
 from .conftest import TINY, randomize
 from .test_cli import run

@@ -11,9 +11,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from danet_deploy.data.datasets import open_dataset
 from danet_deploy.errors import BadInputError
-from danet_deploy.export import onnx_precision
+from danet_deploy.evaluate.verify import DEFAULT_THRESHOLDS, thresholds_with, verify
+from danet_deploy.export import graph_precision
 from danet_deploy.runners.pytorch import PyTorchRunner
-from danet_deploy.verify import DEFAULT_THRESHOLDS, thresholds_with, verify
 
 from .conftest import TINY
 
@@ -49,7 +49,8 @@ def test_detect_precision(tmp_path: Path) -> None:
         helper.make_node("DequantizeLinear", ["q", "s", "z"], ["logits"]),
     ]
     int8 = _save(tmp_path, qdq, [scale, zero], "c.onnx")
-    assert [onnx_precision(p) for p in (fp32, fp16, int8)] == ["fp32", "fp16", "int8"]
+    # Graph sniffing: the fallback for ONNX files without danet-deploy metadata.
+    assert [graph_precision(onnx.load(str(p))) for p in (fp32, fp16, int8)] == ["fp32", "fp16", "int8"]
 
 
 class NoisyRunner:
@@ -89,7 +90,7 @@ def per_pixel(image: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize(("crop", "stride"), [(32, 16), (48, 20), (64, 64), (100, 50)])
 def test_sliding_window_covers_every_pixel_exactly(crop: int, stride: int) -> None:
-    from danet_deploy.protocols import Protocol, predict
+    from danet_deploy.evaluate.protocols import Protocol, predict
 
     image = np.random.default_rng(0).integers(0, 256, (61, 99, 3), dtype=np.uint8)
     seen: list[tuple[int, int]] = []
@@ -104,7 +105,7 @@ def test_sliding_window_covers_every_pixel_exactly(crop: int, stride: int) -> No
 
 
 def test_flip_and_scales_average_like_the_official_protocol() -> None:
-    from danet_deploy.protocols import Protocol, predict
+    from danet_deploy.evaluate.protocols import Protocol, predict
 
     image = np.random.default_rng(1).integers(0, 256, (40, 56, 3), dtype=np.uint8)
     np.testing.assert_allclose(predict(per_pixel, image, Protocol(flip=True), False), per_pixel(image), rtol=1e-6)
@@ -117,7 +118,7 @@ def test_flip_and_scales_average_like_the_official_protocol() -> None:
 
 
 def test_protocol_validation() -> None:
-    from danet_deploy.protocols import Protocol
+    from danet_deploy.evaluate.protocols import Protocol
 
     for kwargs in ({"crop": 64}, {"crop": 64, "stride": 80}, {"scales": ()}, {"scales": (0.0,)}):
         with pytest.raises(BadInputError):
@@ -126,8 +127,8 @@ def test_protocol_validation() -> None:
 
 
 def test_verify_under_sliding_window_and_flip(tiny_model, city_data: Path, tmp_path: Path) -> None:
+    from danet_deploy.evaluate.protocols import Protocol
     from danet_deploy.export import ExportOptions, export_onnx
-    from danet_deploy.protocols import Protocol
     from danet_deploy.runners.onnxruntime import OnnxRuntimeRunner
 
     path = tmp_path / "crop.onnx"

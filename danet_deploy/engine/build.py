@@ -13,9 +13,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..artifacts import atomic_output, sha256_file
 from ..errors import EXIT_MISSING_DEPENDENCY, DeployError
-from ..export import read_metadata
+from ..export.artifact import read_metadata
+from ..files import atomic_path, sha256_file
 from .plan import BuildPlan
 from .sidecar import EngineSidecar, RunningSystem, write_sidecar
 
@@ -155,7 +155,7 @@ def build_engine(
     engine_bytes = build()
     seconds = time.perf_counter() - started
     out = Path(output)
-    with atomic_output(out) as tmp:
+    with atomic_path(out) as tmp:
         tmp.write_bytes(bytes(engine_bytes))
     meta = read_metadata(plan.network_onnx)
     sidecar = EngineSidecar(

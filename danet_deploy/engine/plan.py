@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import onnx
 
-from ..config import ModelConfig
 from ..errors import BadInputError
-from ..export import image_input, onnx_precision, read_metadata
+from ..export.artifact import OnnxModel
 from ..graph.sites import find_light_sites, find_sites
 
 STRONGLY_TYPED_FROM = (10, 12)
@@ -83,23 +81,17 @@ class BuildPlan:
         return asdict(self)
 
 
-def _profile(model: onnx.ModelProto, options: BuildOptions) -> dict[str, list[list[int]]]:
+def _profile(model: OnnxModel, options: BuildOptions) -> dict[str, list[list[int]]]:
     """min/opt/max for the input: given explicitly, else the static shape or the model config's size (batch 1)."""
-    image = image_input(model)
-    name, dims = image.name, image.dims
-    meta = read_metadata(model)
-    if all(dims):
-        default = [int(d) for d in dims]  # type: ignore[arg-type]
-    elif "model_config" in meta:
-        default = image.shape(1, ModelConfig.from_dict(meta["model_config"]).input_size)
-    else:
-        default = []
+    spec = model.input_spec
+    dims = spec.shape(spec.batch or 0, (spec.height or 0, spec.width or 0))  # 0 marks a dynamic dim
+    default = spec.shape(spec.batch or 1, model.input_size) if spec.static_size or model.has_config else []
     shapes = []
     for given, option in ((options.min_shape, "--min-shape"), (options.opt_shape, "--opt-shape"),
                           (options.max_shape, "--max-shape")):  # fmt: skip
         shape = list(given) if given else (list(shapes[-1]) if shapes and option != "--min-shape" else default)
         if not shape:
-            raise BadInputError(f"the ONNX input has dynamic dims {dims} and no model config: give {option}")
+            raise BadInputError(f"the ONNX input has dynamic dims and no model config: give {option}")
         for i, (d, s) in enumerate(zip(dims, shape)):
             if d and d != s:
                 raise BadInputError(f"{option} {'x'.join(map(str, shape))}: dim {i} is fixed to {d} in the ONNX model")
@@ -109,7 +101,7 @@ def _profile(model: onnx.ModelProto, options: BuildOptions) -> dict[str, list[li
     lo, opt, hi = shapes
     if not all(a <= b <= c for a, b, c in zip(lo, opt, hi)):
         raise BadInputError(f"profile must satisfy min <= opt <= max in every dim, got {lo} / {opt} / {hi}")
-    return {name: [lo, opt, hi]}
+    return {spec.input_name: [lo, opt, hi]}
 
 
 def _attention_layers(model: onnx.ModelProto) -> list[str]:
@@ -119,20 +111,15 @@ def _attention_layers(model: onnx.ModelProto) -> list[str]:
     return [name for s in sites if s.kind in ("cam", "group-norm") for name in s.nodes]
 
 
-def plan_build(onnx_path: str | os.PathLike[str], options: BuildOptions, tensorrt_version: str) -> BuildPlan:
+def plan_build(onnx_path: str | os.PathLike[str] | OnnxModel, options: BuildOptions, tensorrt_version: str) -> BuildPlan:
     """Decide everything about a build without TensorRT; raises BadInputError for impossible requests."""
-    path = Path(onnx_path)
-    if not path.is_file():
-        raise BadInputError(f"{path}: no such ONNX file")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception:
-        raise BadInputError(f"{path}: not a readable ONNX model") from None
+    source = onnx_path if isinstance(onnx_path, OnnxModel) else OnnxModel.load(onnx_path, external_data=False)
+    path, model = source.path, source.proto
     version = parse_version(tensorrt_version)
     precision = options.precision
     if precision not in ("fp32", "fp16", "int8"):
         raise BadInputError(f"unknown precision {precision!r}")
-    source_precision = onnx_precision(model)
+    source_precision = source.precision.value
     strongly_typed = version >= STRONGLY_TYPED_FROM
     notes: list[str] = []
     prepare: list[str] = []
@@ -194,7 +181,7 @@ def plan_build(onnx_path: str | os.PathLike[str], options: BuildOptions, tensorr
         prepare=prepare,
         network_flags=network_flags,
         builder_flags=builder_flags,
-        profile=_profile(model, options),
+        profile=_profile(source, options),
         pinned_fp32_layers=pinned,
         options=asdict(options),
         notes=notes,

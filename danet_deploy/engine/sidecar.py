@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..artifacts import atomic_output
 from ..errors import BadInputError, DeployError
+from ..files import atomic_path
 
 SIDECAR_SCHEMA = 1
 
@@ -67,7 +67,7 @@ def sidecar_path(engine: str | os.PathLike[str]) -> Path:
 
 def write_sidecar(engine: str | os.PathLike[str], sidecar: EngineSidecar) -> Path:
     path = sidecar_path(engine)
-    with atomic_output(path) as tmp:
+    with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(asdict(sidecar), indent=2) + "\n")
     return path
 

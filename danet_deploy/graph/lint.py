@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from ..export import image_input
+from ..export.artifact import InputSpec
 from .cleanup import cleanup
 from .editor import GraphEditor, attribute, opset_of
 from .pam import value_heads
@@ -151,12 +151,12 @@ def _mha_rules(site: AttentionSite, d: int | None, value_head: int | None, n: in
 
 def lint(model: onnx.ModelProto, target: str, input_size: tuple[int, int] | None = None, batch: int = 1) -> LintReport:
     tgt = get_target(target)
-    image = image_input(model)
+    image = InputSpec.from_onnx(model)
     if input_size is None:
         input_size = image.static_size
         if input_size is None:
             raise ValueError("the model has dynamic height/width: give --input-size HxW")
-    shape = image.shape(image.dims[0] or batch, input_size)
+    shape = image.shape(image.batch or batch, input_size)
     findings = _check_ops(model, tgt)
     fixed = cleanup(with_input_shape(model, shape))
     shapes = infer_shapes(fixed)

@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ..artifacts import atomic_output, sha256_file
 from ..config import ModelConfig
-from ..data.preprocess import normalize, resize_image
+from ..data.preprocess import resize_image
 from ..errors import BadInputError, CheckFailedError, DeployError
-from ..export import META_GRAPH, image_input, onnxruntime_session, read_metadata, write_metadata
+from ..export.artifact import META_GRAPH, InputSpec, onnxruntime_session, read_metadata, write_metadata
+from ..files import atomic_path, sha256_file
 from .cam import simplify_cam
 from .cleanup import cleanup
 from .editor import opset_of
@@ -106,19 +106,14 @@ class SimplifyReport:
 
 
 def _input_feed(model: onnx.ModelProto, config: ModelConfig | None, images: list[np.ndarray]) -> list[np.ndarray]:
-    """Check inputs: real images at the model's static size (or the config's input size), preprocessed."""
-    spec = image_input(model)
-    size = spec.static_size or (config.input_size if config else (64, 128))
-    feeds = []
-    for image in images:
-        resized = resize_image(image, size)
-        if spec.uint8:
-            feeds.append(resized[None])
-        else:
-            x = normalize(resized, config) if config else (resized.astype(np.float32) / 255)[None].transpose(0, 3, 1, 2)
-            feeds.append(np.ascontiguousarray(x, dtype=np.float32))
-    batch = spec.dims[0] or 1
-    return [np.repeat(f, batch, axis=0) if batch > 1 else f for f in feeds]
+    """Check inputs: real images at the model's static size (or the config's input size), preprocessed.
+
+    A foreign model (no danet-deploy config) is checked at 64x128 with ImageNet normalization."""
+    spec = InputSpec.from_onnx(model)
+    config = config or ModelConfig(input_size=(64, 128))
+    size = spec.size_or(config.input_size)
+    batch = spec.batch or 1
+    return [np.repeat(spec.prepare(resize_image(image, size), config), batch, axis=0) for image in images]
 
 
 def _run(model: onnx.ModelProto, feeds: list[np.ndarray]) -> list[np.ndarray]:
@@ -201,7 +196,7 @@ def simplify_model(
             f"PAM is already in the {', '.join(sorted(existing))} form; simplify the raw export to get {attention!r}"
         )
 
-    from ..bundled import sample_images
+    from ..data.bundled import sample_images
 
     feeds = _input_feed(model, config, images if images is not None else sample_images(2))
     report = SimplifyReport(
@@ -257,7 +252,7 @@ def simplify_file(
         simplified, report = simplify_model(model, **kwargs)
     except DeployError as exc:  # name the file, as every user-facing error does
         raise type(exc)(f"{src}: {exc}", exc.exit_code) from None
-    with atomic_output(out_path) as tmp:
+    with atomic_path(out_path) as tmp:
         check_model(simplified)
         onnx.save(simplified, str(tmp))
     return report, {"onnx_sha256": sha256_file(out_path), "size_bytes": Path(out_path).stat().st_size}

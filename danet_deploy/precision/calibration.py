@@ -30,12 +30,13 @@ import numpy as np
 import onnx
 from PIL import Image, UnidentifiedImageError
 
-from ..artifacts import package_version, sha256_file
 from ..config import ModelConfig
 from ..data.datasets import IMAGE_SUFFIXES, open_dataset, read_image
 from ..data.preprocess import normalize, resize_image
 from ..errors import BadInputError
-from ..export import META_PRECISION, config_from_onnx, image_input, onnxruntime_session
+from ..export.artifact import META_PRECISION, OnnxModel, onnxruntime_session
+from ..files import sha256_file
+from ..versions import package_version
 
 log = logging.getLogger(__name__)
 
@@ -84,21 +85,8 @@ class CalibrationInfo:
 
 def model_input_spec(onnx_path: str | os.PathLike[str], config: ModelConfig) -> InputSpec:
     """Static ONNX input dims win over `config.input_size`; dynamic dims fall back to it."""
-    try:
-        model = onnx.load(str(onnx_path), load_external_data=False)
-    except Exception as exc:  # onnx raises several types for corrupt files
-        raise BadInputError(f"{onnx_path}: not a readable ONNX model ({type(exc).__name__})") from None
-    inp = model.graph.input[0]
-    elem = inp.type.tensor_type.elem_type
-    if elem not in ONNX_DTYPES:
-        raise BadInputError(f"{onnx_path}: input {inp.name!r} has unsupported element type {elem}")
-    dtype = ONNX_DTYPES[elem]
-    image = image_input(model)
-    if len(image.dims) != 4:
-        raise BadInputError(f"{onnx_path}: input {inp.name!r} has rank {len(image.dims)}, expected 4")
-    hw = image.dims[1:3] if image.uint8 else image.dims[2:4]
-    size = (hw[0] or config.input_size[0], hw[1] or config.input_size[1])
-    return InputSpec(inp.name, dtype, size, image.dims[0] or 1)
+    spec = OnnxModel.load(onnx_path, external_data=False).input_spec
+    return InputSpec(spec.input_name, spec.dtype, spec.size_or(config.input_size), spec.batch or 1)
 
 
 def _warn(message: str, collected: list[str]) -> None:
@@ -230,7 +218,7 @@ def calibration_set(
     """
     if count is not None and count < 1:
         raise BadInputError(f"calibration count must be at least 1, got {count}")
-    config = config_from_onnx(onnx_path)
+    config = OnnxModel.load(onnx_path, external_data=False).config
     spec = model_input_spec(onnx_path, config)
     root = Path(data_path)
     candidates, non_image = _candidates(root, split)
@@ -443,7 +431,7 @@ def load_source(onnx_path: str | os.PathLike[str]) -> onnx.ModelProto:
     path = Path(onnx_path)
     if not path.is_file():
         raise BadInputError(f"{path}: no such ONNX file")
-    config_from_onnx(path)  # raises when unreadable or not exported by danet-deploy
+    OnnxModel.load(path, external_data=False).config  # raises when unreadable or not exported by danet-deploy
     model = onnx.load(str(path))
     if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node):
         raise BadInputError(f"{path}: already quantized (has Q/DQ nodes); start from the FP32 ONNX")
@@ -454,7 +442,7 @@ def load_source(onnx_path: str | os.PathLike[str]) -> onnx.ModelProto:
 
 def finish_model(model: onnx.ModelProto, source: onnx.ModelProto, entry: dict[str, Any]) -> None:
     """Carry the source's danet-deploy metadata over (the tools drop it) and add the precision entry."""
-    from ..export import write_metadata
+    from ..export.artifact import write_metadata
 
     have = {p.key for p in model.metadata_props}
     for prop in source.metadata_props:

@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ..artifacts import atomic_output, sha256_file
 from ..errors import BadInputError, CheckFailedError
-from ..export import onnxruntime_session
+from ..export.artifact import onnxruntime_session
+from ..files import atomic_path, sha256_file
 from ..graph.editor import GraphEditor
 from ..graph.sites import find_light_sites, find_sites
 from .calibration import (
@@ -347,7 +347,7 @@ def convert_fp16(
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     finish_model(converted, source, entry)
-    with atomic_output(out) as tmp:
+    with atomic_path(out) as tmp:
         onnx.save(converted, str(tmp))
         onnxruntime_session(tmp)  # the file as written must load
     return out, Fp16Record(

@@ -29,10 +29,10 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..artifacts import atomic_output, sha256_file
 from ..data.datasets import open_dataset
 from ..errors import BadInputError, CheckFailedError
-from ..export import write_metadata
+from ..export.artifact import write_metadata
+from ..files import atomic_path, sha256_file
 from ..graph.editor import opset_of
 from .calibration import (
     META_PRECISION,
@@ -300,7 +300,7 @@ def quantize_int8(
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     finish_model(model, source, entry)
-    with atomic_output(out) as tmp:
+    with atomic_path(out) as tmp:
         onnx.save(model, str(tmp))
     return out, Int8Record(
         onnx_path=str(out),
@@ -358,8 +358,8 @@ class BudgetRecord:
 
 def dataset_miou(onnx_path: str | os.PathLike[str], dataset: Any) -> float:
     """mIoU (percent) of one ONNX model on a labeled dataset, scored like `danet-deploy verify`."""
+    from ..evaluate.verify import verify
     from ..runners.onnxruntime import OnnxRuntimeRunner
-    from ..verify import verify
 
     runner = OnnxRuntimeRunner(onnx_path)
     report = verify(dataset, [runner], runner.config)
@@ -420,7 +420,7 @@ def _write_budget_model(path: Path, out: Path, budget: dict[str, Any]) -> None:
     model = onnx.load(str(path))
     entry = json.loads(next(p.value for p in model.metadata_props if p.key == META_PRECISION))
     write_metadata(model, {META_PRECISION: {**entry, "budget": budget}})
-    with atomic_output(out) as tmp:
+    with atomic_path(out) as tmp:
         onnx.save(model, str(tmp))
 
 

@@ -3,23 +3,21 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 
 from ..config import ModelConfig
 from ..data.preprocess import normalize
 from ..errors import BadInputError
-from ..export import config_from_onnx, onnx_precision, onnxruntime_session
+from ..export.artifact import OnnxModel, onnxruntime_session
 
 
 class OnnxRuntimeRunner:
     def __init__(self, path: str | os.PathLike[str], name: str | None = None, threads: int | None = None):
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise BadInputError(f"{self.path}: no such ONNX file")
-        self.config: ModelConfig = config_from_onnx(self.path)
-        self.precision = onnx_precision(self.path)
+        model = OnnxModel.load(path, external_data=False)
+        self.path = model.path
+        self.config: ModelConfig = model.config
+        self.precision = model.precision.value
         try:
             if self.precision == "fp16":
                 # ORT's CPU provider runs most FP16 ops in FP32 and never rounds between them, which hides

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .errors import BadInputError
+from ..errors import BadInputError
 
 Infer = Callable[[np.ndarray], np.ndarray]  # H x W x 3 uint8 -> 1 x C x H x W logits
 

@@ -20,13 +20,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .artifacts import atomic_output
-from .config import ModelConfig
-from .data.datasets import Dataset
-from .data.preprocess import resize_image
-from .protocols import Protocol, predict
-from .runners import Runner
-from .verify import VerifyReport, common_input_size
+from ..config import ModelConfig
+from ..data.datasets import Dataset
+from ..data.preprocess import resize_image
+from ..evaluate.protocols import Protocol, predict
+from ..evaluate.verify import VerifyReport, common_input_size
+from ..files import atomic_path
+from ..runners import Runner
 
 BACKEND_COLOURS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c")
 
@@ -206,7 +206,7 @@ protocol {html.escape(report.protocol)}; input {size}; reference {html.escape(re
 {bench}
 <h2>Worst images</h2><div class="legend">{classes}</div>{_examples_html(examples, report, config.palette)}
 </body></html>"""
-    with atomic_output(path) as tmp:
+    with atomic_path(path) as tmp:
         tmp.write_text(page)
     return Path(path)
 
@@ -228,6 +228,6 @@ def write_markdown(report: VerifyReport, path: str | os.PathLike[str], html_name
                      f"{b.max_abs_diff:.2e} | {b.p99_abs_diff:.1e} | {b.cosine:.6f} | {result} |")  # fmt: skip
     if html_name:
         lines += ["", f"Full report with per-class IoU and the worst images: `{html_name}`."]
-    with atomic_output(path) as tmp:
+    with atomic_path(path) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
     return Path(path)

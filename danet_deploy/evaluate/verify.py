@@ -14,13 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from .config import ModelConfig
-from .data.datasets import Dataset
-from .data.preprocess import resize_image
-from .errors import BadInputError
-from .metrics import confusion_matrix, mean_iou, per_class_iou
-from .protocols import Protocol, predict, resize_logits
-from .runners import Runner
+from ..config import ModelConfig
+from ..data.datasets import Dataset
+from ..data.preprocess import resize_image
+from ..errors import BadInputError
+from ..evaluate.metrics import confusion_matrix, mean_iou, per_class_iou
+from ..evaluate.protocols import Protocol, predict, resize_logits
+from ..runners import Runner
 
 REPORT_SCHEMA_VERSION = 1
 

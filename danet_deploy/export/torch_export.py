@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
 import time
@@ -25,15 +24,12 @@ import onnx
 import torch
 from torch import nn
 
-from .artifacts import atomic_output, sha256_file, tool_versions
-from .config import ModelConfig
-from .errors import BadInputError, CheckFailedError
+from ..config import ModelConfig
+from ..errors import BadInputError, CheckFailedError
+from ..files import atomic_path, sha256_file
+from ..versions import tool_versions
+from .artifact import META_CONFIG, META_IO, META_PRECISION, META_PROVENANCE, onnxruntime_session, write_metadata
 
-META_CONFIG = "danet_deploy.model_config"
-META_PROVENANCE = "danet_deploy.provenance"
-META_IO = "danet_deploy.io"
-META_GRAPH = "danet_deploy.graph"
-META_PRECISION = "danet_deploy.precision"
 MIN_DYNAMO_OPSET = 18
 DEFAULT_OPSET = 18
 
@@ -125,7 +121,7 @@ def io_spec(config: ModelConfig, options: ExportOptions) -> tuple[dict[str, Any]
 
 
 def _example_input(config: ModelConfig, options: ExportOptions, image: np.ndarray | None) -> torch.Tensor:
-    from .data.preprocess import normalize, resize_image
+    from ..data.preprocess import normalize, resize_image
 
     h, w = options.input_size or config.input_size
     if image is None:
@@ -194,99 +190,6 @@ def _name_dynamic_dims(model: onnx.ModelProto, options: ExportOptions) -> None:
                 dim.dim_param = rename[dim.dim_param]
 
 
-def read_metadata(model: onnx.ModelProto | str | os.PathLike[str]) -> dict[str, Any]:
-    """The danet-deploy metadata of an ONNX file: {'model_config', 'provenance', 'io'} (missing keys absent)."""
-    if not isinstance(model, onnx.ModelProto):
-        model = onnx.load(str(model), load_external_data=False)
-    props = {p.key: p.value for p in model.metadata_props}
-    out: dict[str, Any] = {}
-    keys = (
-        (META_CONFIG, "model_config"), (META_PROVENANCE, "provenance"), (META_IO, "io"), (META_GRAPH, "graph"),
-        (META_PRECISION, "precision"),
-    )  # fmt: skip
-    for key, name in keys:
-        if key in props:
-            out[name] = json.loads(props[key])
-    return out
-
-
-@dataclass(frozen=True)
-class ImageInput:
-    """The model's image input: NCHW float (normalized) or, with baked preprocessing, NHWC uint8."""
-
-    name: str
-    dims: list[int | None]  # None for a dynamic dim
-    uint8: bool
-
-    @property
-    def static_size(self) -> tuple[int, int] | None:
-        """(H, W) when fixed in the graph, else None."""
-        h, w = self.dims[1:3] if self.uint8 else self.dims[2:4]
-        return (h, w) if h and w else None
-
-    def shape(self, batch: int, size: tuple[int, int]) -> list[int]:
-        return [batch, size[0], size[1], 3] if self.uint8 else [batch, 3, size[0], size[1]]
-
-
-def image_input(model: onnx.ModelProto) -> ImageInput:
-    value = model.graph.input[0]
-    tensor = value.type.tensor_type
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
-    return ImageInput(value.name, dims, tensor.elem_type == onnx.TensorProto.UINT8)
-
-
-def onnx_precision(model: onnx.ModelProto | str | os.PathLike[str]) -> str:
-    """int8 for Q/DQ models, fp16 for models computing in float16, else fp32 (read from the graph)."""
-    if not isinstance(model, onnx.ModelProto):
-        model = onnx.load(str(model), load_external_data=False)
-    if {n.op_type for n in model.graph.node} & {"QuantizeLinear", "DequantizeLinear"}:
-        return "int8"
-    fp16 = onnx.TensorProto.FLOAT16
-    if any(t.data_type == fp16 for t in model.graph.initializer) or any(
-        n.op_type == "Cast" and any(a.name == "to" and a.i == fp16 for a in n.attribute) for n in model.graph.node
-    ):
-        return "fp16"
-    return "fp32"
-
-
-def config_from_onnx(path: str | os.PathLike[str]) -> ModelConfig:
-    try:
-        meta = read_metadata(path)
-    except Exception as exc:  # onnx raises several types for corrupt files
-        raise BadInputError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
-    if "model_config" not in meta:
-        raise BadInputError(f"{path}: no danet-deploy model config in the ONNX metadata (export it with danet-deploy)")
-    return ModelConfig.from_dict(meta["model_config"])
-
-
-def write_metadata(model: onnx.ModelProto, entries: dict[str, Any]) -> None:
-    existing = {p.key: p for p in model.metadata_props}
-    for key, value in entries.items():
-        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-        if key in existing:
-            existing[key].value = text
-        else:
-            model.metadata_props.add(key=key, value=text)
-
-
-def onnxruntime_session(
-    model: str | os.PathLike[str] | bytes | onnx.ModelProto, threads: int | None = None, optimize: bool = True
-) -> Any:
-    """An ONNX Runtime CPU session from a path, serialized bytes or a ModelProto; quiet logging."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = threads
-    if not optimize:
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    if isinstance(model, onnx.ModelProto):
-        model = model.SerializeToString()
-    source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
-
-
 def check_parity(
     onnx_path: Path, model: nn.Module, example: torch.Tensor, options: ExportOptions, session: Any = None
 ) -> ParityResult:
@@ -334,7 +237,7 @@ def export_onnx(
     example = _example_input(config, options, image)
     out = Path(out_path)
     started = time.perf_counter()
-    with atomic_output(out) as tmp:
+    with atomic_path(out) as tmp:
         _torch_export(wrapper, example, tmp, options)
         proto = onnx.load(str(tmp))
         opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
@@ -355,6 +258,7 @@ def export_onnx(
                 META_CONFIG: config.to_dict(),
                 META_PROVENANCE: record_provenance,
                 META_IO: {"inputs": inputs, "outputs": outputs},
+                META_PRECISION: {"precision": "fp32"},
             },
         )
         proto.producer_name = "danet-deploy"

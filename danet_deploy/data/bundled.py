@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .data.datasets import read_image
-from .errors import BadInputError
+from ..data.datasets import read_image
+from ..errors import BadInputError
 
-ASSETS = Path(__file__).resolve().parent / "assets"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEMO_CHECKPOINT = ASSETS / "demo_danet_r18w32.pth"
 # The same recipe with Shuffle Attention (8 groups) in the position branch instead of PAM.
 DEMO_SA_CHECKPOINT = ASSETS / "demo_danet_r18w32_sa8.pth"

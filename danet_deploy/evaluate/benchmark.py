@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .artifacts import tool_versions
+from ..versions import tool_versions
 
 
 @dataclass(frozen=True)
@@ -71,25 +71,25 @@ def _make_runner(spec: BackendSpec, threads: int | None) -> Any:
     if spec.kind == "pytorch":
         import torch
 
-        from .checkpoints import load_checkpoint
-        from .runners.pytorch import PyTorchRunner
+        from ..checkpoints import load_checkpoint
+        from ..runners.pytorch import PyTorchRunner
 
         if threads:
             torch.set_num_threads(threads)
         loaded = load_checkpoint(spec.path)
         return PyTorchRunner(loaded.model, loaded.config, name=spec.name)
     if spec.kind == "onnxruntime":
-        from .runners.onnxruntime import OnnxRuntimeRunner
+        from ..runners.onnxruntime import OnnxRuntimeRunner
 
         return OnnxRuntimeRunner(spec.path, name=spec.name, threads=threads)
-    from .runners.tensorrt import TensorRTRunner
+    from ..runners.tensorrt import TensorRTRunner
 
     return TensorRTRunner(spec.path, name=spec.name)
 
 
 def _compute_call(runner: Any, image: np.ndarray) -> Any:
     """A zero-argument call running only the backend's inference on an already prepared input."""
-    from .data.preprocess import normalize
+    from ..data.preprocess import normalize
 
     if runner.__class__.__name__ == "OnnxRuntimeRunner":
         feed = image[None] if runner.uint8_input else normalize(image, runner.config).astype(runner.input_dtype)
@@ -158,7 +158,7 @@ def _child(args: tuple) -> dict:
     try:
         return _run_one(*args)
     except Exception as exc:  # report, do not crash the parent's other backends
-        from .errors import DeployError
+        from ..errors import DeployError
 
         if isinstance(exc, DeployError):
             return {"error": str(exc), "exit_code": exc.exit_code}
@@ -168,13 +168,11 @@ def _child(args: tuple) -> dict:
 def fixed_input_size(spec: BackendSpec) -> tuple[int, int] | None:
     """(H, W) a backend requires, read from the ONNX input or the engine sidecar without loading the model."""
     if spec.kind == "onnxruntime":
-        import onnx
+        from ..export.artifact import OnnxModel
 
-        from .export import image_input
-
-        return image_input(onnx.load(spec.path, load_external_data=False)).static_size
+        return OnnxModel.load(spec.path, external_data=False).input_spec.static_size
     if spec.kind == "tensorrt":
-        from .engine.sidecar import read_sidecar
+        from ..engine.sidecar import read_sidecar
 
         return read_sidecar(spec.path).fixed_input_size
     return None
@@ -187,8 +185,8 @@ def benchmark(
 
     All backends run at one input size: a static backend's size if there is one, else the image's.
     """
-    from .data.preprocess import resize_image
-    from .verify import common_input_size
+    from ..data.preprocess import resize_image
+    from ..evaluate.verify import common_input_size
 
     size = common_input_size(fixed_input_size(spec) for spec in specs)
     if size:

@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
 from typing import Any
 
 from rich.markup import escape
 from rich.table import Table
 
-from .artifacts import atomic_output
-from .engine.plan import BuildPlan
-from .export import ExportRecord
-from .graph.lint import LintReport, format_bytes
-from .graph.simplify import SimplifyReport
-from .verify import VerifyReport
-
-
-def write_json(data: dict[str, Any], path: str | os.PathLike[str]) -> Path:
-    with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    return Path(path)
+from ..engine.plan import BuildPlan
+from ..evaluate.verify import VerifyReport
+from ..export import ExportRecord
+from ..graph.lint import LintReport, format_bytes
+from ..graph.simplify import SimplifyReport
 
 
 def _fmt(value: float | None, spec: str) -> str:

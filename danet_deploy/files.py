@@ -1,0 +1,125 @@
+"""The one writer of every file danet-deploy creates: ONNX models, engines, sidecars, JSON, HTML, Markdown,
+cache entries.
+
+- `check_output` runs before any work: it refuses an output that is one of the command's inputs (the same
+  path, a symlink to it or a hard link) and a destination whose folder cannot be written (exit code 2).
+- `atomic_path` yields a hidden temporary file in the destination's folder and renames it onto the
+  destination only when the block succeeds, so a failed or interrupted stage never leaves a half-written
+  file; the temporary file is removed on any exception, Ctrl-C included. The file gets the mode a plain
+  `open()` would give (0666 less the umask), not mkstemp's 0600.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from .errors import BadInputError
+
+PathLike = str | os.PathLike[str]
+
+
+def same_file(a: PathLike, b: PathLike) -> bool:
+    """True when two paths name one file: equal after resolving symlinks, or hard links to one inode."""
+    pa, pb = Path(a), Path(b)
+    if pa.resolve() == pb.resolve():
+        return True
+    try:
+        return os.path.samefile(pa, pb)
+    except OSError:  # one of them does not exist yet
+        return False
+
+
+def check_output(path: PathLike, inputs: Iterable[PathLike | None] = ()) -> Path:
+    """Refuse, before any work, an output that is an input or that cannot be written; returns the path."""
+    target = Path(path)
+    for source in inputs:
+        if source is not None and same_file(target, source):
+            raise BadInputError(f"{target}: is also an input of this command; write the output to another path")
+    if target.is_dir():
+        raise BadInputError(f"{target}: is a folder; give a file path for the output")
+    folder = target.parent
+    while not folder.exists():  # the writer creates missing folders; the nearest existing one must be writable
+        folder = folder.parent
+    if not folder.is_dir():
+        raise BadInputError(f"{target}: cannot be created ({folder} is not a folder)")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise BadInputError(f"{target}: cannot write to folder {folder}")
+    return target
+
+
+def _umask() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # not thread-safe, hence only where /proc is missing
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike) -> Iterator[Path]:
+    """Yield a hidden temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def scratch_dir(near: PathLike) -> Iterator[Path]:
+    """A hidden temporary folder beside `near` (same file system, so results can be renamed out of it)."""
+    folder = Path(near).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".danet-deploy-", dir=folder) as tmp:
+        yield Path(tmp)
+
+
+def write_bytes(path: PathLike, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_text(path: PathLike, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_json(path: PathLike, data: Any) -> Path:
+    return write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def save_onnx(path: PathLike, model: Any) -> Path:
+    """Write an onnx.ModelProto atomically."""
+    import onnx
+
+    with atomic_path(path) as tmp:
+        onnx.save(model, str(tmp))
+    return Path(path)
+
+
+def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
