@@ -111,7 +111,9 @@ def _attention_layers(model: onnx.ModelProto) -> list[str]:
     return [name for s in sites if s.kind in ("cam", "group-norm") for name in s.nodes]
 
 
-def plan_build(onnx_path: str | os.PathLike[str] | OnnxModel, options: BuildOptions, tensorrt_version: str) -> BuildPlan:
+def plan_build(
+    onnx_path: str | os.PathLike[str] | OnnxModel, options: BuildOptions, tensorrt_version: str
+) -> BuildPlan:
     """Decide everything about a build without TensorRT; raises BadInputError for impossible requests."""
     source = onnx_path if isinstance(onnx_path, OnnxModel) else OnnxModel.load(onnx_path, external_data=False)
     path, model = source.path, source.proto

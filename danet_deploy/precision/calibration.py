@@ -431,7 +431,7 @@ def load_source(onnx_path: str | os.PathLike[str]) -> onnx.ModelProto:
     path = Path(onnx_path)
     if not path.is_file():
         raise BadInputError(f"{path}: no such ONNX file")
-    OnnxModel.load(path, external_data=False).config  # raises when unreadable or not exported by danet-deploy
+    _ = OnnxModel.load(path, external_data=False).config  # raises when unreadable or not exported by danet-deploy
     model = onnx.load(str(path))
     if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node):
         raise BadInputError(f"{path}: already quantized (has Q/DQ nodes); start from the FP32 ONNX")
