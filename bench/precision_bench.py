@@ -19,9 +19,10 @@ from bench.common import machine, write_section
 from danet_deploy.checkpoints import load_checkpoint
 from danet_deploy.data.bundled import DEMO_CHECKPOINT, sample_image
 from danet_deploy.data.synthetic import write_calibration_images
-from danet_deploy.evaluate.benchmark import BackendSpec, benchmark
+from danet_deploy.evaluate.benchmark import benchmark
 from danet_deploy.export import ExportOptions, export_onnx
 from danet_deploy.precision import convert_fp16, quantize_int8
+from danet_deploy.runners.onnxruntime import OnnxRuntimeRunner
 
 SIZE = (512, 1024)
 
@@ -40,9 +41,9 @@ def main() -> None:
         started = time.perf_counter()
         fp16, _ = convert_fp16(fp32, work / "demo_512x1024.fp16.onnx", calib_path=calib, count=32)
         fp16_seconds = time.perf_counter() - started
-        specs = [BackendSpec("onnxruntime", str(p), name) for p, name in
-                 ((fp32, "FP32"), (int8, "INT8 (Q/DQ)"), (fp16, "FP16 (emulated on CPU)"))]  # fmt: skip
-        results = benchmark(specs, image, warmup=3, iterations=10)
+        runners = [OnnxRuntimeRunner(p, name) for p, name in
+                   ((fp32, "FP32"), (int8, "INT8 (Q/DQ)"), (fp16, "FP16 (emulated on CPU)"))]  # fmt: skip
+        results = benchmark(runners, image, warmup=3, iterations=10)
     rows = []
     for r in results["backends"]:
         if "error" in r:

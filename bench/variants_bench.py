@@ -29,9 +29,10 @@ from bench.common import machine, write_section  # noqa: E402
 from danet_deploy.checkpoints import load_checkpoint  # noqa: E402
 from danet_deploy.config import parse_size  # noqa: E402
 from danet_deploy.data.bundled import DEMO_CHECKPOINTS, sample_images  # noqa: E402
-from danet_deploy.evaluate.benchmark import BackendSpec, benchmark  # noqa: E402
+from danet_deploy.evaluate.benchmark import benchmark  # noqa: E402
 from danet_deploy.export import ExportOptions, export_onnx  # noqa: E402
 from danet_deploy.graph.simplify import SimplifyReport, simplify_model  # noqa: E402
+from danet_deploy.runners.onnxruntime import OnnxRuntimeRunner  # noqa: E402
 
 LABELS = {"danet": "DANet (PAM + CAM)", "shuffle": "Shuffle Attention (SA, G=8) + CAM"}
 
@@ -69,7 +70,7 @@ def speed_rows(variant: str, size: tuple[int, int], iters: int, workdir: Path) -
     rows = []
     for path, graph, nodes in graphs:
         print(f"benchmarking {variant} {graph} at {size}", flush=True)
-        result = benchmark([BackendSpec("onnxruntime", str(path), path.name)], image, warmup=1, iterations=iters)
+        result = benchmark([OnnxRuntimeRunner(path, path.name)], image, warmup=1, iterations=iters)
         stats = result["backends"][0]
         rows.append({"variant": variant, "graph": graph, "nodes": nodes, "size": size, **stats})
         print(f"  median {stats.get('median_ms', float('nan')):.0f} ms, peak {stats.get('peak_rss_mib', 0):.0f} MiB")

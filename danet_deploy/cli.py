@@ -1,4 +1,4 @@
-"""danet-deploy command line: parses, calls the stages, prints. No pipeline logic lives here."""
+"""danet-deploy command line: each command parses its options, calls one `api` function and prints its record."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import contextlib
 import functools
 import os
 import sys
-import tempfile
 import traceback
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -17,8 +17,26 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeRemainingColumn
 
-from .errors import EXIT_BAD_INPUT, DeployError
+from . import api
+from .config import parse_dims, parse_shape, parse_size
+from .engine.plan import BuildOptions
+from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL, CheckFailedError, DeployError
+from .export.artifact import Precision
+from .export.torch_export import ExportOptions
+from .files import check_output, write_json
 from .graph.pam import DEFAULT_BLOCK
+from .progress import Progress as LibraryProgress
+from .report.text import (
+    benchmark_table,
+    export_summary,
+    fp16_lines,
+    inspect_tables,
+    int8_lines,
+    per_class_table,
+    plan_lines,
+    simplify_lines,
+    verify_table,
+)
 
 app = typer.Typer(
     add_completion=False,
@@ -29,7 +47,7 @@ app = typer.Typer(
 # Off a terminal (CI logs, pipes) Rich would wrap tables at 80 columns; logs can be wider.
 out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
-EXIT_INTERNAL = 4
+
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -62,41 +80,39 @@ def guarded(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-@contextlib.contextmanager
-def spinner(text: str) -> Iterator[None]:
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=err, transient=True) as progress:
-        progress.add_task(text, total=None)
-        yield
+class RichProgress(LibraryProgress):
+    """The library's progress as Rich: a bar with ETA for counted tasks, a spinner otherwise; notes on stderr."""
+
+    def note(self, message: str) -> None:
+        err.print(escape(message), highlight=False, soft_wrap=True)
+
+    def show(self, message: str) -> None:
+        out.print(message, highlight=False, soft_wrap=True)
+
+    @contextlib.contextmanager
+    def task(self, description: str, total: int | None = None) -> Iterator[Callable[..., None]]:
+        columns: list[Any] = [SpinnerColumn(), TextColumn("{task.description}")]
+        if total is not None:
+            columns += [BarColumn(), MofNCompleteColumn(), TextColumn("ETA"), TimeRemainingColumn()]
+        with Progress(*columns, console=err, transient=True) as progress:
+            task = progress.add_task(escape(description), total=total)
+
+            def update(advance: int = 1, description: str | None = None) -> None:
+                progress.update(task, advance=advance, description=escape(description) if description else None)
+
+            yield update
 
 
-def image_progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-        console=err, transient=True,
-    )  # fmt: skip
+PROGRESS = RichProgress()
 
 
-def _size(text: str | None) -> tuple[int, int] | None:
-    from .config import parse_size
-
-    if text is None:
-        return None
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise DeployError(f"--input-size: {exc}", EXIT_BAD_INPUT) from None
+def _lines(lines: list[str]) -> None:
+    for line in lines:
+        out.print(escape(line), highlight=False, soft_wrap=True)
 
 
 def _ints(text: str | None, option: str) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        values = tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
-    except ValueError:
-        raise DeployError(f"{option}: expected comma-separated integers, got {text!r}", EXIT_BAD_INPUT) from None
-    if not values or any(v < 1 for v in values):
-        raise DeployError(f"{option}: expected positive integers, got {text!r}", EXIT_BAD_INPUT)
-    return values
+    return parse_dims(text, None, option, "comma-separated positive integers like 4,8,16") if text else None
 
 
 def _floats3(text: str | None, option: str) -> tuple[float, float, float] | None:
@@ -155,22 +171,6 @@ MeanOpt = Annotated[str | None, typer.Option(help="Normalization mean of RGB in 
 StdOpt = Annotated[str | None, typer.Option(help="Normalization std of RGB in [0,1], e.g. 0.229,0.224,0.225.")]
 
 
-def _load(ckpt: Path, layout: str | None, **overrides: Any) -> Any:
-    from .checkpoints import load_checkpoint
-
-    with spinner(f"loading {ckpt}"):
-        loaded = load_checkpoint(ckpt, layout, **overrides)
-    c = loaded.config
-    err.print(
-        f"checkpoint {ckpt.name}: {loaded.layout.value} layout, {c.arch}, stem {c.stem_channels}, "
-        f"layer4 dilations {c.layer4_dilations}, {c.num_classes} classes, align_corners={c.align_corners}",
-        highlight=False,
-    )
-    for note in loaded.notes:
-        err.print(f"  note: {note}", highlight=False)
-    return loaded
-
-
 @app.command()
 @guarded
 def export(
@@ -201,50 +201,25 @@ def export(
     fold_shuffle: FoldShuffleOpt = True,
 ) -> None:
     """Export a checkpoint to ONNX, then check it with onnx.checker and ONNX Runtime vs PyTorch."""
-    from .data.bundled import sample_image
-    from .data.datasets import read_image
-    from .export import ExportOptions, export_onnx
-    from .report.text import export_summary
-
-    size = _size(input_size)
-    loaded = _load(
-        ckpt, layout, layer4_dilations=_ints(dilations, "--dilations"), align_corners=align_corners,
-        class_names=_class_names(class_names), mean=_floats3(mean, "--mean"), std=_floats3(std, "--std"),
-        input_size=size,
-    )  # fmt: skip
-    options = ExportOptions(
-        input_size=size, batch=batch, dynamic=dynamic, opset=opset, argmax=argmax, uint8_input=uint8_input,
-        atol=atol, rtol=rtol,
-    )  # fmt: skip
-    parity_image = read_image(image) if image else sample_image()
     if (target or attention or group_norm) and not simplify:
         raise DeployError("--target/--attention/--group-norm take effect with --simplify", EXIT_BAD_INPUT)
-    with contextlib.ExitStack() as stack:
-        raw = output
-        if simplify:  # export beside, simplify onto `output`: a failed pass leaves nothing at `output`
-            raw = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=output.parent or None))) / "raw.onnx"
-        with spinner(f"exporting {loaded.config.arch} ({options.exporter} exporter, opset {opset}), checking parity"):
-            record = export_onnx(loaded.model, loaded.config, raw, options, parity_image, loaded.provenance())
-        for line in export_summary(record):
-            out.print(line.replace(str(raw), str(output)), highlight=False)
-        if simplify:
-            _simplify(raw, output, target=target, attention=attention, block=block, atol=atol, rtol=rtol,
-                      group_norm=group_norm, fold_shuffle=fold_shuffle)  # fmt: skip
+    size = parse_size(input_size) if input_size else None
+    options = ExportOptions(input_size=size, batch=batch, dynamic=dynamic, opset=opset, argmax=argmax,
+                            uint8_input=uint8_input, atol=atol, rtol=rtol)  # fmt: skip
+    overrides = {"layer4_dilations": _ints(dilations, "--dilations"), "align_corners": align_corners,
+                 "class_names": _class_names(class_names), "mean": _floats3(mean, "--mean"),
+                 "std": _floats3(std, "--std")}  # fmt: skip
+    passes = api.SimplifyOptions(target=target, attention=attention, block=block, atol=atol, rtol=rtol,
+                                 group_norm=group_norm, fold_shuffle=fold_shuffle)  # fmt: skip
+    result = api.export(ckpt, output, options, layout=layout, overrides=overrides, image=image,
+                        simplify=passes if simplify else None, progress=PROGRESS)  # fmt: skip
+    _lines(export_summary(result.record))
+    if result.simplified:
+        _print_simplified(result.simplified)
 
 
-def _simplify(model: Path, output: Path, **passes: Any) -> None:
-    """`passes`: simplify_file's keyword arguments (target, attention, group_norm, ...)."""
-    from .graph.simplify import simplify_file
-    from .report.text import simplify_lines
-
-    with spinner("simplifying the graph, checking every pass with ONNX Runtime"):
-        report, info = simplify_file(
-            model, output, **passes,
-            on_pass=lambda p: err.print(f"  pass {p.name}: max abs diff {p.max_abs_diff:.2e}", highlight=False),
-        )  # fmt: skip
-    for line in simplify_lines(report):
-        out.print(line, highlight=False)
-    out.print(f"wrote {output} ({info['size_bytes'] / 2**20:.1f} MiB)", highlight=False)
+def _print_simplified(result: api.SimplifyResult) -> None:
+    _lines([*simplify_lines(result.report), f"wrote {result.path} ({result.size_bytes / 2**20:.1f} MiB)"])
 
 
 @app.command()
@@ -264,8 +239,9 @@ def simplify(
     fold_shuffle: FoldShuffleOpt = True,
 ) -> None:
     """Simplify the attention graph for a target; every pass is checked against the previous graph."""
-    _simplify(model, output, target=target, attention=attention, block=block, heads=heads, atol=atol, rtol=rtol,
-              group_norm=group_norm, fold_shuffle=fold_shuffle)  # fmt: skip
+    passes = api.SimplifyOptions(target=target, attention=attention, block=block, heads=heads, atol=atol, rtol=rtol,
+                                 group_norm=group_norm, fold_shuffle=fold_shuffle)  # fmt: skip
+    _print_simplified(api.simplify_model_file(model, output, passes, PROGRESS))
 
 
 @app.command()
@@ -278,35 +254,14 @@ def inspect(
     strict: Annotated[bool, typer.Option(help="Exit 1 when the lint finds errors for the target.")] = False,
 ) -> None:
     """Op histogram, attention sites and their form, model config, TensorRT readiness lint, memory estimate."""
-    import dataclasses
-
-    import onnx as onnx_lib
-
-    from .errors import CheckFailedError
-    from .export import read_metadata
-    from .files import write_json
-    from .graph.lint import lint
-    from .report.text import inspect_tables
-
-    if not model.is_file():
-        raise DeployError(f"{model}: no such ONNX file", EXIT_BAD_INPUT)
-    try:
-        proto = onnx_lib.load(str(model))
-    except Exception:
-        raise DeployError(f"{model}: not a readable ONNX model", EXIT_BAD_INPUT) from None
-    size = _size(input_size)
-    try:
-        with spinner("linting"):
-            report = lint(proto, target, size)
-    except ValueError as exc:
-        raise DeployError(f"{model}: {exc}", EXIT_BAD_INPUT) from None
-    meta = read_metadata(proto)
-    for item in inspect_tables(str(model), meta, report):
+    size = parse_size(input_size) if input_size else None
+    result = api.inspect(model, target, size, json_path, PROGRESS)
+    for item in inspect_tables(str(model), result.metadata, result.lint):
         out.print(item)
-    if json_path:
-        write_json(json_path, {"model": str(model), "metadata": meta, **dataclasses.asdict(report)})
-    if strict and report.errors:
-        raise CheckFailedError(f"{model}: {len(report.errors)} TensorRT readiness error(s) for {report.target}")
+    if strict and result.lint.errors:
+        raise CheckFailedError(
+            f"{model}: {len(result.lint.errors)} TensorRT readiness error(s) for {result.lint.target}"
+        )
 
 
 @app.command()
@@ -331,43 +286,16 @@ def quantize(
     cache_dir: Annotated[Path | None, typer.Option(help="Calibration cache (default ~/.cache/danet-deploy).")] = None,
 ) -> None:
     """FP16 or INT8 (Q/DQ, TensorRT-ready) ONNX from an FP32 ONNX, measured against it on calibration images."""
-    import warnings
-
-    from .report.text import fp16_lines, int8_lines
-
-    if plain and not fp16:
-        raise DeployError("--plain goes with --fp16", EXIT_BAD_INPUT)
-    if not fp16 and calib is None:
-        raise DeployError("INT8 needs --calib DIR (calibration images); use --fp16 for an FP16 model", EXIT_BAD_INPUT)
-    if max_miou_drop is not None and (fp16 or data is None):
-        raise DeployError("--max-miou-drop is for INT8 and needs --data (labeled images)", EXIT_BAD_INPUT)
-    with warnings.catch_warnings(record=True) as caught, spinner("quantizing and checking against FP32"):
+    options = api.QuantizeOptions(calib=calib, plain=plain, method=method, count=count, seed=seed, split=split,
+                                  max_miou_drop=max_miou_drop, data=data, exclude=tuple(exclude or ()),
+                                  recalibrate=recalibrate, cache_dir=cache_dir)  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        if fp16:
-            from .precision import convert_fp16
-
-            _, record = convert_fp16(model, output, calib_path=calib, plain=plain, count=count, seed=seed,
-                                     split=split, nodes_to_exclude=exclude)  # fmt: skip
-            lines = fp16_lines(record)
-        elif max_miou_drop is not None:
-            from .precision import quantize_with_budget
-
-            _, budget = quantize_with_budget(model, calib, data, output, max_miou_drop=max_miou_drop, method=method,
-                                             count=count, seed=seed, nodes_to_exclude=exclude, recalibrate=recalibrate,
-                                             cache_dir=cache_dir, split=split)  # fmt: skip
-            lines = int8_lines(budget.int8, budget)
-        else:
-            from .precision import quantize_int8
-
-            _, record8 = quantize_int8(model, calib, output, method=method, count=count, seed=seed,
-                                       nodes_to_exclude=exclude, recalibrate=recalibrate, cache_dir=cache_dir,
-                                       split=split)  # fmt: skip
-            lines = int8_lines(record8)
+        result = api.quantize(model, output, Precision.FP16 if fp16 else Precision.INT8, options, PROGRESS)
     for warning in caught:
         if issubclass(warning.category, UserWarning) and "danet_deploy" in (warning.filename or ""):
             err.print(f"warning: {escape(str(warning.message))}", highlight=False, soft_wrap=True)
-    for line in lines:
-        out.print(escape(line), highlight=False, soft_wrap=True)
+    _lines(fp16_lines(result.record) if fp16 else int8_lines(result.record, result.budget))
 
 
 @app.command("build-engine")
@@ -397,44 +325,32 @@ def build_engine(
     ] = None,
 ) -> None:
     """Build a TensorRT engine (and model.engine.json) through Polygraphy; --dry-run shows the plan."""
-    from .engine.build import build_engine as run_build
-    from .engine.build import running_system
-    from .engine.plan import DEFAULT_PLAN_VERSION, BuildOptions, parse_shape, plan_build
-    from .files import write_json
-    from .report.text import plan_lines
-
     if fp16 and int8:
         raise DeployError("choose one of --fp16 and --int8", EXIT_BAD_INPUT)
+    shapes = {
+        name: parse_shape(text, f"--{name.replace('_', '-')}") if text else None
+        for name, text in (("min_shape", min_shape), ("opt_shape", opt_shape), ("max_shape", max_shape))
+    }
+    precision = Precision.INT8 if int8 else Precision.FP16 if fp16 else Precision.FP32
     options = BuildOptions(
-        precision="int8" if int8 else "fp16" if fp16 else "fp32",
-        min_shape=parse_shape(min_shape, "--min-shape") if min_shape else None,
-        opt_shape=parse_shape(opt_shape, "--opt-shape") if opt_shape else None,
-        max_shape=parse_shape(max_shape, "--max-shape") if max_shape else None,
-        workspace_mib=workspace, timing_cache=str(timing_cache) if timing_cache else None, dla_core=dla_core,
-        gpu_fallback=gpu_fallback, version_compatible=version_compatible, hardware_compat=hardware_compat,
-        builder_opt_level=builder_opt_level, calib=str(calib) if calib else None,
+        precision=precision, **shapes, workspace_mib=workspace,
+        timing_cache=str(timing_cache) if timing_cache else None, dla_core=dla_core, gpu_fallback=gpu_fallback,
+        version_compatible=version_compatible, hardware_compat=hardware_compat, builder_opt_level=builder_opt_level,
+        calib=str(calib) if calib else None,
     )  # fmt: skip
-    version = tensorrt_version
-    if version is None and not dry_run:
-        version = running_system().tensorrt_version  # fails here, before anything is written, without TensorRT
-    elif version is None:
-        try:
-            version = running_system().tensorrt_version
-        except DeployError:
-            version = DEFAULT_PLAN_VERSION
-            err.print(f"note: TensorRT not available here; planning for TensorRT {version} (--tensorrt-version)")
-    plan = plan_build(model, options, version)
-    for line in plan_lines(plan):
-        out.print(line, highlight=False, soft_wrap=True)
     if dry_run:
+        result = api.plan_engine(model, options, tensorrt_version, dry_run=True)
+        for note in result.notes:
+            err.print(f"note: {note}", highlight=False)
+        _lines(plan_lines(result.plan))
         if plan_json:
-            write_json(plan_json, plan.to_dict())
+            write_json(check_output(plan_json, [model]), result.plan.to_dict())
         return
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=err, transient=True) as progress:
-        task = progress.add_task("building (TensorRT)", total=None)
-        sidecar = run_build(plan, output, lambda phase, step, total: progress.update(task, description=phase))
-    out.print(f"wrote {output} and {output}.json ({sidecar.build_seconds:.0f} s, {sidecar.gpu_name}, "
-              f"TensorRT {sidecar.tensorrt_version})", highlight=False)  # fmt: skip
+    result = api.build_engine(model, output, options, tensorrt_version, PROGRESS)
+    _lines(plan_lines(result.plan))
+    s = result.sidecar
+    built = f"{s.build_seconds:.0f} s, {s.gpu_name}, TensorRT {s.tensorrt_version}"
+    out.print(f"wrote {output} and {output}.json ({built})", highlight=False)
 
 
 @app.command()
@@ -472,88 +388,28 @@ def verify(
 
     Exit code 0 when every backend is within tolerance of the reference, 1 when not, 2 on bad input.
     """
-    from .data.datasets import open_dataset
-    from .errors import CheckFailedError
-    from .evaluate.protocols import Protocol
-    from .evaluate.verify import thresholds_with
-    from .evaluate.verify import verify as run_verify
-    from .export import read_metadata
-    from .files import write_json
-    from .report.text import per_class_table, verify_table
-    from .runners.onnxruntime import OnnxRuntimeRunner
-    from .runners.pytorch import PyTorchRunner
-
-    onnx = onnx or []
-    if ckpt is None and not onnx and not engine:
-        raise DeployError("verify needs --ckpt and/or --onnx / --engine", EXIT_BAD_INPUT)
-    runners: list[Any] = [OnnxRuntimeRunner(p, name=f"onnxruntime:{p.name}", threads=threads) for p in onnx]
-    if engine:
-        from .runners.tensorrt import TensorRTRunner
-
-        for path in engine:
-            trt_runner = TensorRTRunner(path)
-            for warning in trt_runner.warnings:
-                err.print(f"warning: {warning}", highlight=False)
-            runners.append(trt_runner)
-    config = runners[0].config if runners else None
-    if ckpt is not None:
-        # The ONNX metadata says how the model was built (dilations, align_corners, classes); reuse it.
-        overrides: dict[str, Any] = {}
-        if config is not None:
-            overrides = {"layer4_dilations": config.layer4_dilations, "align_corners": config.align_corners,
-                         "class_names": config.class_names, "mean": config.mean, "std": config.std}  # fmt: skip
-        loaded = _load(ckpt, layout, **overrides)
-        config = loaded.config
-        for path in onnx:
-            exported_from = read_metadata(path).get("provenance", {}).get("checkpoint_sha256")
-            if exported_from and exported_from != loaded.sha256:
-                err.print(f"warning: {path} was exported from another checkpoint (sha256 {exported_from[:12]}...)",
-                          highlight=False)  # fmt: skip
-        runners.insert(0, PyTorchRunner(loaded.model, config))
-        if pytorch_fp16:
-            runners.insert(1, PyTorchRunner(loaded.model, config, name="pytorch-fp16", half=True))
-    elif pytorch_fp16:
-        raise DeployError("--pytorch-fp16 needs --ckpt", EXIT_BAD_INPUT)
-    dataset = open_dataset(data, split).head(limit)
-    if not dataset.labeled:
-        err.print(f"note: {data} has images without labels; mIoU is not computed", highlight=False)
-    thresholds = thresholds_with(threshold or [], str(thresholds_file) if thresholds_file else None)
-    benchmark_results = None
-    if benchmark_json:
-        import json
-
-        try:
-            benchmark_results = json.loads(benchmark_json.read_text())
-        except (OSError, ValueError):
-            raise DeployError(f"{benchmark_json}: not a readable benchmark JSON", EXIT_BAD_INPUT) from None
     try:
         scale_values = tuple(float(v) for v in scales.split(",")) if scales else (1.0,)
     except ValueError:
         raise DeployError(f"--scales: expected numbers like 0.75,1,1.25, got {scales!r}", EXIT_BAD_INPUT) from None
-    protocol = Protocol(crop=crop, stride=stride, flip=flip, scales=scale_values)
-    with image_progress() as progress:
-        task = progress.add_task(f"verify ({len(runners)} backends)", total=len(dataset))
-        report = run_verify(
-            dataset, runners, config, thresholds, on_image=lambda i: progress.advance(task), protocol=protocol
-        )
-    out.print(verify_table(report))
-    if report.labeled:
-        out.print(per_class_table(report))
-    if json_path:
-        write_json(json_path, report.to_dict())
-        out.print(f"report: {json_path}", highlight=False)
-    if report_dir:
-        from .report.html_report import collect_examples, write_html, write_markdown
-
-        with spinner("writing the HTML report (re-running the worst images)"):
-            examples = collect_examples(dataset, runners, report, config, protocol)
-            html_path = write_html(report, examples, config, report_dir / "report.html", benchmark=benchmark_results)
-            write_markdown(report, report_dir / "report.md", html_path.name)
-        out.print(f"report: {html_path}", highlight=False)
-    if not report.passed:
-        failed = [f"{b.name}: {', '.join(b.failures)}" for b in report.backends if not b.passed]
-        raise CheckFailedError("parity check failed: " + "; ".join(failed))
+    options = api.VerifyOptions(split=split, limit=limit, thresholds=tuple(threshold or ()),
+                                thresholds_file=thresholds_file, crop=crop, stride=stride, flip=flip,
+                                scales=scale_values, threads=threads, layout=layout,
+                                pytorch_fp16=pytorch_fp16)  # fmt: skip
+    result = api.verify(data, ckpt, onnx or [], engine or [], options, json_path=json_path, report_dir=report_dir,
+                        benchmark_json=benchmark_json, progress=PROGRESS)  # fmt: skip
+    _print_verify(result)
+    api.check_verify_passed(result)
     out.print("[green]passed[/]")
+
+
+def _print_verify(result: api.VerifyResult) -> None:
+    out.print(verify_table(result.report))
+    if result.report.labeled:
+        out.print(per_class_table(result.report))
+    for path in (result.json_path, result.html_path):
+        if path is not None:
+            out.print(f"report: {escape(str(path))}", highlight=False)
 
 
 @app.command()
@@ -569,33 +425,18 @@ def benchmark(
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON.")] = None,
 ) -> None:
     """Latency per backend: median/p90/p99, throughput, end-to-end vs compute, peak memory, each in its own process."""
-    from .data.bundled import sample_image
-    from .data.datasets import read_image
-    from .evaluate.benchmark import BackendSpec
-    from .evaluate.benchmark import benchmark as run_benchmark
-    from .files import write_json
-    from .report.text import benchmark_table
+    result = api.benchmark(ckpt, onnx or [], engine or [], image=image, warmup=warmup, iterations=iterations,
+                           threads=threads, json_path=json_path, progress=PROGRESS)  # fmt: skip
+    _print_benchmark(result)
 
-    specs = [BackendSpec("pytorch", str(ckpt), "pytorch")] if ckpt else []
-    specs += [BackendSpec("onnxruntime", str(p), f"onnxruntime:{p.name}") for p in onnx or []]
-    specs += [BackendSpec("tensorrt", str(p), f"tensorrt:{p.name}") for p in engine or []]
-    if not specs:
-        raise DeployError("benchmark needs --ckpt, --onnx and/or --engine", EXIT_BAD_INPUT)
-    for spec in specs:
-        if not Path(spec.path).is_file():
-            raise DeployError(f"{spec.path}: no such file", EXIT_BAD_INPUT)
-    picture = read_image(image) if image else sample_image()
-    with spinner(f"benchmarking {len(specs)} backend(s): {warmup} warm-up + {iterations} timed runs each"):
-        results = run_benchmark(specs, picture, warmup, iterations, threads)
-    failed = [r for r in results["backends"] if "error" in r]
-    ok = [r for r in results["backends"] if "error" not in r]
-    if ok:
-        out.print(benchmark_table(ok, results["device"]))
-    if json_path:
-        write_json(json_path, results)
-        out.print(f"results: {json_path}", highlight=False)
-    if failed:
-        raise DeployError("; ".join(r["error"] for r in failed), failed[0]["exit_code"])
+
+def _print_benchmark(result: api.BenchmarkResult) -> None:
+    if result.ok:
+        out.print(benchmark_table(result.ok, result.results["device"]))
+    if result.json_path:
+        out.print(f"results: {escape(str(result.json_path))}", highlight=False)
+    if result.failed:
+        raise DeployError("; ".join(r["error"] for r in result.failed), result.failed[0]["exit_code"])
 
 
 @app.command()
@@ -610,32 +451,11 @@ def demo(
     ] = "danet",
 ) -> None:
     """The whole pipeline on the bundled model and data: export, simplify, FP16, INT8, benchmark, verify, report."""
-    from .data.bundled import DEMO_CHECKPOINTS, DEMO_DATA
-    from .data.synthetic import write_calibration_images
-
-    if variant not in DEMO_CHECKPOINTS:
-        raise DeployError(f"--variant {variant!r}: choose from {', '.join(DEMO_CHECKPOINTS)}", EXIT_BAD_INPUT)
-    checkpoint = DEMO_CHECKPOINTS[variant]
-
-    onnx_path, simplified = workdir / "demo.onnx", workdir / "demo.ort.onnx"
-    fp16_path, int8_path = workdir / "demo.fp16.onnx", workdir / "demo.int8.onnx"
-    calib = workdir / "calibration"
-    out.print(f"[bold]1/6 export[/] {checkpoint.name} -> {onnx_path}")
-    export(checkpoint, output=onnx_path)
-    out.print(f"[bold]2/6 simplify[/] for ONNX Runtime -> {simplified}")
-    _simplify(onnx_path, simplified, target="ort")
-    with spinner(f"writing {calib_images} synthetic calibration scenes (the calibration/ split of the generator)"):
-        write_calibration_images(calib, calib_images)
-    out.print(f"[bold]3/6 FP16[/] -> {fp16_path}")
-    quantize(onnx_path, fp16_path, fp16=True, calib=calib, count=min(calib_images, 32))
-    out.print(f"[bold]4/6 INT8[/] -> {int8_path}")
-    quantize(onnx_path, int8_path, calib=calib, count=calib_images, cache_dir=workdir / "cache")
-    models = [onnx_path, simplified, fp16_path, int8_path]
-    out.print("[bold]5/6 benchmark[/] PyTorch and every ONNX model on ONNX Runtime CPU")
-    benchmark(ckpt=checkpoint, onnx=models, warmup=2, iterations=5, json_path=workdir / "benchmark.json")
-    out.print(f"[bold]6/6 verify[/] every backend against PyTorch on {DEMO_DATA}")
-    verify(data=DEMO_DATA, ckpt=checkpoint, onnx=models, json_path=workdir / "report.json",
-           report_dir=workdir, benchmark_json=workdir / "benchmark.json")  # fmt: skip
+    result = api.demo(workdir, variant, calib_images, PROGRESS)
+    _print_benchmark(result.benchmark)
+    _print_verify(result.verify)
+    api.check_verify_passed(result.verify)
+    out.print("[green]passed[/]")
 
 
 def main() -> None:  # pragma: no cover

@@ -10,6 +10,8 @@ import json
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from .errors import BadInputError
+
 CITYSCAPES_CLASSES: tuple[str, ...] = (
     "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
     "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle",
@@ -202,15 +204,26 @@ def default_class_names(num_classes: int) -> tuple[str, ...]:
     return tuple(f"class_{i}" for i in range(num_classes))
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """'512x1024' -> (512, 1024)."""
+def parse_dims(text: str, count: int | None, option: str, example: str, minimum: int = 1) -> tuple[int, ...]:
+    """The one parser of dimension strings: '512x1024', '1x3x512x1024', '4,8,16' -> ints (BadInputError, exit 2)."""
     parts = text.lower().replace(",", "x").split("x")
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-        raise ValueError(f"size must look like HxW (e.g. 512x1024), got {text!r}")
-    h, w = (int(p) for p in parts)
-    if h < 8 or w < 8:
-        raise ValueError(f"size must be at least 8x8, got {text!r}")
+    if not all(p.strip().isdigit() for p in parts) or (count is not None and len(parts) != count):
+        raise BadInputError(f"{option}: expected {example}, got {text!r}")
+    dims = tuple(int(p) for p in parts)
+    if any(d < minimum for d in dims):
+        raise BadInputError(f"{option}: every value must be at least {minimum}, got {text!r}")
+    return dims
+
+
+def parse_size(text: str, option: str = "--input-size") -> tuple[int, int]:
+    """'512x1024' -> (512, 1024); at least 8x8."""
+    h, w = parse_dims(text, 2, option, "HxW like 512x1024", minimum=8)
     return h, w
+
+
+def parse_shape(text: str, option: str) -> tuple[int, ...]:
+    """'1x3x512x1024' -> (1, 3, 512, 1024)."""
+    return parse_dims(text, 4, option, "4 positive dims like 1x3x512x1024")
 
 
 __all__ = [
@@ -222,5 +235,7 @@ __all__ = [
     "ModelConfig",
     "default_class_names",
     "default_palette",
+    "parse_dims",
+    "parse_shape",
     "parse_size",
 ]

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 # Exit codes (documented in README.md):
-EXIT_OK = 0
 EXIT_CHECK_FAILED = 1  # parity / mIoU outside tolerance
 EXIT_BAD_INPUT = 2  # unreadable or invalid file, bad option value, unsafe checkpoint
 EXIT_MISSING_DEPENDENCY = 3  # an optional dependency (e.g. TensorRT) or device is not available
+EXIT_INTERNAL = 4  # a bug: the CLI prints one line and DANET_DEPLOY_DEBUG=1 shows the traceback
 
 
 class DeployError(Exception):

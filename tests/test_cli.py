@@ -80,6 +80,7 @@ def test_verify_fails_with_exit_1_when_an_onnx_model_disagrees(
     assert report["backends"][1]["max_abs_diff"] > 1.0
 
 
+@pytest.mark.slow
 def test_export_bad_inputs_give_one_line_and_write_nothing(tmp_path: Path, tiny_ckpt: Path) -> None:
     out = tmp_path / "o.onnx"
     assert_one_line_error(run("export", tmp_path / "nope.pth", "-o", out), 2, "nope.pth", "no such checkpoint")
@@ -92,6 +93,7 @@ def test_export_bad_inputs_give_one_line_and_write_nothing(tmp_path: Path, tiny_
     assert list(tmp_path.iterdir()) == [corrupt]
 
 
+@pytest.mark.slow
 def test_malicious_checkpoint_is_refused_and_its_code_never_runs(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pth"
@@ -108,6 +110,7 @@ def test_malicious_checkpoint_is_refused_and_its_code_never_runs(tmp_path: Path)
     assert not (tmp_path / "o.onnx").exists()
 
 
+@pytest.mark.slow
 def test_verify_bad_inputs(exported: Path, tmp_path: Path, tiny_ckpt: Path) -> None:
     assert_one_line_error(run("verify", "--onnx", exported, "--data", tmp_path / "none"), 2, "no such data folder")
     assert_one_line_error(run("verify", "--data", tmp_path), 2, "--ckpt and/or --onnx")
@@ -116,6 +119,7 @@ def test_verify_bad_inputs(exported: Path, tmp_path: Path, tiny_ckpt: Path) -> N
     assert_one_line_error(run("verify", "--onnx", not_onnx, "--data", tmp_path), 2, "x.onnx")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not DEMO_CHECKPOINT.is_file(), reason="bundled demo checkpoint not built yet")
 def test_demo_runs_the_whole_pipeline(tmp_path: Path) -> None:
     workdir = tmp_path / "demo"
@@ -135,6 +139,7 @@ def test_demo_runs_the_whole_pipeline(tmp_path: Path) -> None:
     assert len(json.loads((workdir / "benchmark.json").read_text())["backends"]) == 5
 
 
+@pytest.mark.slow
 def test_benchmark_reports_latency_per_backend(exported: Path, tiny_ckpt: Path, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     result = run("benchmark", "--ckpt", tiny_ckpt, "--onnx", exported, "--warmup", "1", "--iterations", "3",
@@ -151,6 +156,7 @@ def test_benchmark_reports_latency_per_backend(exported: Path, tiny_ckpt: Path, 
     assert_one_line_error(run("benchmark"), 2, "--ckpt, --onnx and/or --engine")
 
 
+@pytest.mark.slow
 def test_quantize_option_errors(exported: Path, tmp_path: Path) -> None:
     out = tmp_path / "q.onnx"
     assert_one_line_error(run("quantize", exported, "-o", out), 2, "INT8 needs --calib")
@@ -159,3 +165,13 @@ def test_quantize_option_errors(exported: Path, tmp_path: Path) -> None:
                           "needs --data")  # fmt: skip
     assert_one_line_error(run("quantize", exported, "-o", out, "--calib", tmp_path / "none"), 2, "none")
     assert not out.exists()
+
+
+def test_no_command_writes_over_its_input(exported: Path, tiny_ckpt: Path, tmp_path: Path) -> None:
+    ckpt = tmp_path / "ck.pth"
+    ckpt.write_bytes(tiny_ckpt.read_bytes())
+    before = ckpt.read_bytes(), exported.read_bytes()
+    assert_one_line_error(run("export", ckpt, "-o", ckpt), 2, "ck.pth", "also an input")
+    assert_one_line_error(run("quantize", exported, "--fp16", "-o", exported), 2, "also an input")
+    assert_one_line_error(run("verify", "--onnx", exported, "--data", tmp_path, "--json", exported), 2, "also an input")
+    assert (ckpt.read_bytes(), exported.read_bytes()) == before

@@ -14,7 +14,7 @@ from danet_deploy.data.synthetic import generate_scene
 from danet_deploy.engine.plan import BuildOptions, plan_build
 from danet_deploy.engine.sidecar import EngineSidecar, RunningSystem, check_compatible, read_sidecar, write_sidecar
 from danet_deploy.errors import BadInputError, DeployError
-from danet_deploy.export import ExportOptions, export_onnx
+from danet_deploy.export import ExportOptions, InputSpec, export_onnx
 from danet_deploy.model import DANet
 
 from .conftest import TINY
@@ -103,6 +103,7 @@ def _sidecar(**changes: object) -> EngineSidecar:
         build_path="weakly typed", profiles=[{"image": [[1, 3, 64, 128]] * 3}], source_onnx="m.onnx",
         source_onnx_sha256="a", network_onnx_sha256="a", model_config=TINY.to_dict(), build_options={},
         build_seconds=1.0, engine_sha256="b", created="2026-11-21T00:00:00+00:00",
+        input_spec=InputSpec(batch=1, height=64, width=128).to_dict(),
     )  # fmt: skip
     return replace(base, **changes)  # type: ignore[arg-type]
 
@@ -145,6 +146,7 @@ def test_same_compute_capability_other_gpu_model_is_a_warning() -> None:
     assert warnings and "rebuild" in warnings[0]
 
 
+@pytest.mark.slow
 def test_cli_without_tensorrt(static_onnx: Path, tmp_path: Path) -> None:
     from danet_deploy.engine.build import require_tensorrt
 
@@ -173,7 +175,7 @@ def test_strongly_typed_fp16_plan_prepares_an_fp16_onnx(static_onnx: Path, tmp_p
     """The step before TensorRT runs here: the plan's FP16 network ONNX is produced by the precision stage."""
     import shutil
 
-    from danet_deploy.engine.build import prepare_network
+    from danet_deploy.api import prepare_network
     from danet_deploy.export import OnnxModel
 
     source = tmp_path / "m.onnx"
@@ -183,9 +185,9 @@ def test_strongly_typed_fp16_plan_prepares_an_fp16_onnx(static_onnx: Path, tmp_p
     assert plan.network_onnx == str(tmp_path / "m.fp16.onnx") and OnnxModel.load(plan.network_onnx).precision == "fp16"
 
 
-def test_sidecar_input_size_from_the_profile() -> None:
-    assert _sidecar().fixed_input_size == (64, 128) and not _sidecar().uint8_input
-    ranged = _sidecar(profiles=[{"image": [[1, 3, 256, 512], [1, 3, 512, 1024], [4, 3, 1024, 2048]]}])
-    assert ranged.fixed_input_size is None
-    uint8 = _sidecar(profiles=[{"image": [[1, 64, 128, 3]] * 3}])
-    assert uint8.uint8_input and uint8.fixed_input_size == (64, 128)
+def test_sidecar_records_the_input_spec_instead_of_guessing_it() -> None:
+    spec = InputSpec(layout="NHWC", dtype="uint8", batch=1, height=64, width=128)
+    sidecar = _sidecar(input_spec=spec.to_dict())
+    assert sidecar.spec == spec and sidecar.spec.static_size == (64, 128) and sidecar.spec.uint8
+    with pytest.raises(BadInputError, match="rebuild"):
+        _ = _sidecar(input_spec={}).spec

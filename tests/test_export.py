@@ -31,6 +31,7 @@ def _ort_vs_torch(model: DANet, path: Path, shape: tuple[int, ...]) -> float:
     return float(np.abs(got - ref).max())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [(64, 128), (61, 99), (40, 52)])
 def test_static_export_matches_pytorch(tiny_model: DANet, tmp_path: Path, size: tuple[int, int]) -> None:
     path = tmp_path / "m.onnx"
@@ -41,6 +42,7 @@ def test_static_export_matches_pytorch(tiny_model: DANet, tmp_path: Path, size: 
     assert _ort_vs_torch(tiny_model, path, (1, 3, *size)) < 1e-4
 
 
+@pytest.mark.slow
 def test_dynamic_export_runs_other_batches_and_sizes(tiny_model: DANet, tmp_path: Path) -> None:
     path = tmp_path / "dyn.onnx"
     record = export_onnx(tiny_model, TINY, path, ExportOptions(dynamic=True), IMAGE)
@@ -82,6 +84,7 @@ def test_uint8_input_bakes_the_model_config_preprocessing(tiny_model: DANet, tmp
     assert np.abs(got - ref).max() < 1e-4
 
 
+@pytest.mark.slow
 def test_metadata_carries_config_and_provenance(tiny_model: DANet, tmp_path: Path) -> None:
     path = tmp_path / "meta.onnx"
     export_onnx(tiny_model, TINY, path, ExportOptions(), IMAGE, provenance={"checkpoint_sha256": "abc123"})

@@ -233,6 +233,7 @@ def test_attention_memory_estimates_for_danet_r50_at_1024x2048() -> None:
     assert by_form["mha"] == 8 * by_form["naive"]
 
 
+@pytest.mark.slow
 def test_cli_simplify_inspect_and_export_simplify(tiny_ckpt: Path, tmp_path: Path) -> None:
     from .test_cli import assert_one_line_error, run
 

@@ -7,11 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from danet_deploy.data.datasets import open_dataset
-from danet_deploy.evaluate.protocols import Protocol
+from danet_deploy.evaluate.protocols import EvalProtocol
 from danet_deploy.evaluate.verify import verify
+from danet_deploy.export.artifact import Precision
 from danet_deploy.report.html_report import collect_examples, write_html, write_markdown
 from danet_deploy.runners.pytorch import PyTorchRunner
 
@@ -20,26 +22,29 @@ from .conftest import TINY
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
-class ShiftedRunner:
+class ShiftedRunner(PyTorchRunner):
     """A backend that disagrees with the reference on class 0, so the report has something to show."""
 
-    def __init__(self, inner: PyTorchRunner):
-        self.inner, self.precision, self.input_size = inner, "int8", None
-        self.name = "<int8 & friends>"  # must be escaped in the page
+    def __init__(self, model: torch.nn.Module):
+        super().__init__(model, TINY, name="<int8 & friends>")  # the name must be escaped in the page
 
-    def infer(self, image: np.ndarray) -> np.ndarray:
-        out = self.inner.infer(image).copy()
+    @property
+    def precision(self) -> Precision:
+        return Precision.INT8
+
+    def postprocess(self, output: torch.Tensor) -> np.ndarray:
+        out = super().postprocess(output)
         out[:, 0] += 3.0
         return out
 
 
 @pytest.fixture(scope="module")
 def report_page(tiny_model, city_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    reference = PyTorchRunner(tiny_model, TINY)
-    runners = [reference, ShiftedRunner(reference)]
+    runners = [PyTorchRunner(tiny_model, TINY), ShiftedRunner(tiny_model)]
     dataset = open_dataset(city_data)
     report = verify(dataset, runners, TINY)
-    examples = collect_examples(dataset, runners, report, TINY, Protocol(), limit=2)
+    examples = collect_examples(dataset, runners, report, TINY, EvalProtocol(), limit=2)  # activates them itself
+    assert not any(r.is_active for r in runners)
     assert len(examples) == 2 and examples[0].agreement[1] <= examples[1].agreement[1]
     bench = {"device": "CPU", "backends": [{"name": "pytorch", "median_ms": 10.0, "p90_ms": 11.0, "p99_ms": 12.0}]}
     out = tmp_path_factory.mktemp("report")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +14,21 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from danet_deploy.data.datasets import read_image
+from danet_deploy.data.datasets import open_dataset, read_image
 from danet_deploy.data.preprocess import normalize
 from danet_deploy.data.synthetic import generate_scene
 from danet_deploy.errors import BadInputError, CheckFailedError
-from danet_deploy.export import META_CONFIG, ExportOptions, export_onnx, read_metadata, write_metadata
+from danet_deploy.evaluate.verify import verify
+from danet_deploy.export import (
+    META_CONFIG,
+    ExportOptions,
+    OnnxModel,
+    Precision,
+    export_onnx,
+    onnxruntime_session,
+    read_metadata,
+    write_metadata,
+)
 from danet_deploy.graph.cam import simplify_cam
 from danet_deploy.graph.sites import find_sites
 from danet_deploy.model import DANet
@@ -27,13 +38,13 @@ from danet_deploy.precision import (
     cache_dir,
     calibration_set,
     convert_fp16,
-    load_calibration_array,
     quantize_int8,
     quantize_with_budget,
 )
 from danet_deploy.precision import int8 as int8_module
-from danet_deploy.precision.calibration import CACHE_ENV, cpu_session
+from danet_deploy.precision.calibration_cache import CACHE_ENV
 from danet_deploy.precision.fp16 import FP16_MAX, fp16_session, node_precisions, tensor_absmax
+from danet_deploy.runners.onnxruntime import OnnxRuntimeRunner
 
 from .conftest import TINY
 
@@ -77,7 +88,7 @@ def cam_onnx(tiny_model: DANet, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 def _logits(model: object, batch: np.ndarray) -> np.ndarray:
     """Logits image by image (the exports have a static batch of 1)."""
-    session = cpu_session(model)
+    session = model if hasattr(model, "run") else onnxruntime_session(model)
     return np.concatenate([session.run(["logits"], {"image": x[None]})[0] for x in batch])
 
 
@@ -103,7 +114,7 @@ def test_calibration_set_is_a_seeded_sorted_sample(calib_dir: Path, fp32_onnx: P
     assert first.files == again.files == sorted(first.files) and len(first) == 4
     others = [calibration_set(calib_dir, fp32_onnx, count=4, seed=s).files for s in (1, 2, 3)]
     assert any(files != first.files for files in others)
-    array = load_calibration_array(calib_dir, fp32_onnx, count=4, seed=0)
+    array = calibration_set(calib_dir, fp32_onnx, count=4, seed=0).array()
     assert array.shape == (4, 3, 64, 128) and array.dtype == np.float32
     np.testing.assert_allclose(array[0], normalize(read_image(first.files[0]), TINY)[0])
 
@@ -124,10 +135,10 @@ def _uint8_model(path: Path, dims: list[int | str]) -> Path:
 
 def test_static_input_dims_win_and_uint8_inputs_get_raw_pixels(calib_dir: Path, tmp_path: Path) -> None:
     static = _uint8_model(tmp_path / "u8.onnx", [1, 32, 48, 3])
-    array = load_calibration_array(calib_dir, static, count=2)
+    array = calibration_set(calib_dir, static, count=2).array()
     assert array.shape == (2, 32, 48, 3) and array.dtype == np.uint8
     dynamic = _uint8_model(tmp_path / "u8dyn.onnx", ["batch", "height", "width", 3])
-    assert load_calibration_array(calib_dir, dynamic, count=2).shape == (2, *TINY.input_size, 3)
+    assert calibration_set(calib_dir, OnnxModel.load(dynamic), count=2).array().shape == (2, *TINY.input_size, 3)
 
 
 def test_missing_folder_and_folder_without_images(tmp_path: Path, fp32_onnx: Path) -> None:
@@ -230,6 +241,29 @@ def test_unknown_method_and_quantized_input_are_bad_input(calib_dir: Path, fp32_
     assert not (tmp_path / "x.onnx").exists() and not (tmp_path / "qq.onnx").exists()
 
 
+def test_int8_and_fp16_take_an_onnx_model_parse_it_once_and_refuse_non_fp32(
+    calib_dir: Path, fp32_onnx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "cache"
+    quantize_int8(fp32_onnx, calib_dir, tmp_path / "first.onnx", method="max", cache_dir=cache)  # fills the cache
+    model = OnnxModel.load(fp32_onnx)
+    loads: list[object] = []
+    real_load = onnx.load
+    monkeypatch.setattr(onnx, "load", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    out, record = quantize_int8(model, calib_dir, tmp_path / "q.onnx", method="max", cache_dir=cache)
+    assert record.cache_hit and not loads  # the source was parsed once, by OnnxModel.load
+    monkeypatch.undo()
+    assert OnnxModel.load(out).precision == Precision.INT8
+    fp16, _ = convert_fp16(model, tmp_path / "h.onnx")
+    assert OnnxModel.load(fp16).precision == Precision.FP16
+    with pytest.raises(BadInputError, match=r"already quantized .*start from the FP32 ONNX"):
+        convert_fp16(out, tmp_path / "x.onnx")
+    with pytest.raises(BadInputError, match="already FP16; start from the FP32 ONNX"):
+        quantize_int8(OnnxModel.load(fp16), calib_dir, tmp_path / "x.onnx", cache_dir=cache)
+    assert not (tmp_path / "x.onnx").exists()
+
+
+@pytest.mark.slow
 def test_calibration_cache_is_keyed_by_content(
     calib_dir: Path, fp32_onnx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -266,9 +300,21 @@ def test_calibration_cache_is_keyed_by_content(
 # INT8 with an mIoU budget ---------------------------------------------------------------------------------
 
 
+def _verify_miou(data: Path) -> Callable[[Path], float]:
+    """mIoU (percent) of one ONNX model on the labeled val split, scored like `danet-deploy verify`."""
+    dataset = open_dataset(data, "val")
+
+    def evaluate(path: Path) -> float:
+        runner = OnnxRuntimeRunner(path)
+        return verify(dataset, [runner], runner.config).backends[0].miou
+
+    return evaluate
+
+
 def test_budget_met_by_full_int8(calib_dir: Path, fp32_onnx: Path, city_data: Path, tmp_path: Path) -> None:
     out, record = quantize_with_budget(
-        fp32_onnx, calib_dir, city_data, tmp_path / "b.onnx", max_miou_drop=100.0, method="max",
+        fp32_onnx, calib_dir, tmp_path / "b.onnx", evaluate=_verify_miou(city_data), eval_data=str(city_data),
+        eval_images=len(open_dataset(city_data, "val")), max_miou_drop=100.0, method="max",
         cache_dir=tmp_path / "cache",
     )  # fmt: skip
     assert len(record.steps) == 1 and record.steps[0].passed and record.steps[0].excluded == []
@@ -277,18 +323,17 @@ def test_budget_met_by_full_int8(calib_dir: Path, fp32_onnx: Path, city_data: Pa
     assert '"budget"' in precision and '"max_miou_drop": 100.0' in precision
 
 
-def _fake_miou(path: str | Path, dataset: object) -> float:
+def _fake_miou(path: str | Path) -> float:
     """Pretend each quantized layer costs 0.1 mIoU points, so the budget needs the search."""
     return 50.0 - 0.1 * len(_dq_fed_layers(onnx.load(str(path))))
 
 
 def test_budget_search_keeps_most_sensitive_layers_fp32(
-    calib_dir: Path, fp32_onnx: Path, city_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    calib_dir: Path, fp32_onnx: Path, city_data: Path, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(int8_module, "dataset_miou", _fake_miou)
     out, record = quantize_with_budget(
-        fp32_onnx, calib_dir, city_data, tmp_path / "b.onnx", max_miou_drop=1.5, method="max",
-        cache_dir=tmp_path / "cache",
+        fp32_onnx, calib_dir, tmp_path / "b.onnx", evaluate=_fake_miou, eval_data=str(city_data), eval_images=3,
+        max_miou_drop=1.5, method="max", cache_dir=tmp_path / "cache",
     )  # fmt: skip
     sizes = [len(s.excluded) for s in record.steps]
     assert sizes[0] == 0 and sizes == sorted(sizes) and len(set(sizes)) == len(sizes)
@@ -300,13 +345,11 @@ def test_budget_search_keeps_most_sensitive_layers_fp32(
     assert record.steps[-1].excluded == [s.node for s in record.sensitivity[: sizes[-1]]]
 
 
-def test_budget_never_met_writes_nothing(
-    calib_dir: Path, fp32_onnx: Path, city_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(int8_module, "dataset_miou", lambda path, ds: 50.0 if Path(path) == fp32_onnx else 40.0)
+def test_budget_never_met_writes_nothing(calib_dir: Path, fp32_onnx: Path, city_data: Path, tmp_path: Path) -> None:
     with pytest.raises(CheckFailedError, match="no INT8 mix met the mIoU budget"):
         quantize_with_budget(
-            fp32_onnx, calib_dir, city_data, tmp_path / "b.onnx", max_miou_drop=1.0, method="max", max_steps=2,
+            fp32_onnx, calib_dir, tmp_path / "b.onnx", evaluate=lambda p: 50.0 if Path(p) == fp32_onnx else 40.0,
+            eval_data=str(city_data), eval_images=3, max_miou_drop=1.0, method="max", max_steps=2,
             cache_dir=tmp_path / "cache",
         )  # fmt: skip
     assert not (tmp_path / "b.onnx").exists()

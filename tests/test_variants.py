@@ -146,6 +146,7 @@ def test_checkpoints_record_the_variant_and_it_is_inferred_without_a_config(name
 # export ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(VARIANTS))
 @pytest.mark.parametrize(("dynamic", "opset"), [(False, 18), (True, 18), (False, 17)])
 def test_each_variant_exports_exactly(name: str, dynamic: bool, opset: int, tmp_path: Path) -> None:
@@ -187,6 +188,7 @@ def test_group_normalization_for_targets_that_run_it(target: str, sa_model: torc
     assert site.form == "group-normalization" and len(site.nodes) == 1
 
 
+@pytest.mark.slow
 def test_decomposed_group_norm_for_tensorrt_8_6(sa_model: torch.nn.Module, tmp_path: Path) -> None:
     path = tmp_path / "sa17.onnx"
     export_onnx(sa_model, SA, path, ExportOptions(opset=17), _image())
@@ -233,6 +235,7 @@ def test_group_norm_rewrites_are_exact_for_any_group_count(groups: int, tmp_path
     assert ("Mul" in _ops(gn)) == (groups != 8)  # per-channel affine only where per-group scales cannot carry it
 
 
+@pytest.mark.slow
 def test_shuffle_folds_into_the_next_conv_or_stays_one_reshape_transpose(
     sa_model: torch.nn.Module, sa_onnx: Path, tmp_path: Path
 ) -> None:
@@ -252,6 +255,7 @@ def test_shuffle_folds_into_the_next_conv_or_stays_one_reshape_transpose(
     np.testing.assert_allclose(_run_onnx(dyn, x), sa_model(torch.from_numpy(x)).detach().numpy(), rtol=0, atol=5e-5)
 
 
+@pytest.mark.slow
 def test_inspect_lists_the_light_sites(tmp_path: Path) -> None:
     model = _model(GATES)
     path = tmp_path / "gates.onnx"
@@ -297,6 +301,7 @@ def _gated_demo_model(tmp_path: Path) -> Path:
     return save_checkpoint(model, tmp_path / "gated.pth")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("checkpoint", ["shuffle", "gates"])
 def test_fp16_and_int8_models_pass_the_verify_thresholds(checkpoint: str, tmp_path: Path) -> None:
     ckpt = DEMO_SA_CHECKPOINT if checkpoint == "shuffle" else _gated_demo_model(tmp_path)
@@ -315,6 +320,7 @@ def test_fp16_and_int8_models_pass_the_verify_thresholds(checkpoint: str, tmp_pa
 # the bundled Shuffle Attention demo --------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_demo_shuffle_variant_runs_the_whole_pipeline(tmp_path: Path) -> None:
     workdir = tmp_path / "demo"
     result = run("demo", "--variant", "shuffle", "--workdir", workdir, "--calib-images", "16")

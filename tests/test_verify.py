@@ -7,12 +7,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from danet_deploy.data.datasets import open_dataset
 from danet_deploy.errors import BadInputError
 from danet_deploy.evaluate.verify import DEFAULT_THRESHOLDS, thresholds_with, verify
 from danet_deploy.export import graph_precision
+from danet_deploy.export.artifact import Precision
 from danet_deploy.runners.pytorch import PyTorchRunner
 
 from .conftest import TINY
@@ -53,15 +55,19 @@ def test_detect_precision(tmp_path: Path) -> None:
     assert [graph_precision(onnx.load(str(p))) for p in (fp32, fp16, int8)] == ["fp32", "fp16", "int8"]
 
 
-class NoisyRunner:
+class NoisyRunner(PyTorchRunner):
     """A backend whose logits differ from the reference by a fixed offset on one class."""
 
-    def __init__(self, inner: PyTorchRunner, precision: str, offset: float):
-        self.inner, self.precision, self.offset = inner, precision, offset
-        self.name, self.input_size = f"noisy-{precision}", None
+    def __init__(self, model: torch.nn.Module, precision: str, offset: float):
+        super().__init__(model, TINY, name=f"noisy-{precision}")
+        self._noisy_precision, self.offset = Precision(precision), offset
 
-    def infer(self, image: np.ndarray) -> np.ndarray:
-        out = self.inner.infer(image).copy()
+    @property
+    def precision(self) -> Precision:
+        return self._noisy_precision
+
+    def postprocess(self, output: torch.Tensor) -> np.ndarray:
+        out = super().postprocess(output)
         out[:, 0] += self.offset
         return out
 
@@ -70,13 +76,15 @@ def test_precision_selects_thresholds(tiny_model, city_data: Path) -> None:
     reference = PyTorchRunner(tiny_model, TINY)
     dataset = open_dataset(city_data)
     # A 0.01 logit shift fails fp32's 1e-3 logit tolerance but not fp16's label-based thresholds.
-    report = verify(dataset, [reference, NoisyRunner(reference, "fp32", 0.01), NoisyRunner(reference, "fp16", 0.01)],
-                    TINY)  # fmt: skip
+    runners = [reference, NoisyRunner(tiny_model, "fp32", 0.01), NoisyRunner(tiny_model, "fp16", 0.01)]
+    report = verify(dataset, runners)  # the config defaults to the reference runner's
     by_name = {b.name: b for b in report.backends}
     assert not by_name["noisy-fp32"].passed and "max abs diff" in by_name["noisy-fp32"].failures[0]
     assert by_name["noisy-fp16"].pixel_agreement > 0.999
     assert by_name["noisy-fp16"].passed == (by_name["noisy-fp16"].pixel_agreement >= 0.999)
     assert report.passed is False and report.labeled and report.images == 3
+    assert [b.precision for b in report.backends] == ["fp32", "fp32", "fp16"]
+    assert not any(r.is_active for r in runners)  # verify deactivates the runners it activated
 
 
 # --- evaluation protocols ------------------------------------------------------------------------------
@@ -90,7 +98,7 @@ def per_pixel(image: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize(("crop", "stride"), [(32, 16), (48, 20), (64, 64), (100, 50)])
 def test_sliding_window_covers_every_pixel_exactly(crop: int, stride: int) -> None:
-    from danet_deploy.evaluate.protocols import Protocol, predict
+    from danet_deploy.evaluate.protocols import EvalProtocol, predict
 
     image = np.random.default_rng(0).integers(0, 256, (61, 99, 3), dtype=np.uint8)
     seen: list[tuple[int, int]] = []
@@ -99,47 +107,49 @@ def test_sliding_window_covers_every_pixel_exactly(crop: int, stride: int) -> No
         seen.append(window.shape[:2])
         return per_pixel(window)
 
-    got = predict(infer, image, Protocol(crop=crop, stride=stride), align_corners=False)
+    got = predict(infer, image, EvalProtocol(crop=crop, stride=stride), align_corners=False)
     np.testing.assert_allclose(got, per_pixel(image), rtol=1e-6)
     assert set(seen) == {(crop, crop)}  # windows always have the crop size (small images are padded)
 
 
 def test_flip_and_scales_average_like_the_official_protocol() -> None:
-    from danet_deploy.evaluate.protocols import Protocol, predict
+    from danet_deploy.evaluate.protocols import EvalProtocol, predict
 
     image = np.random.default_rng(1).integers(0, 256, (40, 56, 3), dtype=np.uint8)
-    np.testing.assert_allclose(predict(per_pixel, image, Protocol(flip=True), False), per_pixel(image), rtol=1e-6)
-    same_scales = predict(per_pixel, image, Protocol(scales=(1.0, 1.0)), False)
+    np.testing.assert_allclose(predict(per_pixel, image, EvalProtocol(flip=True), False), per_pixel(image), rtol=1e-6)
+    same_scales = predict(per_pixel, image, EvalProtocol(scales=(1.0, 1.0)), False)
     np.testing.assert_allclose(same_scales, per_pixel(image), rtol=1e-6)
     yy, xx = np.mgrid[0:40, 0:56]
     smooth = np.stack([xx * 4, yy * 6, (xx + yy) * 2], axis=-1).astype(np.uint8)  # resizing keeps a gradient
-    multi = predict(per_pixel, smooth, Protocol(scales=(0.5, 1.0, 1.5)), False)
+    multi = predict(per_pixel, smooth, EvalProtocol(scales=(0.5, 1.0, 1.5)), False)
     assert multi.shape == (1, 7, 40, 56) and np.abs(multi - per_pixel(smooth)).mean() < 0.02
 
 
 def test_protocol_validation() -> None:
-    from danet_deploy.evaluate.protocols import Protocol
+    from danet_deploy.evaluate.protocols import EvalProtocol
 
     for kwargs in ({"crop": 64}, {"crop": 64, "stride": 80}, {"scales": ()}, {"scales": (0.0,)}):
         with pytest.raises(BadInputError):
-            Protocol(**kwargs)
-    assert Protocol(crop=768, stride=512, flip=True, scales=(0.75, 1.0)).name == "slide 768/512 + flip + scales 0.75,1"
+            EvalProtocol(**kwargs)
+    protocol = EvalProtocol(crop=768, stride=512, flip=True, scales=(0.75, 1.0))
+    assert protocol.name == "slide 768/512 + flip + scales 0.75,1"
 
 
+@pytest.mark.slow
 def test_verify_under_sliding_window_and_flip(tiny_model, city_data: Path, tmp_path: Path) -> None:
-    from danet_deploy.evaluate.protocols import Protocol
+    from danet_deploy.evaluate.protocols import EvalProtocol
     from danet_deploy.export import ExportOptions, export_onnx
     from danet_deploy.runners.onnxruntime import OnnxRuntimeRunner
 
     path = tmp_path / "crop.onnx"
     export_onnx(tiny_model, TINY, path, ExportOptions(input_size=(48, 48)), np.zeros((48, 48, 3), np.uint8))
     runners = [PyTorchRunner(tiny_model, TINY), OnnxRuntimeRunner(path)]
-    report = verify(open_dataset(city_data), runners, TINY, protocol=Protocol(crop=48, stride=32, flip=True))
+    report = verify(open_dataset(city_data), runners, TINY, protocol=EvalProtocol(crop=48, stride=32, flip=True))
     assert report.passed, report.backends[1].failures
     assert report.protocol == "slide 48/32 + flip" and report.backends[1].cosine > 0.999999
     assert report.backends[1].worst_images and report.backends[1].miou_delta == pytest.approx(0, abs=1e-3)
     with pytest.raises(BadInputError, match="needs backends of that size"):
-        verify(open_dataset(city_data), runners, TINY, protocol=Protocol(crop=32, stride=16))
+        verify(open_dataset(city_data), runners, TINY, protocol=EvalProtocol(crop=32, stride=16))
 
 
 def test_thresholds_file(tmp_path: Path) -> None:
@@ -155,13 +165,12 @@ def test_thresholds_file(tmp_path: Path) -> None:
 
 
 def test_pytorch_fp16_needs_a_gpu(tiny_model) -> None:
-    import torch
-
     from danet_deploy.errors import DeployError
 
     if torch.cuda.is_available():
-        runner = PyTorchRunner(tiny_model, TINY, half=True)
-        assert runner.precision == "fp16" and runner.infer(np.zeros((64, 128, 3), np.uint8)).dtype == np.float32
+        with PyTorchRunner(tiny_model, TINY, half=True) as runner:
+            assert runner.precision == "fp16" and runner.infer(np.zeros((64, 128, 3), np.uint8)).dtype == np.float32
+            assert runner.device.startswith("GPU: ")
     else:
         with pytest.raises(DeployError, match="CUDA GPU") as info:
             PyTorchRunner(tiny_model, TINY, half=True)

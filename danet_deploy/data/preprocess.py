@@ -21,11 +21,3 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if image.shape[:2] == (h, w):
         return image
     return np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
-
-
-def resize_label(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of a label map (class ids must not be interpolated)."""
-    h, w = size
-    if label.shape == (h, w):
-        return label
-    return np.asarray(Image.fromarray(label).resize((w, h), Image.NEAREST))

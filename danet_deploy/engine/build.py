@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import EXIT_MISSING_DEPENDENCY, DeployError
-from ..export.artifact import read_metadata
-from ..files import atomic_path, sha256_file
+from ..export.artifact import OnnxModel
+from ..files import sha256_file, write_bytes
 from .plan import BuildPlan
 from .sidecar import EngineSidecar, RunningSystem, write_sidecar
 
@@ -58,21 +58,6 @@ def cuda_version() -> str | None:
         return f"{version // 1000}.{(version % 1000) // 10}"
     except Exception:
         return None
-
-
-def prepare_network(plan: BuildPlan) -> None:
-    """Produce the ONNX TensorRT parses when the plan needs an FP16 or Q/DQ model first."""
-    if not plan.prepare:
-        return
-    if plan.precision == "fp16":
-        from ..precision.fp16 import convert_fp16
-
-        # With calibration images, magnitudes measured on them decide what stays FP32 too (not only the CAM rule).
-        convert_fp16(plan.source_onnx, plan.network_onnx, calib_path=plan.options.get("calib"))
-    elif plan.precision == "int8":
-        from ..precision.int8 import quantize_int8
-
-        quantize_int8(plan.source_onnx, plan.options["calib"], plan.network_onnx)
 
 
 def _progress_monitor(trt: Any, on_progress: Callable[[str, int, int], None] | None) -> Any:
@@ -143,21 +128,22 @@ def polygraphy_loaders(plan: BuildPlan, on_progress: Callable[[str, int, int], N
 def build_engine(
     plan: BuildPlan, output: str | os.PathLike[str], on_progress: Callable[[str, int, int], None] | None = None
 ) -> EngineSidecar:
-    """Prepare the network ONNX, build, write the engine and its sidecar (both atomically)."""
+    """Build the plan's network ONNX (made beforehand by the precision stage), write the engine and its sidecar."""
     system = running_system()
     if plan.tensorrt_version.split(".")[:2] != system.tensorrt_version.split(".")[:2]:
         raise DeployError(
             f"the plan is for TensorRT {plan.tensorrt_version} but {system.tensorrt_version} is installed"
         )
+    if not Path(plan.network_onnx).is_file():
+        raise DeployError(
+            f"{plan.network_onnx}: the network ONNX of the plan does not exist (make it first: {plan.prepare})"
+        )
     started = time.perf_counter()
-    prepare_network(plan)
     build = polygraphy_loaders(plan, on_progress)
     engine_bytes = build()
     seconds = time.perf_counter() - started
-    out = Path(output)
-    with atomic_path(out) as tmp:
-        tmp.write_bytes(bytes(engine_bytes))
-    meta = read_metadata(plan.network_onnx)
+    out = write_bytes(output, bytes(engine_bytes))
+    network = OnnxModel.load(plan.network_onnx, external_data=False)
     sidecar = EngineSidecar(
         tensorrt_version=system.tensorrt_version,
         gpu_name=system.gpu_name,
@@ -169,12 +155,13 @@ def build_engine(
         source_onnx=plan.source_onnx,
         source_onnx_sha256=sha256_file(plan.source_onnx),
         network_onnx_sha256=sha256_file(plan.network_onnx),
-        model_config=meta.get("model_config"),
+        model_config=network.metadata.get("model_config"),
         build_options=plan.options,
         build_seconds=round(seconds, 1),
         engine_sha256=sha256_file(out),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         pinned_fp32_layers=plan.pinned_fp32_layers,
+        input_spec=network.input_spec.to_dict(),
     )
     write_sidecar(out, sidecar)
     return sidecar

@@ -19,7 +19,7 @@ from typing import Any
 import onnx
 
 from ..errors import BadInputError
-from ..export.artifact import OnnxModel
+from ..export.artifact import OnnxModel, Precision
 from ..graph.sites import find_light_sites, find_sites
 
 STRONGLY_TYPED_FROM = (10, 12)
@@ -35,19 +35,9 @@ def parse_version(text: str) -> tuple[int, int]:
         raise BadInputError(f"TensorRT version must look like 10.3 or 11.4, got {text!r}") from None
 
 
-def parse_shape(text: str, option: str) -> tuple[int, ...]:
-    try:
-        dims = tuple(int(v) for v in text.lower().replace(",", "x").split("x"))
-    except ValueError:
-        raise BadInputError(f"{option}: expected a shape like 1x3x512x1024, got {text!r}") from None
-    if len(dims) != 4 or any(d < 1 for d in dims):
-        raise BadInputError(f"{option}: expected 4 positive dims like 1x3x512x1024, got {text!r}")
-    return dims
-
-
 @dataclass(frozen=True)
 class BuildOptions:
-    precision: str = "fp32"  # fp32 | fp16 | int8
+    precision: Precision = Precision.FP32
     min_shape: tuple[int, ...] | None = None
     opt_shape: tuple[int, ...] | None = None
     max_shape: tuple[int, ...] | None = None
@@ -118,10 +108,11 @@ def plan_build(
     source = onnx_path if isinstance(onnx_path, OnnxModel) else OnnxModel.load(onnx_path, external_data=False)
     path, model = source.path, source.proto
     version = parse_version(tensorrt_version)
-    precision = options.precision
-    if precision not in ("fp32", "fp16", "int8"):
-        raise BadInputError(f"unknown precision {precision!r}")
-    source_precision = source.precision.value
+    try:
+        precision = Precision(options.precision)
+    except ValueError:
+        raise BadInputError(f"unknown precision {options.precision!r}; choose fp32, fp16 or int8") from None
+    source_precision = source.precision
     strongly_typed = version >= STRONGLY_TYPED_FROM
     notes: list[str] = []
     prepare: list[str] = []
@@ -176,9 +167,9 @@ def plan_build(
     return BuildPlan(
         tensorrt_version=tensorrt_version,
         path="strongly typed" if strongly_typed else "weakly typed",
-        precision=precision,
+        precision=precision.value,
         source_onnx=str(path),
-        source_precision=source_precision,
+        source_precision=source_precision.value,
         network_onnx=network,
         prepare=prepare,
         network_flags=network_flags,

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadInputError, DeployError
-from ..files import atomic_path
+from ..export.artifact import InputSpec
+from ..files import write_json
 
 SIDECAR_SCHEMA = 1
 
@@ -38,20 +39,15 @@ class EngineSidecar:
     engine_sha256: str
     created: str
     pinned_fp32_layers: list[str] = field(default_factory=list)
+    input_spec: dict[str, Any] = field(default_factory=dict)  # InputSpec.to_dict() of the network ONNX
     schema: int = SIDECAR_SCHEMA
 
     @property
-    def uint8_input(self) -> bool:
-        """Baked preprocessing: NHWC uint8 input (its last dim is the 3 colour channels)."""
-        (_, (lo, _, _)), *_ = self.profiles[0].items()
-        return lo[-1] == 3
-
-    @property
-    def fixed_input_size(self) -> tuple[int, int] | None:
-        """(H, W) when the profile's min and max agree, else None."""
-        (_, (lo, _, hi)), *_ = self.profiles[0].items()
-        index = slice(1, 3) if self.uint8_input else slice(2, 4)
-        return (int(lo[index][0]), int(lo[index][1])) if lo[index] == hi[index] else None
+    def spec(self) -> InputSpec:
+        """The engine's input and outputs as recorded at build time (names, layout, dtype, static dims)."""
+        if not self.input_spec:
+            raise BadInputError("the engine sidecar records no input spec (built by an older danet-deploy); rebuild it")
+        return InputSpec.from_dict(self.input_spec)
 
 
 @dataclass(frozen=True)
@@ -66,10 +62,7 @@ def sidecar_path(engine: str | os.PathLike[str]) -> Path:
 
 
 def write_sidecar(engine: str | os.PathLike[str], sidecar: EngineSidecar) -> Path:
-    path = sidecar_path(engine)
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(asdict(sidecar), indent=2) + "\n")
-    return path
+    return write_json(sidecar_path(engine), asdict(sidecar))
 
 
 def read_sidecar(engine: str | os.PathLike[str]) -> EngineSidecar:

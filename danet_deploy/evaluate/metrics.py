@@ -28,8 +28,3 @@ def mean_iou(confusion: np.ndarray) -> float:
     """Mean over classes that occur in the ground truth or the prediction (NaN-free classes)."""
     iou = per_class_iou(confusion)
     return float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")
-
-
-def pixel_accuracy(confusion: np.ndarray) -> float:
-    total = confusion.sum()
-    return float(np.diag(confusion).sum() / total) if total else float("nan")

@@ -24,7 +24,7 @@ Infer = Callable[[np.ndarray], np.ndarray]  # H x W x 3 uint8 -> 1 x C x H x W l
 
 
 @dataclass(frozen=True)
-class Protocol:
+class EvalProtocol:
     crop: int | None = None  # sliding window size; None: whole image
     stride: int | None = None
     flip: bool = False
@@ -80,7 +80,7 @@ def sliding_window(infer: Infer, image: np.ndarray, crop: int, stride: int) -> n
     return (total / count)[:, :, :h, :w]
 
 
-def predict(infer: Infer, image: np.ndarray, protocol: Protocol, align_corners: bool) -> np.ndarray:
+def predict(infer: Infer, image: np.ndarray, protocol: EvalProtocol, align_corners: bool) -> np.ndarray:
     """Logits at the image's size under the protocol."""
     h, w = image.shape[:2]
 

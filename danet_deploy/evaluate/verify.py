@@ -19,8 +19,9 @@ from ..data.datasets import Dataset
 from ..data.preprocess import resize_image
 from ..errors import BadInputError
 from ..evaluate.metrics import confusion_matrix, mean_iou, per_class_iou
-from ..evaluate.protocols import Protocol, predict, resize_logits
-from ..runners import Runner
+from ..evaluate.protocols import EvalProtocol, predict, resize_logits
+from ..export.artifact import Precision
+from ..runners.base import Runner, activated
 
 REPORT_SCHEMA_VERSION = 1
 
@@ -183,45 +184,35 @@ def common_input_size(fixed_sizes: Iterable[tuple[int, int] | None]) -> tuple[in
 def verify(
     dataset: Dataset,
     runners: Sequence[Runner],
-    config: ModelConfig,
+    config: ModelConfig | None = None,
     thresholds: dict[str, Thresholds] | None = None,
     on_image: Callable[[int], None] | None = None,
-    protocol: Protocol = Protocol(),
+    protocol: EvalProtocol = EvalProtocol(),
     worst: int = 3,
 ) -> VerifyReport:
     """Run every runner on every image under one protocol; the first runner is the reference for parity.
 
-    Each backend is judged by the thresholds of its precision (`runner.precision`, default fp32). Images
-    stream one at a time; per image only each backend's pixel agreement is kept (for the worst images).
+    Runners not active yet are activated for the run and deactivated after it. `config` (classes,
+    align_corners, ignore index) defaults to the reference runner's. Each backend is judged by the thresholds
+    of its precision. Images stream one at a time; per image only each backend's pixel agreement is kept
+    (for the worst images).
     """
     thresholds = thresholds or DEFAULT_THRESHOLDS
     if len(runners) < 1:
         raise BadInputError("verify needs at least one backend")
     if len(dataset) == 0:
         raise BadInputError(f"{dataset.root}: no images to evaluate")
-    size = common_input_size(r.input_size for r in runners)
+    size = common_input_size(r.input_spec.static_size for r in runners)
     if protocol.crop is not None and size is not None and size != (protocol.crop, protocol.crop):
         crop = f"{protocol.crop}x{protocol.crop}"
         raise BadInputError(f"sliding window {crop} needs backends of that size; a backend is fixed at "
                             f"{size[0]}x{size[1]} (export it with --input-size {crop})")  # fmt: skip
     resize_to = size if protocol.crop is None else None
+    with activated(runners):
+        config = config or runners[0].config
+        acc = _evaluate(dataset, runners, config, protocol, resize_to, on_image)
     n = config.num_classes
-    acc = [_Accumulator(n) for _ in runners]
     labeled = dataset.labeled
-    for index, sample in enumerate(dataset):
-        image = resize_image(sample.image, resize_to) if resize_to else sample.image
-        outputs = [predict(r.infer, image, protocol, config.align_corners) for r in runners]
-        reference = outputs[0]
-        if reference.shape[1] != n:
-            raise BadInputError(f"{runners[0].name}: {reference.shape[1]} output classes, model config says {n}")
-        ref_labels = reference.argmax(1)
-        for a, out in zip(acc, outputs):
-            a.add(out, reference, ref_labels, sample.name)
-            if sample.label is not None:
-                scored = resize_logits(out, sample.label.shape, config.align_corners).argmax(1)[0]
-                a.confusion += confusion_matrix(sample.label, scored, n, config.ignore_index)
-        if on_image:
-            on_image(index)
 
     results: list[BackendResult] = []
     ref_miou = mean_iou(acc[0].confusion) * 100 if labeled else None
@@ -230,7 +221,7 @@ def verify(
         miou = mean_iou(a.confusion) * 100 if labeled else None
         iou = per_class_iou(a.confusion) * 100
         agreement = a.agree / a.pixels
-        precision = getattr(runner, "precision", "fp32")
+        precision = Precision(runner.precision).value
         limits = thresholds.get(precision, thresholds["fp32"])
         failures = []
         if a.nonfinite:
@@ -275,6 +266,30 @@ def verify(
         thresholds={k: asdict(v) for k, v in thresholds.items()},
         model={"arch": config.arch, "variant": config.variant, "num_classes": n, "align_corners": config.align_corners},
     )
+
+
+def _evaluate(
+    dataset: Dataset, runners: Sequence[Runner], config: ModelConfig, protocol: EvalProtocol,
+    resize_to: tuple[int, int] | None, on_image: Callable[[int], None] | None,
+) -> list[_Accumulator]:  # fmt: skip
+    """Stream the dataset through the (active) runners; one accumulator per runner."""
+    n = config.num_classes
+    acc = [_Accumulator(n) for _ in runners]
+    for index, sample in enumerate(dataset):
+        image = resize_image(sample.image, resize_to) if resize_to else sample.image
+        outputs = [predict(r.infer, image, protocol, config.align_corners) for r in runners]
+        reference = outputs[0]
+        if reference.shape[1] != n:
+            raise BadInputError(f"{runners[0].name}: {reference.shape[1]} output classes, model config says {n}")
+        ref_labels = reference.argmax(1)
+        for a, out in zip(acc, outputs):
+            a.add(out, reference, ref_labels, sample.name)
+            if sample.label is not None:
+                scored = resize_logits(out, sample.label.shape, config.align_corners).argmax(1)[0]
+                a.confusion += confusion_matrix(sample.label, scored, n, config.ignore_index)
+        if on_image:
+            on_image(index)
+    return acc
 
 
 def _round(value: float | None) -> float | None:

@@ -8,12 +8,8 @@ leaves the model at opset 18.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import os
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,6 +23,7 @@ from torch import nn
 from ..config import ModelConfig
 from ..errors import BadInputError, CheckFailedError
 from ..files import atomic_path, sha256_file
+from ..quiet import quiet_torch_export
 from ..versions import tool_versions
 from .artifact import META_CONFIG, META_IO, META_PRECISION, META_PROVENANCE, onnxruntime_session, write_metadata
 
@@ -134,24 +131,10 @@ def _example_input(config: ModelConfig, options: ExportOptions, image: np.ndarra
     return torch.from_numpy(np.concatenate([normalize(im, config) for im in batch]))
 
 
-def _quiet() -> contextlib.ExitStack:
-    """Silence the exporters' progress prints and warnings; errors still raise."""
-    stack = contextlib.ExitStack()
-    stack.enter_context(warnings.catch_warnings())
-    warnings.simplefilter("ignore")
-    stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
-    for name in ("torch.onnx", "torch.export", "onnxscript", "torch._dynamo"):
-        logger = logging.getLogger(name)
-        previous = logger.level
-        logger.setLevel(logging.ERROR)
-        stack.callback(logger.setLevel, previous)
-    return stack
-
-
 def _torch_export(wrapper: nn.Module, example: torch.Tensor, path: Path, options: ExportOptions) -> None:
     output_names = ["logits", "labels"] if options.argmax else ["logits"]
     image_axes = {0: "batch", 1: "height", 2: "width"} if options.uint8_input else {0: "batch", 2: "height", 3: "width"}
-    with _quiet():
+    with quiet_torch_export():
         if options.exporter == "dynamo":
             dynamic_shapes = None
             if options.dynamic:

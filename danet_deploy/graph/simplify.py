@@ -21,7 +21,7 @@ import onnx
 from ..config import ModelConfig
 from ..data.preprocess import resize_image
 from ..errors import BadInputError, CheckFailedError, DeployError
-from ..export.artifact import META_GRAPH, InputSpec, onnxruntime_session, read_metadata, write_metadata
+from ..export.artifact import META_GRAPH, InputSpec, OnnxModel, onnxruntime_session, read_metadata, write_metadata
 from ..files import atomic_path, sha256_file
 from .cam import simplify_cam
 from .cleanup import cleanup
@@ -241,17 +241,11 @@ def simplify_file(
     in_path: str | os.PathLike[str], out_path: str | os.PathLike[str], **kwargs: Any
 ) -> tuple[SimplifyReport, dict[str, Any]]:
     """File to file; nothing is written unless every pass passes its check."""
-    src = Path(in_path)
-    if not src.is_file():
-        raise BadInputError(f"{src}: no such ONNX file")
+    source = OnnxModel.load(in_path)
     try:
-        model = onnx.load(str(src))
-    except Exception as exc:  # onnx raises DecodeError and others for non-ONNX files
-        raise BadInputError(f"{src}: not a readable ONNX model ({type(exc).__name__})") from None
-    try:
-        simplified, report = simplify_model(model, **kwargs)
+        simplified, report = simplify_model(source.proto, **kwargs)
     except DeployError as exc:  # name the file, as every user-facing error does
-        raise type(exc)(f"{src}: {exc}", exc.exit_code) from None
+        raise type(exc)(f"{source.path}: {exc}", exc.exit_code) from None
     with atomic_path(out_path) as tmp:
         check_model(simplified)
         onnx.save(simplified, str(tmp))

@@ -1,24 +1,20 @@
 """Precision stage: FP32 ONNX -> INT8 Q/DQ ONNX (calibrated, optionally mIoU-guarded) or FP16 ONNX (overflow-protected).
 
-Each stage takes an ONNX path and returns the output path plus a small record; the output ONNX keeps the
-source's danet-deploy metadata and adds a `danet_deploy.precision` entry.
+Each stage takes the FP32 model (an `OnnxModel` or its path, parsed once) and returns the output path plus a
+small record; the output ONNX keeps the source's danet-deploy metadata and adds a `danet_deploy.precision`
+entry. Modules: `calibration_data` (image selection and preprocessing), `calibration_cache` (content-keyed
+INT8 results), `probes` (intermediate tensors, agreement with FP32), `stage` (source checks, output metadata),
+`int8`, `fp16`.
 """
 
 from __future__ import annotations
 
-from .calibration import (
-    META_PRECISION,
-    Agreement,
-    CalibrationCache,
-    CalibrationInfo,
-    CalibrationSet,
-    CalibrationWarning,
-    cache_dir,
-    calibration_set,
-    load_calibration_array,
-)
+from ..export.artifact import META_PRECISION
+from .calibration_cache import CalibrationCache, cache_dir
+from .calibration_data import CalibrationInfo, CalibrationSet, CalibrationWarning, calibration_set
 from .fp16 import Fp16Record, RangeReport, TensorRange, convert_fp16, fp16_session
 from .int8 import BudgetRecord, BudgetStep, Int8Record, LayerSensitivity, quantize_int8, quantize_with_budget
+from .probes import Agreement
 
 __all__ = [
     "META_PRECISION",
@@ -38,7 +34,6 @@ __all__ = [
     "calibration_set",
     "convert_fp16",
     "fp16_session",
-    "load_calibration_array",
     "quantize_int8",
     "quantize_with_budget",
 ]

@@ -29,26 +29,15 @@ import numpy as np
 import onnx
 
 from ..errors import BadInputError, CheckFailedError
-from ..export.artifact import onnxruntime_session
+from ..export.artifact import OnnxModel, onnxruntime_session
 from ..files import atomic_path, sha256_file
 from ..graph.editor import GraphEditor
 from ..graph.sites import find_light_sites, find_sites
-from .calibration import (
-    ActivationProbe,
-    Agreement,
-    CalibrationInfo,
-    CalibrationSet,
-    activation_tensors,
-    calibration_set,
-    compare_models,
-    cpu_session,
-    exact_names,
-    finish_model,
-    key_tool_versions,
-    load_source,
-    quiet_tools,
-    tensor_types,
-)
+from ..quiet import quiet_modelopt
+from .calibration_cache import key_tool_versions
+from .calibration_data import CalibrationInfo, CalibrationSet, calibration_set
+from .probes import ActivationProbe, Agreement, activation_tensors, compare_models, tensor_types
+from .stage import exact_names, finish_model, fp32_source
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +101,7 @@ def tensor_absmax(model: onnx.ModelProto, calib: CalibrationSet) -> dict[str, fl
     probe = ActivationProbe(model, activation_tensors(model))
     amax: dict[str, float] = {}
     for batch in calib.batches():
-        for name, value in probe.run({calib.input.name: batch}).items():
+        for name, value in probe.run({calib.input_name: batch}).items():
             value = np.abs(value.astype(np.float32, copy=False))
             peak = float(np.nan_to_num(value, nan=np.inf).max(initial=0.0))
             amax[name] = max(amax.get(name, 0.0), peak)
@@ -199,7 +188,7 @@ def fp16_rounding_model(model: onnx.ModelProto) -> onnx.ModelProto:
     looks fine on the CPU and gives NaN in TensorRT. An Identity after each FP16 output (Identity has an
     FP16 kernel) forces the round trip. It rounds at every node boundary, slightly more often than
     TensorRT, which fuses e.g. Conv+BN+ReLU into one kernel. Run it with graph optimizations off
-    (`cpu_session(..., optimize=False)`), which would otherwise remove the Identities.
+    (`onnxruntime_session(..., optimize=False)`), which would otherwise remove the Identities.
     """
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
@@ -219,11 +208,13 @@ def fp16_rounding_model(model: onnx.ModelProto) -> onnx.ModelProto:
     return copy
 
 
-def fp16_session(model: Any) -> Any:
+def fp16_session(model: OnnxModel | onnx.ModelProto | str | os.PathLike[str]) -> Any:
     """An ONNX Runtime CPU session that computes an FP16 model with FP16 rounding (see `fp16_rounding_model`)."""
-    if not isinstance(model, onnx.ModelProto):
+    if isinstance(model, OnnxModel):
+        model = model.proto
+    elif not isinstance(model, onnx.ModelProto):
         model = onnx.load(str(model))
-    return cpu_session(fp16_rounding_model(model), optimize=False)
+    return onnxruntime_session(fp16_rounding_model(model), optimize=False)
 
 
 # conversion -----------------------------------------------------------------------------------------------
@@ -236,7 +227,7 @@ def _autocast(model: onnx.ModelProto, patterns: list[str], rule: Any) -> onnx.Mo
     with tempfile.TemporaryDirectory(prefix="danet-fp16-") as tmp:
         src = Path(tmp) / "model.onnx"
         onnx.save(model, str(src))
-        with quiet_tools():
+        with quiet_modelopt():
             return convert_to_mixed_precision(
                 onnx_path=str(src),
                 low_precision_type="fp16",
@@ -283,7 +274,7 @@ def _notes(report: RangeReport | None, nonfinite: int) -> list[str]:
 
 
 def convert_fp16(
-    onnx_path: str | os.PathLike[str],
+    model: OnnxModel | str | os.PathLike[str],
     out_path: str | os.PathLike[str],
     calib_path: str | os.PathLike[str] | None = None,
     plain: bool = False,
@@ -294,7 +285,8 @@ def convert_fp16(
     nodes_to_exclude: list[str] | None = None,
     check_images: int = 4,
 ) -> tuple[Path, Fp16Record]:
-    """Write an FP16 ONNX with FP32 I/O. Protected by default (see the module doc); `plain` casts everything.
+    """Write an FP16 ONNX with FP32 I/O from `model` (the FP32 OnnxModel, or its path). Protected by default
+    (see the module doc); `plain` casts everything.
 
     `calib_path`: images to measure magnitudes on (a folder or Cityscapes root, `split`); `count` None takes
     up to 32. Without it only the CAM rule protects and there is no range report. `nodes_to_exclude`:
@@ -305,23 +297,23 @@ def convert_fp16(
     started = time.perf_counter()
     if not 0 < data_max <= FP16_MAX:
         raise BadInputError(f"data_max must be in (0, {FP16_MAX:g}], got {data_max}")
-    source = load_source(onnx_path)
+    source = fp32_source(model)
     out = Path(out_path)
     calib = None
     if calib_path is not None:
         calib = calibration_set(
-            calib_path, onnx_path, count, seed, split, min_recommended=None, default_count=DEFAULT_RANGE_COUNT
+            calib_path, source, count, seed, split, min_recommended=None, default_count=DEFAULT_RANGE_COUNT
         )
-    amax = tensor_absmax(source, calib) if calib else None
-    cam = [] if plain else cam_protected_nodes(source)
+    amax = tensor_absmax(source.proto, calib) if calib else None
+    cam = [] if plain else cam_protected_nodes(source.proto)
     patterns = [] if plain else exact_names(cam) + list(nodes_to_exclude or [])
     rule = _range_rule(amax, data_max) if amax is not None and not plain else None
-    converted = _autocast(source, patterns, rule)
+    converted = _autocast(source.proto, patterns, rule)
 
-    fp32_nodes, fp16_count = _precision_split(source, converted)
-    report = range_report(amax, source, converted, len(calib)) if amax is not None and calib else None
+    fp32_nodes, fp16_count = _precision_split(source.proto, converted)
+    report = range_report(amax, source.proto, converted, len(calib)) if amax is not None and calib else None
     # Judged with FP16 rounding emulated: ONNX Runtime's CPU provider would otherwise hide overflows.
-    agreement = compare_models(str(onnx_path), fp16_session(converted), calib, check_images) if calib else None
+    agreement = compare_models(source.session(), fp16_session(converted), calib, check_images) if calib else None
     nonfinite = agreement.nonfinite if agreement else _smoke_test(converted, out)
     if nonfinite and not plain:
         raise CheckFailedError(f"{out}: protected FP16 model gives {nonfinite} NaN/Inf logits; file not written")
@@ -342,7 +334,7 @@ def convert_fp16(
         "calibration": asdict(calib.info()) if calib else None,
         "range_report": _report_summary(report),
         "agreement_vs_fp32": asdict(agreement) if agreement else None,
-        "source_sha256": sha256_file(onnx_path),
+        "source_sha256": source.sha256,
         "tool_versions": key_tool_versions(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

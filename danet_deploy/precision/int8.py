@@ -20,6 +20,7 @@ import os
 import struct
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,31 +30,15 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..data.datasets import open_dataset
 from ..errors import BadInputError, CheckFailedError
-from ..export.artifact import write_metadata
-from ..files import atomic_path, sha256_file
+from ..export.artifact import META_PRECISION, OnnxModel, onnxruntime_session, write_metadata
+from ..files import save_onnx, sha256_file
 from ..graph.editor import opset_of
-from .calibration import (
-    META_PRECISION,
-    ActivationProbe,
-    Agreement,
-    CalibrationCache,
-    CalibrationInfo,
-    CalibrationReader,
-    CalibrationSet,
-    activation_tensors,
-    cache_key,
-    cache_key_material,
-    calibration_set,
-    compare_models,
-    exact_names,
-    finish_model,
-    first_batches,
-    key_tool_versions,
-    load_source,
-    quiet_tools,
-)
+from ..quiet import quiet_modelopt
+from .calibration_cache import CalibrationCache, cache_key, cache_key_material, key_tool_versions
+from .calibration_data import CalibrationInfo, CalibrationReader, CalibrationSet, calibration_set
+from .probes import ActivationProbe, Agreement, activation_tensors, compare_models, first_batches
+from .stage import exact_names, finish_model, fp32_source
 
 log = logging.getLogger(__name__)
 
@@ -162,16 +147,16 @@ def check_qdq(model: onnx.ModelProto, where: str) -> QdqSummary:
 
 def percentile_amax(model: onnx.ModelProto, calib: CalibrationSet, percentile: float) -> dict[str, float]:
     """Symmetric percentile of |x| per activation tensor: pass 1 finds max |x|, pass 2 fills 2048-bin histograms."""
-    names = [calib.input.name, *activation_tensors(model)]
-    probe = ActivationProbe(model, [n for n in names if n != calib.input.name])
+    names = [calib.input_name, *activation_tensors(model)]
+    probe = ActivationProbe(model, [n for n in names if n != calib.input_name])
     amax: dict[str, float] = {}
     for batch in calib.batches():
-        values = {calib.input.name: batch, **probe.run({calib.input.name: batch})}
+        values = {calib.input_name: batch, **probe.run({calib.input_name: batch})}
         for name, value in values.items():
             amax[name] = max(amax.get(name, 0.0), float(np.abs(value.astype(np.float32)).max(initial=0.0)))
     hists = {name: np.zeros(PERCENTILE_BINS, np.int64) for name in amax}
     for batch in calib.batches():
-        values = {calib.input.name: batch, **probe.run({calib.input.name: batch})}
+        values = {calib.input_name: batch, **probe.run({calib.input_name: batch})}
         for name, value in values.items():
             if amax[name] > 0:
                 hists[name] += np.histogram(np.abs(value.astype(np.float32)), PERCENTILE_BINS, (0, amax[name]))[0]
@@ -208,7 +193,7 @@ def _run_modelopt(
         if method == "percentile":
             cache_path = Path(tmp) / "percentile.cache"
             write_trt_cache(percentile_amax(model, calib, percentile), cache_path)
-        with quiet_tools():
+        with quiet_modelopt():
             quantize(
                 onnx_path=str(src),
                 quantize_mode="int8",
@@ -228,7 +213,7 @@ def _run_modelopt(
 
 
 def quantize_int8(
-    onnx_path: str | os.PathLike[str],
+    model: OnnxModel | str | os.PathLike[str],
     calib_path: str | os.PathLike[str],
     out_path: str | os.PathLike[str],
     method: str = "entropy",
@@ -241,7 +226,8 @@ def quantize_int8(
     percentile: float = DEFAULT_PERCENTILE,
     check_images: int = 4,
 ) -> tuple[Path, Int8Record]:
-    """Calibrate on images from `calib_path` and write a TensorRT-ready Q/DQ ONNX to `out_path`.
+    """Calibrate `model` (the FP32 OnnxModel, or its path) on images from `calib_path` and write a
+    TensorRT-ready Q/DQ ONNX to `out_path`.
 
     `nodes_to_exclude`: node names or regular expressions (`re.match`) kept FP32. `count` None takes up to
     500 images. A cached result (same model bytes, image bytes, settings and tool versions) is reused unless
@@ -253,35 +239,35 @@ def quantize_int8(
         raise BadInputError(f"unknown calibration method {method!r}; choose from {', '.join(METHODS)}")
     if method == "percentile" and not 50.0 < percentile <= 100.0:
         raise BadInputError(f"percentile must be in (50, 100], got {percentile}")
-    source = load_source(onnx_path)
-    calib = calibration_set(calib_path, onnx_path, count, seed, split)
+    source = fp32_source(model)
+    calib = calibration_set(calib_path, source, count, seed, split)
     patterns = sorted(nodes_to_exclude or [])
     settings: dict[str, Any] = {"mode": "int8", "method": method, "nodes_to_exclude": patterns, "high": "fp32"}
     if method == "percentile":
         settings["percentile"] = percentile
-    material = cache_key_material(onnx_path, calib, **settings)
+    material = cache_key_material(source, calib, **settings)
     key = cache_key(material)
     cache = CalibrationCache(cache_dir)
     data = None if recalibrate else cache.get(key)
     hit = data is not None
     if data is None:
-        data = _run_modelopt(source, calib, method, patterns, percentile)
+        data = _run_modelopt(source.proto, calib, method, patterns, percentile)
         cache.put(key, data, material)
     log.info("int8: calibration cache %s (%s)", "hit" if hit else "miss", key[:12])
 
     out = Path(out_path)
-    model = onnx.load_from_string(data)
-    qdq = check_qdq(model, str(out))
+    quantized = onnx.load_from_string(data)
+    qdq = check_qdq(quantized, str(out))
     notes = list(calib.warnings)
     if not qdq.quantized_layers:
         notes.append("no layer was quantized (everything excluded?); the model computes in FP32")
-    opsets = (opset_of(source), opset_of(model))
+    opsets = (opset_of(source.proto), opset_of(quantized))
     if opsets[0] <= TRT86_MAX_OPSET < opsets[1]:
         # 19 is ModelOpt's minimum for INT8; an opset <= 17 export was most likely meant for TensorRT 8.6.
         notes.append(f"ModelOpt raised the opset from {opsets[0]} to {opsets[1]}; TensorRT 8.6 parses up to 17")
     for note in notes[len(calib.warnings) :]:
         log.warning("int8: %s", note)
-    agreement = compare_models(str(onnx_path), data, calib, check_images)
+    agreement = compare_models(source.session(), onnxruntime_session(data), calib, check_images)
     if agreement.nonfinite:
         raise CheckFailedError(f"{out}: INT8 model gives {agreement.nonfinite} NaN/Inf logits on calibration images")
     entry = {
@@ -299,9 +285,8 @@ def quantize_int8(
         "tool_versions": key_tool_versions(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    finish_model(model, source, entry)
-    with atomic_path(out) as tmp:
-        onnx.save(model, str(tmp))
+    finish_model(quantized, source, entry)
+    save_onnx(out, quantized)
     return out, Int8Record(
         onnx_path=str(out),
         onnx_sha256=sha256_file(out),
@@ -356,17 +341,6 @@ class BudgetRecord:
     sensitivity: list[LayerSensitivity]  # most sensitive first (empty when the first step passed)
 
 
-def dataset_miou(onnx_path: str | os.PathLike[str], dataset: Any) -> float:
-    """mIoU (percent) of one ONNX model on a labeled dataset, scored like `danet-deploy verify`."""
-    from ..evaluate.verify import verify
-    from ..runners.onnxruntime import OnnxRuntimeRunner
-
-    runner = OnnxRuntimeRunner(onnx_path)
-    report = verify(dataset, [runner], runner.config)
-    miou = report.backends[0].miou
-    return float("nan") if miou is None else float(miou)
-
-
 def layer_sensitivity(
     fp32: onnx.ModelProto, int8: onnx.ModelProto, layers: list[str], calib: CalibrationSet, images: int
 ) -> list[LayerSensitivity]:
@@ -389,7 +363,7 @@ def layer_sensitivity(
     sq_diff = dict.fromkeys(tensors, 0.0)
     sq_ref = dict.fromkeys(tensors, 0.0)
     for batch in first_batches(calib, images):
-        feed = {calib.input.name: batch}
+        feed = {calib.input_name: batch}
         ref, got = (p.run(feed) for p in probes)
         for t in tensors:
             r = ref[t].astype(np.float64)
@@ -420,21 +394,21 @@ def _write_budget_model(path: Path, out: Path, budget: dict[str, Any]) -> None:
     model = onnx.load(str(path))
     entry = json.loads(next(p.value for p in model.metadata_props if p.key == META_PRECISION))
     write_metadata(model, {META_PRECISION: {**entry, "budget": budget}})
-    with atomic_path(out) as tmp:
-        onnx.save(model, str(tmp))
+    save_onnx(out, model)
 
 
 def quantize_with_budget(
-    onnx_path: str | os.PathLike[str],
+    model: OnnxModel | str | os.PathLike[str],
     calib_path: str | os.PathLike[str],
-    data_path: str | os.PathLike[str],
     out_path: str | os.PathLike[str],
+    *,
+    evaluate: Callable[[Path], float],
+    eval_data: str,
+    eval_images: int,
     max_miou_drop: float = 1.0,
     method: str = "entropy",
     count: int | None = None,
     seed: int = 0,
-    data_split: str = "val",
-    eval_count: int | None = None,
     sensitivity_images: int = 4,
     max_steps: int = 8,
     nodes_to_exclude: list[str] | None = None,
@@ -442,20 +416,24 @@ def quantize_with_budget(
     cache_dir: str | os.PathLike[str] | None = None,
     split: str = "train",
 ) -> tuple[Path, BudgetRecord]:
-    """INT8 whose mIoU on labeled `data_path` stays within `max_miou_drop` points of FP32.
+    """INT8 whose mIoU stays within `max_miou_drop` points of FP32.
 
-    If full INT8 misses the budget, quantized layers are ranked by `layer_sensitivity` on a few calibration
-    images and the worst 1, 2, 4, ... are kept FP32 (re-quantizing each time) until the budget holds.
-    Raises CheckFailedError (nothing written) when no step meets it.
+    `evaluate` scores one ONNX file: its path -> mIoU in percent on labeled data (the caller builds it, e.g.
+    from an ONNX Runtime runner and `verify`; the FP32 mIoU is `evaluate(source path)`). `eval_data` and
+    `eval_images` describe that data for the record. If full INT8 misses the budget, quantized layers are
+    ranked by `layer_sensitivity` on a few calibration images and the worst 1, 2, 4, ... are kept FP32
+    (re-quantizing each time) until the budget holds. Raises CheckFailedError (nothing written) when no
+    step meets it.
     """
     if max_miou_drop < 0:
         raise BadInputError(f"max mIoU drop must be >= 0 points, got {max_miou_drop}")
-    dataset = open_dataset(data_path, data_split).head(eval_count)
-    if not dataset.labeled:
-        raise BadInputError(f"{data_path}: the mIoU budget needs labeled images (some have no label file)")
-    if Path(data_path).resolve() == Path(calib_path).resolve() and split == data_split:
-        log.warning("int8 budget: calibrating and evaluating on the same images gives an optimistic mIoU")
-    fp32_miou = dataset_miou(onnx_path, dataset)
+    source = fp32_source(model)
+
+    def score(path: Path) -> float:
+        miou = evaluate(path)
+        return float("nan") if miou is None else float(miou)
+
+    fp32_miou = score(source.path)
     base = list(nodes_to_exclude or [])
     common = dict(method=method, count=count, seed=seed, recalibrate=recalibrate, cache_dir=cache_dir, split=split)
     steps: list[BudgetStep] = []
@@ -465,8 +443,8 @@ def quantize_with_budget(
         def attempt(excluded: list[str]) -> tuple[Path, Int8Record, BudgetStep]:
             path = Path(tmp) / f"step{len(steps)}.onnx"
             patterns = base + exact_names(excluded)
-            path, record = quantize_int8(onnx_path, calib_path, path, nodes_to_exclude=patterns, **common)
-            miou = dataset_miou(path, dataset)
+            path, record = quantize_int8(source, calib_path, path, nodes_to_exclude=patterns, **common)
+            miou = score(path)
             drop = fp32_miou - miou
             passed = bool(drop <= max_miou_drop)
             step = BudgetStep(list(excluded), round(miou, 4), round(drop, 4), passed, record.cache_hit)
@@ -476,9 +454,9 @@ def quantize_with_budget(
 
         path, record, step = attempt([])
         if not step.passed:
-            calib = calibration_set(calib_path, onnx_path, count, seed, split, min_recommended=None)
+            calib = calibration_set(calib_path, source, count, seed, split, min_recommended=None)
             ranking = layer_sensitivity(
-                onnx.load(str(onnx_path)), onnx.load(str(path)), record.qdq.quantized_layers, calib, sensitivity_images
+                source.proto, onnx.load(str(path)), record.qdq.quantized_layers, calib, sensitivity_images
             )
             for k in _exclusion_sizes(len(ranking), max_steps):
                 path, record, step = attempt([s.node for s in ranking[:k]])
@@ -492,8 +470,8 @@ def quantize_with_budget(
             )
         out = Path(out_path)
         _write_budget_model(path, out, {
-            "max_miou_drop": max_miou_drop, "fp32_miou": round(fp32_miou, 4), "eval_data": str(data_path),
-            "eval_images": len(dataset), "steps": [asdict(s) for s in steps],
+            "max_miou_drop": max_miou_drop, "fp32_miou": round(fp32_miou, 4), "eval_data": eval_data,
+            "eval_images": eval_images, "steps": [asdict(s) for s in steps],
         })  # fmt: skip
     record.onnx_path = str(out)
     record.onnx_sha256 = sha256_file(out)
@@ -501,8 +479,8 @@ def quantize_with_budget(
         int8=record,
         fp32_miou=round(fp32_miou, 4),
         max_miou_drop=max_miou_drop,
-        eval_data=str(data_path),
-        eval_images=len(dataset),
+        eval_data=eval_data,
+        eval_images=eval_images,
         steps=steps,
         sensitivity=ranking,
     )

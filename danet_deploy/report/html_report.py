@@ -23,10 +23,10 @@ from PIL import Image
 from ..config import ModelConfig
 from ..data.datasets import Dataset
 from ..data.preprocess import resize_image
-from ..evaluate.protocols import Protocol, predict
+from ..evaluate.protocols import EvalProtocol, predict
 from ..evaluate.verify import VerifyReport, common_input_size
 from ..files import atomic_path
-from ..runners import Runner
+from ..runners.base import Runner, activated
 
 BACKEND_COLOURS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c")
 
@@ -40,24 +40,30 @@ class Example:
 
 
 def collect_examples(
-    dataset: Dataset, runners: Sequence[Runner], report: VerifyReport, config: ModelConfig, protocol: Protocol,
+    dataset: Dataset, runners: Sequence[Runner], report: VerifyReport, config: ModelConfig, protocol: EvalProtocol,
     limit: int = 4,
 ) -> list[Example]:  # fmt: skip
-    """Re-run the images with the lowest pixel agreement (over all backends) for the report."""
+    """Re-run the images with the lowest pixel agreement (over all backends) for the report.
+
+    Runners not active yet are activated for this and deactivated after it.
+    """
     ranked: dict[str, float] = {}
     for backend in report.backends[1:]:
         for item in backend.worst_images:
             ranked[item["image"]] = min(ranked.get(item["image"], 1.0), item["pixel_agreement"])
     names = [name for name, _ in sorted(ranked.items(), key=lambda kv: kv[1])[:limit]]
+    if not names:
+        return []
     index = {str(path.relative_to(dataset.root)): i for i, (path, _) in enumerate(dataset.items)}
-    size = common_input_size(r.input_size for r in runners) if protocol.crop is None else None
+    size = common_input_size(r.input_spec.static_size for r in runners) if protocol.crop is None else None
     examples = []
-    for name in names:
-        sample = dataset.load(index[name])
-        image = resize_image(sample.image, size) if size else sample.image
-        labels = [predict(r.infer, image, protocol, config.align_corners).argmax(1)[0] for r in runners]
-        agreement = [float((lab == labels[0]).mean()) for lab in labels]
-        examples.append(Example(name, image, labels, agreement))
+    with activated(runners):
+        for name in names:
+            sample = dataset.load(index[name])
+            image = resize_image(sample.image, size) if size else sample.image
+            labels = [predict(r.infer, image, protocol, config.align_corners).argmax(1)[0] for r in runners]
+            agreement = [float((lab == labels[0]).mean()) for lab in labels]
+            examples.append(Example(name, image, labels, agreement))
     return examples
 
 

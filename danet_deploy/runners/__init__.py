@@ -1,22 +1,30 @@
-"""Backends behind one interface: an RGB uint8 image in, float32 logits out.
+"""Backends behind one interface (`Runner`): an RGB uint8 image in, float32 logits out.
 
-Each runner does its own preprocessing from the model config (or feeds raw uint8 to an ONNX model with
-baked preprocessing), so `verify` and `benchmark` treat every backend the same way.
+Each runner prepares its input as the model's input spec says (normalized float NCHW, or raw uint8 NHWC for
+an ONNX model with baked preprocessing), so `verify`, `benchmark` and the report treat every backend the
+same way. The concrete runners import their backend lazily: `from danet_deploy.runners import
+OnnxRuntimeRunner` does not import torch or TensorRT.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+from .base import Runner, activated, cpu_device
+
+if TYPE_CHECKING:
+    from .onnxruntime import OnnxRuntimeRunner
+    from .pytorch import PyTorchRunner
+    from .tensorrt import TensorRTRunner
+
+__all__ = ["OnnxRuntimeRunner", "PyTorchRunner", "Runner", "TensorRTRunner", "activated", "cpu_device"]
+
+_LAZY = {"OnnxRuntimeRunner": "onnxruntime", "PyTorchRunner": "pytorch", "TensorRTRunner": "tensorrt"}
 
 
-class Runner(Protocol):
-    name: str
-    precision: str  # "fp32", "fp16" or "int8": selects the verify thresholds
-    # Fixed (H, W) the backend accepts, or None when any size works.
-    input_size: tuple[int, int] | None
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from importlib import import_module
 
-    def infer(self, image: np.ndarray) -> np.ndarray:
-        """H x W x 3 uint8 RGB (already at `input_size` when fixed) -> 1 x classes x H x W float32 logits."""
-        ...
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

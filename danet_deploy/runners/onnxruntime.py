@@ -3,43 +3,59 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
+from typing import Any
 
-import numpy as np
-
-from ..config import ModelConfig
-from ..data.preprocess import normalize
 from ..errors import BadInputError
-from ..export.artifact import OnnxModel, onnxruntime_session
+from ..export.artifact import OnnxModel, Precision, onnxruntime_session
+from .base import Runner, cpu_device
 
 
-class OnnxRuntimeRunner:
+class OnnxRuntimeRunner(Runner):
+    """An ONNX file on ONNX Runtime's CPU provider; the session is created at activation."""
+
+    kind = "onnxruntime"
+
     def __init__(self, path: str | os.PathLike[str], name: str | None = None, threads: int | None = None):
+        # Read the graph's metadata once and keep only the small parts (not the proto).
         model = OnnxModel.load(path, external_data=False)
-        self.path = model.path
-        self.config: ModelConfig = model.config
-        self.precision = model.precision.value
+        self.path: Path = model.path
+        self._threads = threads
+        self._session: Any = None
+        super().__init__(name or f"onnxruntime:{self.path.name}", model.precision, model.input_spec, model.config)
+
+    @property
+    def device(self) -> str:
+        return cpu_device()
+
+    @property
+    def threads(self) -> int | None:
+        return self._threads or os.cpu_count()
+
+    @property
+    def session(self) -> Any:
+        """The ONNX Runtime session while active, else None."""
+        return self._session
+
+    def activate_impl(self) -> None:
         try:
-            if self.precision == "fp16":
+            if self._precision == Precision.FP16:
                 # ORT's CPU provider runs most FP16 ops in FP32 and never rounds between them, which hides
                 # FP16 overflow; this session stores every FP16 intermediate in FP16, as a GPU would.
                 from ..precision.fp16 import fp16_session
 
-                self.session = fp16_session(self.path)
+                self._session = fp16_session(self.path)
             else:
-                self.session = onnxruntime_session(self.path, threads)
+                self._session = onnxruntime_session(self.path, self._threads)
         except Exception as exc:  # onnxruntime raises its own exception types for invalid models
             raise BadInputError(
                 f"{self.path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0][:160]})"
             ) from None
-        self.name = name or f"onnxruntime:{self.path.name}"
-        inp = self.session.get_inputs()[0]
-        self.input_name = inp.name
-        self.uint8_input = inp.type == "tensor(uint8)"
-        dims = inp.shape[1:3] if self.uint8_input else inp.shape[2:4]
-        self.input_size = tuple(dims) if all(isinstance(d, int) for d in dims) else None  # type: ignore[assignment]
-        self.input_dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
+        names = self._input_spec.output_names
+        self._outputs = ["logits" if "logits" in names else names[0]]
 
-    def infer(self, image: np.ndarray) -> np.ndarray:
-        feed = image[None] if self.uint8_input else normalize(image, self.config).astype(self.input_dtype)
-        logits = self.session.run(["logits"], {self.input_name: feed})[0]
-        return logits.astype(np.float32, copy=False)
+    def deactivate_impl(self) -> None:
+        self._session = None
+
+    def infer_impl(self, feed: Any) -> Any:
+        return self._session.run(self._outputs, {self._input_spec.input_name: feed})[0]

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..config import ModelConfig
-from ..data.preprocess import normalize
-from ..engine.build import running_system
 from ..engine.sidecar import check_compatible, read_sidecar
 from ..errors import BadInputError
+from ..export.artifact import Precision
+from .base import Runner
 
 
-class TensorRTRunner:
+class TensorRTRunner(Runner):
+    """A TensorRT engine with its sidecar; the engine is deserialized at activation, after a compatibility check."""
+
+    kind = "tensorrt"
+
     def __init__(self, path: str | os.PathLike[str], name: str | None = None):
         self.path = Path(path)
         if not self.path.is_file():
@@ -22,24 +27,38 @@ class TensorRTRunner:
         sidecar = read_sidecar(self.path)
         if not sidecar.model_config:
             raise BadInputError(f"{self.path}: the sidecar has no model config")
+        self._sidecar = sidecar
+        self.warnings: list[str] = []  # compatibility warnings, filled by activate()
+        self._runner: Any = None
+        super().__init__(name or f"tensorrt:{self.path.name}", Precision(sidecar.precision), sidecar.spec,
+                         ModelConfig.from_dict(sidecar.model_config))  # fmt: skip
+
+    @property
+    def device(self) -> str:
+        return f"GPU: {self._sidecar.gpu_name}"
+
+    def activate_impl(self) -> None:
+        from ..engine.build import running_system
+
         # Compare versions and GPU before deserializing: a mismatched plan fails inside TensorRT otherwise.
-        self.warnings = check_compatible(sidecar, running_system(), self.path)
+        self.warnings = check_compatible(self._sidecar, running_system(), self.path)
         from polygraphy.backend.trt import EngineFromPath, TrtRunner
 
-        self.runner = TrtRunner(EngineFromPath(str(self.path)))
-        self.runner.activate()
-        self.config = ModelConfig.from_dict(sidecar.model_config)
-        self.precision = sidecar.precision
-        self.name = name or f"tensorrt:{self.path.name}"
-        self.uint8_input = sidecar.uint8_input
-        self.input_size = sidecar.fixed_input_size
+        runner = TrtRunner(EngineFromPath(str(self.path)))
+        runner.activate()
+        self._runner = runner
+        names = self._input_spec.output_names
+        self._output = "logits" if "logits" in names else names[0]
 
-    def infer(self, image: np.ndarray) -> np.ndarray:
-        feed = image[None] if self.uint8_input else normalize(image, self.config)
-        outputs = self.runner.infer({"image": feed})
-        return np.asarray(outputs["logits"], dtype=np.float32)
-
-    def __del__(self) -> None:
-        runner = getattr(self, "runner", None)
-        if runner is not None and getattr(runner, "is_active", False):
+    def deactivate_impl(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None and runner.is_active:
             runner.deactivate()
+
+    def infer_impl(self, feed: Any) -> Any:
+        # Polygraphy's call includes the host <-> device copies.
+        return self._runner.infer({self._input_spec.input_name: feed})[self._output]
+
+    def postprocess(self, output: Any) -> np.ndarray:
+        # Polygraphy reuses its output buffers between calls: copy.
+        return np.array(output, dtype=np.float32, copy=True)

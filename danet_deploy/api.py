@@ -1,0 +1,586 @@
+"""The user-level steps as functions: what each `danet-deploy` command does, callable from Python.
+
+```python
+from danet_deploy import api
+exported = api.export("danet.pth", "danet.onnx")
+api.quantize("danet.onnx", "danet.int8.onnx", "int8", api.QuantizeOptions(calib="calibration/images"))
+result = api.verify("cityscapes/", checkpoint="danet.pth", onnx=["danet.onnx", "danet.int8.onnx"])
+print(result.report.passed)
+```
+
+Each function checks its outputs before the work starts (`files.check_output`: never an input, a writable
+folder), runs the stages and returns a typed record; the CLI only parses options, calls one of these and
+prints the record. Long steps report through a `Progress` (silent unless the caller passes one).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import EXIT_BAD_INPUT, BadInputError, CheckFailedError, DeployError
+from .export.artifact import OnnxModel, Precision
+from .export.torch_export import ExportOptions, ExportRecord
+from .files import check_output, scratch_dir, write_json
+from .graph.pam import DEFAULT_BLOCK
+from .progress import SILENT, Progress
+
+PathLike = str | os.PathLike[str]
+
+
+# --- export and simplify ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SimplifyOptions:
+    """The graph passes: `target` picks the PAM and GroupNorm forms unless `attention` / `group_norm` say."""
+
+    target: str | None = None
+    attention: str | None = None
+    block: int = DEFAULT_BLOCK
+    heads: int | None = None
+    atol: float = 1e-4
+    rtol: float = 1e-4
+    group_norm: str | None = None
+    fold_shuffle: bool = True
+
+
+@dataclass
+class SimplifyResult:
+    report: Any  # graph.simplify.SimplifyReport
+    path: Path
+    size_bytes: int
+    sha256: str
+
+
+@dataclass
+class ExportResult:
+    record: ExportRecord  # the export as written (before simplify, when simplified)
+    checkpoint: str
+    output: Path
+    simplified: SimplifyResult | None = None
+
+
+def load_checkpoint(checkpoint: PathLike, layout: str | None = None, progress: Progress = SILENT, **overrides: Any):
+    """The checkpoint as a model + config (layout detected unless given); says what it found."""
+    from .checkpoints import load_checkpoint as load
+
+    with progress.task(f"loading {checkpoint}"):
+        loaded = load(checkpoint, layout, **overrides)
+    c = loaded.config
+    progress.note(
+        f"checkpoint {Path(checkpoint).name}: {loaded.layout.value} layout, {c.arch}, stem {c.stem_channels}, "
+        f"layer4 dilations {c.layer4_dilations}, {c.num_classes} classes, align_corners={c.align_corners}"
+    )
+    for note in loaded.notes:
+        progress.note(f"  note: {note}")
+    return loaded
+
+
+def export(
+    checkpoint: PathLike,
+    output: PathLike,
+    options: ExportOptions = ExportOptions(),
+    *,
+    layout: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    image: PathLike | None = None,
+    simplify: SimplifyOptions | None = None,
+    progress: Progress = SILENT,
+) -> ExportResult:
+    """Checkpoint -> ONNX checked against PyTorch; with `simplify`, the graph passes run onto `output`."""
+    from .data.bundled import sample_image
+    from .data.datasets import read_image
+    from .export.torch_export import export_onnx
+    from .graph.simplify import get_target
+
+    out = check_output(output, [checkpoint, image])
+    if simplify is not None and simplify.target is not None:
+        get_target(simplify.target)  # an unknown target fails before the export, not after it
+    size = options.input_size
+    loaded = load_checkpoint(checkpoint, layout, progress, **{**(overrides or {}), "input_size": size})
+    parity_image = read_image(Path(image)) if image else sample_image()
+    with contextlib.ExitStack() as stack:
+        raw = out
+        if simplify is not None:  # export beside, simplify onto `output`: a failed pass leaves nothing there
+            raw = stack.enter_context(scratch_dir(out)) / "raw.onnx"
+        what = f"exporting {loaded.config.arch} ({options.exporter} exporter, opset {options.opset}), checking parity"
+        with progress.task(what):
+            record = export_onnx(loaded.model, loaded.config, raw, options, parity_image, loaded.provenance())
+        record.onnx_path = str(out)
+        result = ExportResult(record, str(checkpoint), out)
+        if simplify is not None:
+            result.simplified = simplify_model_file(raw, out, simplify, progress)
+    return result
+
+
+def simplify_model_file(
+    model: PathLike, output: PathLike, options: SimplifyOptions = SimplifyOptions(), progress: Progress = SILENT
+) -> SimplifyResult:
+    """The attention graph rewritten for a target; every pass is checked against the graph before it."""
+    from .graph.simplify import simplify_file
+
+    out = check_output(output, [model])
+
+    def on_pass(p: Any) -> None:
+        progress.note(f"  pass {p.name}: max abs diff {p.max_abs_diff:.2e}")
+
+    with progress.task("simplifying the graph, checking every pass with ONNX Runtime"):
+        report, info = simplify_file(
+            model, out, target=options.target, attention=options.attention, block=options.block,
+            heads=options.heads, atol=options.atol, rtol=options.rtol, group_norm=options.group_norm,
+            fold_shuffle=options.fold_shuffle, on_pass=on_pass,
+        )  # fmt: skip
+    return SimplifyResult(report, out, info["size_bytes"], info["onnx_sha256"])
+
+
+# --- precision -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QuantizeOptions:
+    """Calibration and precision settings shared by `quantize` and `build-engine`."""
+
+    calib: PathLike | None = None  # calibration images (required for INT8; optional range check for FP16)
+    plain: bool = False  # FP16: plain cast, no protection
+    method: str = "entropy"
+    count: int | None = None
+    seed: int = 0
+    split: str = "train"
+    max_miou_drop: float | None = None  # INT8: keep sensitive layers FP32 until the drop on `data` fits
+    data: PathLike | None = None
+    exclude: tuple[str, ...] = ()
+    recalibrate: bool = False
+    cache_dir: PathLike | None = None
+
+
+@dataclass
+class QuantizeResult:
+    precision: Precision
+    path: Path
+    record: Any  # Fp16Record | Int8Record
+    budget: Any = None  # BudgetRecord with --max-miou-drop
+
+
+def quantize(
+    model: PathLike | OnnxModel,
+    output: PathLike,
+    precision: Precision | str,
+    options: QuantizeOptions = QuantizeOptions(),
+    progress: Progress = SILENT,
+) -> QuantizeResult:
+    """FP32 ONNX -> FP16 (overflow-protected) or INT8 Q/DQ ONNX, measured against FP32. The one precision step,
+    used by `quantize` and by `build-engine` when its plan needs an FP16 or Q/DQ network first."""
+    precision = Precision(precision)
+    source = model if isinstance(model, OnnxModel) else OnnxModel.load(model)
+    out = check_output(output, [source.path, options.calib, options.data])
+    if precision is Precision.FP32:
+        raise BadInputError("quantize makes fp16 or int8 models; the export is the fp32 one")
+    if options.plain and precision is not Precision.FP16:
+        raise BadInputError("--plain goes with --fp16")
+    if precision is Precision.INT8 and options.calib is None:
+        raise BadInputError("INT8 needs --calib DIR (calibration images); use --fp16 for an FP16 model")
+    if options.max_miou_drop is not None and (precision is not Precision.INT8 or options.data is None):
+        raise BadInputError("--max-miou-drop is for INT8 and needs --data (labeled images)")
+    exclude = list(options.exclude) or None
+    if precision is Precision.FP16:
+        from .precision import convert_fp16
+
+        with progress.task("FP16: converting and checking against FP32"):
+            _, record = convert_fp16(source, out, calib_path=options.calib, plain=options.plain, count=options.count,
+                                     seed=options.seed, split=options.split, nodes_to_exclude=exclude)  # fmt: skip
+        return QuantizeResult(precision, out, record)
+    common = dict(method=options.method, count=options.count, seed=options.seed, nodes_to_exclude=exclude,
+                  recalibrate=options.recalibrate, cache_dir=options.cache_dir, split=options.split)  # fmt: skip
+    if options.max_miou_drop is None:
+        from .precision import quantize_int8
+
+        with progress.task("INT8: calibrating and checking against FP32"):
+            _, record = quantize_int8(source, options.calib, out, **common)
+        return QuantizeResult(precision, out, record)
+    from .precision import quantize_with_budget
+
+    evaluate, images = miou_evaluator(options.data, "val")
+    if Path(options.data).resolve() == Path(options.calib).resolve() and options.split == "val":
+        progress.note("warning: calibrating and evaluating on the same images gives an optimistic mIoU")
+    with progress.task("INT8 within an mIoU budget: calibrating, measuring, keeping sensitive layers FP32"):
+        _, budget = quantize_with_budget(source, options.calib, out, evaluate=evaluate, eval_data=str(options.data),
+                                         eval_images=images, max_miou_drop=options.max_miou_drop, **common)  # fmt: skip
+    return QuantizeResult(precision, out, budget.int8, budget)
+
+
+def miou_evaluator(data: PathLike, split: str = "val") -> tuple[Any, int]:
+    """(ONNX path -> mIoU in percent on the labeled `data`, number of images): scored like `verify`."""
+    from .data.datasets import open_dataset
+    from .evaluate.verify import verify as run_verify
+    from .runners.onnxruntime import OnnxRuntimeRunner
+
+    dataset = open_dataset(data, split)
+    if not dataset.labeled:
+        raise BadInputError(f"{data}: the mIoU budget needs labeled images (some have no label file)")
+
+    def evaluate(path: Path) -> float:
+        runner = OnnxRuntimeRunner(path)
+        miou = run_verify(dataset, [runner], runner.config).backends[0].miou
+        return float("nan") if miou is None else float(miou)
+
+    return evaluate, len(dataset)
+
+
+# --- engines -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EngineResult:
+    plan: Any  # engine.plan.BuildPlan
+    notes: list[str] = field(default_factory=list)
+    sidecar: Any = None  # engine.sidecar.EngineSidecar once built
+    output: Path | None = None
+
+
+def plan_engine(
+    model: PathLike | OnnxModel, options: Any, tensorrt_version: str | None = None, dry_run: bool = False
+) -> EngineResult:
+    """The build plan for the installed TensorRT (or `tensorrt_version`); a dry run without TensorRT plans for
+    the default version and says so; a real build needs TensorRT here."""
+    from .engine.build import running_system
+    from .engine.plan import DEFAULT_PLAN_VERSION, plan_build
+
+    notes = []
+    version = tensorrt_version
+    if version is None and not dry_run:
+        version = running_system().tensorrt_version  # fails here, before anything is written, without TensorRT
+    elif version is None:
+        try:
+            version = running_system().tensorrt_version
+        except DeployError:
+            version = DEFAULT_PLAN_VERSION
+            notes.append(f"TensorRT not available here; planning for TensorRT {version} (--tensorrt-version)")
+    return EngineResult(plan_build(model, options, version), notes)
+
+
+def prepare_network(plan: Any, progress: Progress = SILENT) -> QuantizeResult | None:
+    """Produce the ONNX TensorRT parses when the plan needs an FP16 or Q/DQ model first (the `quantize` step)."""
+    if not plan.prepare:
+        return None
+    # With calibration images, FP16 magnitudes measured on them decide what stays FP32 too (not only the CAM rule).
+    options = QuantizeOptions(calib=plan.options.get("calib"))
+    return quantize(plan.source_onnx, plan.network_onnx, plan.precision, options, progress)
+
+
+def build_engine(
+    model: PathLike, output: PathLike, options: Any, tensorrt_version: str | None = None, progress: Progress = SILENT
+) -> EngineResult:
+    """Plan, make the network ONNX the plan needs, build the engine and write it with its sidecar."""
+    from .engine.build import build_engine as build
+
+    out = check_output(output, [model])
+    check_output(f"{out}.json", [model])
+    result = plan_engine(model, options, tensorrt_version)
+    prepare_network(result.plan, progress)
+    with progress.task("building (TensorRT)") as update:
+        result.sidecar = build(result.plan, out, lambda phase, step, total: update(0, description=phase))
+    result.output = out
+    return result
+
+
+# --- verify and benchmark ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VerifyOptions:
+    split: str = "val"
+    limit: int | None = None
+    thresholds: tuple[str, ...] = ()  # PRECISION.FIELD=VALUE overrides
+    thresholds_file: PathLike | None = None
+    crop: int | None = None
+    stride: int | None = None
+    flip: bool = False
+    scales: tuple[float, ...] = (1.0,)
+    threads: int | None = None
+    layout: str | None = None
+    pytorch_fp16: bool = False
+
+
+@dataclass
+class VerifyResult:
+    report: Any  # evaluate.verify.VerifyReport
+    warnings: list[str]
+    json_path: Path | None = None
+    html_path: Path | None = None
+
+
+def _runners(
+    checkpoint: PathLike | None, onnx: Sequence[PathLike], engines: Sequence[PathLike], options: VerifyOptions,
+    progress: Progress, warnings: list[str],
+) -> tuple[list[Any], Any]:  # fmt: skip
+    """Backends from paths, the PyTorch reference first; returns (runners, model config)."""
+    from .runners.onnxruntime import OnnxRuntimeRunner
+    from .runners.pytorch import PyTorchRunner
+
+    runners: list[Any] = [OnnxRuntimeRunner(p, name=f"onnxruntime:{Path(p).name}", threads=options.threads)
+                          for p in onnx]  # fmt: skip
+    if engines:
+        from .engine.build import running_system
+        from .runners.tensorrt import TensorRTRunner
+
+        running_system()  # no TensorRT or no GPU: exit 3 now, before any data is read
+        runners += [TensorRTRunner(path) for path in engines]
+    config = runners[0].config if runners else None
+    if checkpoint is not None:
+        # The ONNX metadata says how the model was built (dilations, align_corners, classes); reuse it.
+        overrides: dict[str, Any] = {}
+        if config is not None:
+            overrides = {"layer4_dilations": config.layer4_dilations, "align_corners": config.align_corners,
+                         "class_names": config.class_names, "mean": config.mean, "std": config.std}  # fmt: skip
+        loaded = load_checkpoint(checkpoint, options.layout, progress, **overrides)
+        config = loaded.config
+        for path in onnx:
+            exported_from = OnnxModel.load(path, external_data=False).metadata.get("provenance", {})
+            sha = exported_from.get("checkpoint_sha256")
+            if sha and sha != loaded.sha256:
+                warnings.append(f"{path} was exported from another checkpoint (sha256 {sha[:12]}...)")
+        runners.insert(0, PyTorchRunner.from_model(loaded.model, config))
+        if options.pytorch_fp16:
+            runners.insert(1, PyTorchRunner.from_model(loaded.model, config, name="pytorch-fp16", half=True))
+    elif options.pytorch_fp16:
+        raise BadInputError("--pytorch-fp16 needs --ckpt")
+    return runners, config
+
+
+def verify(
+    data: PathLike,
+    checkpoint: PathLike | None = None,
+    onnx: Sequence[PathLike] = (),
+    engines: Sequence[PathLike] = (),
+    options: VerifyOptions = VerifyOptions(),
+    *,
+    json_path: PathLike | None = None,
+    report_dir: PathLike | None = None,
+    benchmark_json: PathLike | None = None,
+    progress: Progress = SILENT,
+) -> VerifyResult:
+    """Every backend on the same images under one protocol, judged against the first (PyTorch when given)."""
+    from .data.datasets import open_dataset
+    from .evaluate.protocols import EvalProtocol
+    from .evaluate.verify import thresholds_with
+    from .evaluate.verify import verify as run_verify
+    from .runners.base import activated
+
+    inputs = [data, checkpoint, *onnx, *engines, benchmark_json]
+    outputs = [check_output(p, inputs) for p in (json_path,) if p is not None]
+    if report_dir is not None:
+        outputs += [check_output(Path(report_dir) / name, inputs) for name in ("report.html", "report.md")]
+    if checkpoint is None and not onnx and not engines:
+        raise BadInputError("verify needs --ckpt and/or --onnx / --engine")
+    thresholds = thresholds_with(list(options.thresholds),
+                                 str(options.thresholds_file) if options.thresholds_file else None)  # fmt: skip
+    benchmark_results = _read_benchmark_json(benchmark_json) if benchmark_json else None
+    protocol = EvalProtocol(crop=options.crop, stride=options.stride, flip=options.flip, scales=options.scales)
+    warnings: list[str] = []
+    runners, config = _runners(checkpoint, onnx, engines, options, progress, warnings)
+    dataset = open_dataset(data, options.split).head(options.limit)
+    if not dataset.labeled:
+        warnings.append(f"{data} has images without labels; mIoU is not computed")
+    result = VerifyResult(None, warnings)
+    with activated(runners):
+        # TensorRT runners compare their engine's sidecar with this system when they activate.
+        warnings += [w for r in runners for w in getattr(r, "warnings", [])]
+        for warning in warnings:
+            progress.note(f"warning: {warning}")
+        with progress.task(f"verify ({len(runners)} backends)", total=len(dataset)) as advance:
+            result.report = run_verify(dataset, runners, config, thresholds, on_image=lambda i: advance(),
+                                       protocol=protocol)  # fmt: skip
+        if json_path is not None:
+            result.json_path = write_json(json_path, result.report.to_dict())
+        if report_dir is not None:
+            from .report.html_report import collect_examples, write_html, write_markdown
+
+            with progress.task("writing the HTML report (re-running the worst images)"):
+                examples = collect_examples(dataset, runners, result.report, config, protocol)
+                html = write_html(result.report, examples, config, Path(report_dir) / "report.html",
+                                  benchmark=benchmark_results)  # fmt: skip
+                write_markdown(result.report, Path(report_dir) / "report.md", html.name)
+            result.html_path = html
+    return result
+
+
+def _read_benchmark_json(path: PathLike) -> dict[str, Any]:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        raise BadInputError(f"{path}: not a readable benchmark JSON") from None
+    if not isinstance(data, dict) or not isinstance(data.get("backends"), list):
+        raise BadInputError(f"{path}: not a benchmark JSON (no 'backends' list)")
+    return data
+
+
+@dataclass
+class BenchmarkResult:
+    results: dict[str, Any]  # {"backends": [...], "versions": ..., "device": ...}
+    json_path: Path | None = None
+
+    @property
+    def ok(self) -> list[dict[str, Any]]:
+        return [r for r in self.results["backends"] if "error" not in r]
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        return [r for r in self.results["backends"] if "error" in r]
+
+
+def benchmark(
+    checkpoint: PathLike | None = None,
+    onnx: Sequence[PathLike] = (),
+    engines: Sequence[PathLike] = (),
+    *,
+    image: PathLike | None = None,
+    warmup: int = 3,
+    iterations: int = 20,
+    threads: int | None = None,
+    json_path: PathLike | None = None,
+    progress: Progress = SILENT,
+) -> BenchmarkResult:
+    """Latency of each backend in its own process on one real image; failures are rows with an error."""
+    from .data.bundled import sample_image
+    from .data.datasets import read_image
+    from .evaluate.benchmark import benchmark as run_benchmark
+    from .runners.onnxruntime import OnnxRuntimeRunner
+    from .runners.pytorch import PyTorchRunner
+
+    paths = [p for p in (checkpoint, *onnx, *engines) if p is not None]
+    if json_path is not None:
+        check_output(json_path, [*paths, image])
+    if not paths:
+        raise BadInputError("benchmark needs --ckpt, --onnx and/or --engine")
+    for path in paths:
+        if not Path(path).is_file():
+            raise BadInputError(f"{path}: no such file")
+    runners: list[Any] = [PyTorchRunner(checkpoint, threads=threads)] if checkpoint is not None else []
+    runners += [OnnxRuntimeRunner(p, name=f"onnxruntime:{Path(p).name}", threads=threads) for p in onnx]
+    if engines:
+        from .engine.build import running_system
+        from .runners.tensorrt import TensorRTRunner
+
+        running_system()  # no TensorRT or no GPU: exit 3 now, before any process is started
+        runners += [TensorRTRunner(p, name=f"tensorrt:{Path(p).name}") for p in engines]
+    picture = read_image(Path(image)) if image else sample_image()
+    what = f"benchmarking {len(runners)} backend(s): {warmup} warm-up + {iterations} timed runs each"
+    with progress.task(what):
+        result = BenchmarkResult(run_benchmark(runners, picture, warmup, iterations))
+    if json_path is not None:
+        result.json_path = write_json(json_path, result.results)
+    return result
+
+
+# --- demo ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DemoResult:
+    workdir: Path
+    export: ExportResult
+    simplified: SimplifyResult
+    fp16: QuantizeResult
+    int8: QuantizeResult
+    benchmark: BenchmarkResult
+    verify: VerifyResult
+
+
+@contextlib.contextmanager
+def _step(progress: Progress, header: str) -> Iterator[None]:
+    progress.show(header)
+    yield
+
+
+def demo(
+    workdir: PathLike = "danet-deploy-demo", variant: str = "danet", calib_images: int = 100,
+    progress: Progress = SILENT,
+) -> DemoResult:  # fmt: skip
+    """The whole pipeline on a bundled model and data: export, simplify, FP16, INT8, benchmark, verify, report."""
+    from .data.bundled import DEMO_CHECKPOINTS, DEMO_DATA
+    from .data.synthetic import write_calibration_images
+    from .report.text import export_summary, fp16_lines, int8_lines, simplify_lines
+
+    if variant not in DEMO_CHECKPOINTS:
+        raise DeployError(f"--variant {variant!r}: choose from {', '.join(DEMO_CHECKPOINTS)}", EXIT_BAD_INPUT)
+    checkpoint, work = DEMO_CHECKPOINTS[variant], Path(workdir)
+    onnx_path, simplified = work / "demo.onnx", work / "demo.ort.onnx"
+    fp16_path, int8_path, calib = work / "demo.fp16.onnx", work / "demo.int8.onnx", work / "calibration"
+    with _step(progress, f"[bold]1/6 export[/] {checkpoint.name} -> {onnx_path}"):
+        exported = export(checkpoint, onnx_path, progress=progress)
+        for line in export_summary(exported.record):
+            progress.show(line)
+    with _step(progress, f"[bold]2/6 simplify[/] for ONNX Runtime -> {simplified}"):
+        simple = simplify_model_file(onnx_path, simplified, SimplifyOptions(target="ort"), progress)
+        for line in [*simplify_lines(simple.report), f"wrote {simple.path} ({simple.size_bytes / 2**20:.1f} MiB)"]:
+            progress.show(line)
+    with progress.task(
+        f"writing {calib_images} synthetic calibration scenes (the calibration/ split of the generator)"
+    ):
+        write_calibration_images(calib, calib_images)
+    with _step(progress, f"[bold]3/6 FP16[/] -> {fp16_path}"):
+        fp16 = quantize(onnx_path, fp16_path, Precision.FP16, QuantizeOptions(calib=calib, count=min(calib_images, 32)),
+                        progress)  # fmt: skip
+        for line in fp16_lines(fp16.record):
+            progress.show(line)
+    with _step(progress, f"[bold]4/6 INT8[/] -> {int8_path}"):
+        options = QuantizeOptions(calib=calib, count=calib_images, cache_dir=work / "cache")
+        int8 = quantize(onnx_path, int8_path, Precision.INT8, options, progress)
+        for line in int8_lines(int8.record):
+            progress.show(line)
+    models = [onnx_path, simplified, fp16_path, int8_path]
+    with _step(progress, "[bold]5/6 benchmark[/] PyTorch and every ONNX model on ONNX Runtime CPU"):
+        bench = benchmark(checkpoint, models, warmup=2, iterations=5, json_path=work / "benchmark.json",
+                          progress=progress)  # fmt: skip
+    with _step(progress, f"[bold]6/6 verify[/] every backend against PyTorch on {DEMO_DATA}"):
+        verified = verify(DEMO_DATA, checkpoint, models, json_path=work / "report.json", report_dir=work,
+                          benchmark_json=work / "benchmark.json", progress=progress)  # fmt: skip
+    return DemoResult(work, exported, simple, fp16, int8, bench, verified)
+
+
+def check_verify_passed(result: VerifyResult) -> None:
+    """Raise CheckFailedError (exit 1) naming each failed backend."""
+    if not result.report.passed:
+        failed = [f"{b.name}: {', '.join(b.failures)}" for b in result.report.backends if not b.passed]
+        raise CheckFailedError("parity check failed: " + "; ".join(failed))
+
+
+# --- inspect -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class InspectResult:
+    path: Path
+    metadata: dict[str, Any]
+    lint: Any  # graph.lint.LintReport
+    json_path: Path | None = None
+
+
+def inspect(
+    model: PathLike, target: str = "trt10.3", input_size: tuple[int, int] | None = None,
+    json_path: PathLike | None = None, progress: Progress = SILENT,
+) -> InspectResult:  # fmt: skip
+    """Model config and provenance, op histogram, attention sites, TensorRT readiness lint, memory estimate."""
+    import dataclasses
+
+    from .graph.lint import lint
+
+    if json_path is not None:
+        check_output(json_path, [model])
+    onnx_model = OnnxModel.load(model)
+    try:
+        with progress.task("linting"):
+            report = lint(onnx_model.proto, target, input_size)
+    except ValueError as exc:
+        raise BadInputError(f"{model}: {exc}") from None
+    result = InspectResult(onnx_model.path, onnx_model.metadata, report)
+    if json_path is not None:
+        data = {"model": str(model), "metadata": onnx_model.metadata, **dataclasses.asdict(report)}
+        result.json_path = write_json(json_path, data)
+    return result

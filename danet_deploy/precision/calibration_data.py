@@ -1,0 +1,256 @@
+"""Calibration images for INT8 (and the FP16 range check): selection and preprocessing.
+
+Selection is deterministic: the candidate files are sorted, then visited in a seeded random order until
+enough readable images are found; the chosen files are kept in sorted order. Input name, layout and dtype
+come from the model's input spec, preprocessing from the model config in its metadata, the size from
+`OnnxModel.input_size` (static ONNX dims win over the config's size).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from ..config import ModelConfig
+from ..data.datasets import IMAGE_SUFFIXES, open_dataset, read_image
+from ..data.preprocess import resize_image
+from ..errors import BadInputError
+from ..export.artifact import InputSpec, OnnxModel
+from ..files import sha256_file
+
+log = logging.getLogger(__name__)
+
+DEFAULT_COUNT = 500  # NVIDIA's guidance for TensorRT INT8 calibration
+FEW_IMAGES = 300  # below this, warn (INT8 only)
+
+
+class CalibrationWarning(UserWarning):
+    """Something about the calibration data a user should know (skipped files, too few images)."""
+
+
+@dataclass
+class CalibrationInfo:
+    """What went into a calibration: for records and provenance."""
+
+    source: str
+    images: int
+    candidates: int  # image files found in the source (before sampling)
+    seed: int
+    input_size: list[int]
+    skipped_non_image: int
+    skipped_unreadable: int
+    warnings: list[str] = field(default_factory=list)
+
+
+def _warn(message: str, collected: list[str]) -> None:
+    collected.append(message)
+    warnings.warn(message, CalibrationWarning, stacklevel=3)  # points at the stage that called calibration_set
+
+
+def _readable(path: Path) -> bool:
+    """A cheap header check; a file that passes but fails to decode later raises a one-line error then."""
+    try:
+        with Image.open(path) as img:
+            img.verify()
+        return True
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return False
+
+
+def _candidates(root: Path, split: str) -> tuple[list[Path], int]:
+    """Sorted image files under `root` and how many other files were skipped (plain folders only)."""
+    if not root.exists():
+        raise BadInputError(f"{root}: no such calibration folder")
+    if not root.is_dir():
+        raise BadInputError(f"{root}: not a folder (expected a folder of images or a Cityscapes root)")
+    if (root / "leftImg8bit").is_dir() or (root / "images").is_dir():
+        dataset = open_dataset(root, split)
+        return sorted(path for path, _ in dataset.items), 0
+    files = [p for p in root.rglob("*") if p.is_file()]
+    images = sorted(p for p in files if p.suffix.lower() in IMAGE_SUFFIXES)
+    return images, len(files) - len(images)
+
+
+def _sample(candidates: list[Path], count: int, seed: int) -> tuple[list[Path], int]:
+    """Visit the sorted candidates in a seeded random order; return `count` readable ones and the unreadable tally."""
+    chosen: list[Path] = []
+    unreadable = 0
+    for index in np.random.default_rng(seed).permutation(len(candidates)):
+        if len(chosen) == count:
+            break
+        path = candidates[int(index)]
+        if _readable(path):
+            chosen.append(path)
+        else:
+            unreadable += 1
+    return sorted(chosen), unreadable
+
+
+@dataclass
+class CalibrationSet:
+    """Chosen calibration images plus how to turn them into model input."""
+
+    root: Path
+    files: list[Path]
+    input: InputSpec  # the model's input: name, layout, dtype
+    size: tuple[int, int]  # (H, W) the images are resized to
+    batch: int  # the model's static batch size (1 when dynamic)
+    config: ModelConfig
+    seed: int
+    candidates: int  # image files found (before sampling)
+    skipped_non_image: int = 0
+    skipped_unreadable: int = 0
+    warnings: list[str] = field(default_factory=list)
+    _hashes: list[str] | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def input_name(self) -> str:
+        return self.input.input_name
+
+    @property
+    def names(self) -> list[str]:
+        return [p.relative_to(self.root).as_posix() for p in self.files]
+
+    @property
+    def hashes(self) -> list[str]:
+        """sha256 of each file's bytes (computed once: the cache key needs them)."""
+        if self._hashes is None:
+            self._hashes = [sha256_file(p) for p in self.files]
+        return self._hashes
+
+    def preprocess(self, image: np.ndarray) -> np.ndarray:
+        """H x W x 3 uint8 RGB -> one model input sample (batch dim 1)."""
+        return self.input.prepare(resize_image(image, self.size), self.config)
+
+    def samples(self) -> Iterator[np.ndarray]:
+        """One preprocessed sample per image, decoded on demand."""
+        for path in self.files:
+            yield self.preprocess(read_image(path))
+
+    def batches(self) -> Iterator[np.ndarray]:
+        """Batches of the model's static batch size; an incomplete last batch is dropped."""
+        pending: list[np.ndarray] = []
+        for sample in self.samples():
+            pending.append(sample)
+            if len(pending) == self.batch:
+                yield np.concatenate(pending)
+                pending = []
+
+    def array(self) -> np.ndarray:
+        """All samples in one array (N x 3 x H x W float, or N x H x W x 3 uint8)."""
+        return np.concatenate(list(self.samples()))
+
+    def info(self) -> CalibrationInfo:
+        return CalibrationInfo(
+            source=str(self.root),
+            images=len(self),
+            candidates=self.candidates,
+            seed=self.seed,
+            input_size=list(self.size),
+            skipped_non_image=self.skipped_non_image,
+            skipped_unreadable=self.skipped_unreadable,
+            warnings=list(self.warnings),
+        )
+
+
+def calibration_set(
+    data_path: str | os.PathLike[str],
+    model: OnnxModel | str | os.PathLike[str],
+    count: int | None = None,
+    seed: int = 0,
+    split: str = "train",
+    min_recommended: int | None = FEW_IMAGES,
+    default_count: int = DEFAULT_COUNT,
+) -> CalibrationSet:
+    """Choose calibration images for `model` (an OnnxModel or an ONNX path).
+
+    `data_path`: a folder of images (searched recursively), an images/ [+ masks/] pair, or a Cityscapes root
+    (`split`, default train: never calibrate on the images you evaluate on). `count` None takes up to
+    `default_count` images (500, NVIDIA's guidance) or all there are if fewer; an explicit count must be met.
+    `min_recommended`: warn below this many images (None: no warning, e.g. for the FP16 range check).
+    """
+    if count is not None and count < 1:
+        raise BadInputError(f"calibration count must be at least 1, got {count}")
+    if not isinstance(model, OnnxModel):
+        model = OnnxModel.load(model, external_data=False)
+    config = model.config
+    spec, size, batch = model.input_spec, model.input_size, model.input_spec.batch or 1
+    root = Path(data_path)
+    candidates, non_image = _candidates(root, split)
+    notes: list[str] = []
+    if non_image:
+        _warn(f"{root}: skipped {non_image} non-image file(s) (suffixes {', '.join(IMAGE_SUFFIXES)})", notes)
+    chosen, unreadable = _sample(candidates, count or default_count, seed)
+    if unreadable:
+        _warn(f"{root}: skipped {unreadable} unreadable image file(s)", notes)
+    if not chosen:
+        raise BadInputError(f"{root}: no readable calibration images ({non_image} non-image, {unreadable} unreadable)")
+    if count is not None and len(chosen) < count:
+        raise BadInputError(
+            f"{root}: {len(chosen)} usable calibration images, {count} requested "
+            f"({unreadable} unreadable, {non_image} non-image files skipped)"
+        )
+    if batch > 1 and len(chosen) % batch:
+        dropped = len(chosen) % batch
+        _warn(f"{root}: the model's batch size is {batch}; the last {dropped} image(s) are not used", notes)
+        chosen = chosen[: len(chosen) - dropped]
+    if min_recommended is not None and len(chosen) < min_recommended:
+        _warn(
+            f"{root}: {len(chosen)} calibration images; NVIDIA's guidance for INT8 calibration is about "
+            f"{DEFAULT_COUNT} images representative of deployment",
+            notes,
+        )
+    log.info("calibration: %d images from %s (seed %d)", len(chosen), root, seed)
+    return CalibrationSet(
+        root=root,
+        files=chosen,
+        input=spec,
+        size=size,
+        batch=batch,
+        config=config,
+        seed=seed,
+        candidates=len(candidates),
+        skipped_non_image=non_image,
+        skipped_unreadable=unreadable,
+        warnings=notes,
+    )
+
+
+class CalibrationReader:
+    """ONNX Runtime / ModelOpt calibration data reader that decodes images batch by batch.
+
+    Only one batch is in memory at a time (500 images at 512x1024 would be 3 GiB as one array).
+    Implements the reader protocol ModelOpt uses: `get_next`, `get_first`, `rewind`.
+    """
+
+    def __init__(self, calib: CalibrationSet):
+        self.calib = calib
+        self._first: dict[str, np.ndarray] | None = None
+        self.rewind()
+
+    def rewind(self) -> None:
+        self._batches = self.calib.batches()
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._batches, None)
+        return None if batch is None else {self.calib.input_name: batch}
+
+    def get_first(self) -> dict[str, np.ndarray]:
+        if self._first is None:
+            self._first = {self.calib.input_name: next(self.calib.batches())}
+        return self._first
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        self.rewind()
+        while (item := self.get_next()) is not None:
+            yield item
