@@ -44,6 +44,10 @@ class ExportOptions:
     atol: float = 1e-4
     rtol: float = 1e-4
 
+    def size(self, config: ModelConfig) -> tuple[int, int]:
+        """The (H, W) to export at: the option, else the model config's size."""
+        return self.input_size or config.input_size
+
     @property
     def exporter(self) -> str:
         return "dynamo" if self.opset >= MIN_DYNAMO_OPSET else "legacy"
@@ -103,7 +107,7 @@ class DeployWrapper(nn.Module):
 
 
 def io_spec(config: ModelConfig, options: ExportOptions) -> tuple[dict[str, Any], dict[str, Any]]:
-    h, w = options.input_size or config.input_size
+    h, w = options.size(config)
     n: int | str = "batch" if options.dynamic else options.batch
     hh: int | str = "height" if options.dynamic else h
     ww: int | str = "width" if options.dynamic else w
@@ -120,7 +124,7 @@ def io_spec(config: ModelConfig, options: ExportOptions) -> tuple[dict[str, Any]
 def _example_input(config: ModelConfig, options: ExportOptions, image: np.ndarray | None) -> torch.Tensor:
     from ..data.preprocess import normalize, resize_image
 
-    h, w = options.input_size or config.input_size
+    h, w = options.size(config)
     if image is None:
         rng = np.random.default_rng(0)
         image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
