@@ -329,8 +329,8 @@ def _runners(
         from .engine.build import running_system
         from .runners.tensorrt import TensorRTRunner
 
+        runners += [TensorRTRunner(path) for path in engines]  # a missing engine or sidecar: exit 2 first
         running_system()  # no TensorRT or no GPU: exit 3 now, before any data is read
-        runners += [TensorRTRunner(path) for path in engines]
     config = runners[0].config if runners else None
     if checkpoint is not None:
         # The ONNX metadata says how the model was built (dilations, align_corners, classes); reuse it.
@@ -467,8 +467,8 @@ def benchmark(
         from .engine.build import running_system
         from .runners.tensorrt import TensorRTRunner
 
-        running_system()  # no TensorRT or no GPU: exit 3 now, before any process is started
         runners += [TensorRTRunner(p, name=f"tensorrt:{Path(p).name}") for p in engines]
+        running_system()  # no TensorRT or no GPU: exit 3 now, before any process is started
     picture = read_image(Path(image)) if image else sample_image()
     what = f"benchmarking {len(runners)} backend(s): {warmup} warm-up + {iterations} timed runs each"
     with progress.task(what):
