@@ -49,8 +49,11 @@ def check_output(path: PathLike, inputs: Iterable[PathLike | None] = ()) -> Path
         folder = folder.parent
     if not folder.is_dir():
         raise BadInputError(f"{target}: cannot be created ({folder} is not a folder)")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise BadInputError(f"{target}: cannot write to folder {folder}")
+    try:  # a real probe: access() says yes to root in read-only or virtual folders (/proc)
+        with tempfile.NamedTemporaryFile(prefix=".danet-deploy-probe-", dir=folder):
+            pass
+    except OSError as exc:
+        raise BadInputError(f"{target}: cannot write to folder {folder} ({exc.strerror})") from None
     return target
 
 

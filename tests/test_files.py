@@ -36,6 +36,9 @@ def test_unwritable_destinations_are_refused_before_work(tmp_path: Path) -> None
         check_output(a_file / "x.onnx")
     with pytest.raises(BadInputError, match="is a folder"):
         check_output(tmp_path)
+    if Path("/proc/self").is_dir():  # root may "access" /proc, but no file can be created there
+        with pytest.raises(BadInputError, match="cannot write to folder /proc"):
+            check_output("/proc/x.onnx")
 
 
 def test_atomic_writes_honour_the_umask_and_leave_nothing_on_failure(tmp_path: Path) -> None:

@@ -108,9 +108,9 @@ class SimplifyReport:
 def _input_feed(model: onnx.ModelProto, config: ModelConfig | None, images: list[np.ndarray]) -> list[np.ndarray]:
     """Check inputs: real images at the model's static size (or the config's input size), preprocessed.
 
-    A foreign model (no danet-deploy config) is checked at 64x128 with ImageNet normalization."""
+    A foreign model (no danet-deploy config) is checked at 64x128 with RGB scaled to [0, 1]."""
     spec = InputSpec.from_onnx(model)
-    config = config or ModelConfig(input_size=(64, 128))
+    config = config or ModelConfig(input_size=(64, 128), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
     size = spec.size_or(config.input_size)
     batch = spec.batch or 1
     return [np.repeat(spec.prepare(resize_image(image, size), config), batch, axis=0) for image in images]
