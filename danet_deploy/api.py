@@ -177,8 +177,8 @@ def quantize(
     """FP32 ONNX -> FP16 (overflow-protected) or INT8 Q/DQ ONNX, measured against FP32. The one precision step,
     used by `quantize` and by `build-engine` when its plan needs an FP16 or Q/DQ network first."""
     precision = Precision(precision)
-    source = model if isinstance(model, OnnxModel) else OnnxModel.load(model)
-    out = check_output(output, [source.path, options.calib, options.data])
+    source_path = model.path if isinstance(model, OnnxModel) else Path(model)
+    out = check_output(output, [source_path, options.calib, options.data])
     if precision is Precision.FP32:
         raise BadInputError("quantize makes fp16 or int8 models; the export is the fp32 one")
     if options.plain and precision is not Precision.FP16:
@@ -187,6 +187,7 @@ def quantize(
         raise BadInputError("INT8 needs --calib DIR (calibration images); use --fp16 for an FP16 model")
     if options.max_miou_drop is not None and (precision is not Precision.INT8 or options.data is None):
         raise BadInputError("--max-miou-drop is for INT8 and needs --data (labeled images)")
+    source = model if isinstance(model, OnnxModel) else OnnxModel.load(model)  # read once, after the checks
     exclude = list(options.exclude) or None
     if precision is Precision.FP16:
         from .precision import convert_fp16
@@ -253,12 +254,12 @@ def plan_engine(
 
     notes = []
     version = tensorrt_version
-    if version is None and not dry_run:
-        version = running_system().tensorrt_version  # fails here, before anything is written, without TensorRT
-    elif version is None:
+    if version is None:
         try:
             version = running_system().tensorrt_version
         except DeployError:
+            if not dry_run:
+                raise  # a real build fails here, before anything is written, without TensorRT
             version = DEFAULT_PLAN_VERSION
             notes.append(f"TensorRT not available here; planning for TensorRT {version} (--tensorrt-version)")
     return EngineResult(plan_build(model, options, version), notes)
@@ -315,6 +316,19 @@ class VerifyResult:
     html_path: Path | None = None
 
 
+def _engine_runners(engines: Sequence[PathLike]) -> list[Any]:
+    """TensorRT runners: a missing engine or sidecar is exit 2 first, then no TensorRT / GPU is exit 3, both before
+    any data is read or any process started."""
+    if not engines:
+        return []
+    from .engine.build import running_system
+    from .runners.tensorrt import TensorRTRunner
+
+    runners = [TensorRTRunner(path) for path in engines]
+    running_system()
+    return runners
+
+
 def _runners(
     checkpoint: PathLike | None, onnx: Sequence[PathLike], engines: Sequence[PathLike], options: VerifyOptions,
     progress: Progress, warnings: list[str],
@@ -325,12 +339,7 @@ def _runners(
 
     runners: list[Any] = [OnnxRuntimeRunner(p, name=f"onnxruntime:{Path(p).name}", threads=options.threads)
                           for p in onnx]  # fmt: skip
-    if engines:
-        from .engine.build import running_system
-        from .runners.tensorrt import TensorRTRunner
-
-        runners += [TensorRTRunner(path) for path in engines]  # a missing engine or sidecar: exit 2 first
-        running_system()  # no TensorRT or no GPU: exit 3 now, before any data is read
+    runners += _engine_runners(engines)
     config = runners[0].config if runners else None
     if checkpoint is not None:
         # The ONNX metadata says how the model was built (dilations, align_corners, classes); reuse it.
@@ -340,11 +349,10 @@ def _runners(
                          "class_names": config.class_names, "mean": config.mean, "std": config.std}  # fmt: skip
         loaded = load_checkpoint(checkpoint, options.layout, progress, **overrides)
         config = loaded.config
-        for path in onnx:
-            exported_from = OnnxModel.load(path, external_data=False).metadata.get("provenance", {})
-            sha = exported_from.get("checkpoint_sha256")
+        for runner in runners:
+            sha = getattr(runner, "metadata", {}).get("provenance", {}).get("checkpoint_sha256")
             if sha and sha != loaded.sha256:
-                warnings.append(f"{path} was exported from another checkpoint (sha256 {sha[:12]}...)")
+                warnings.append(f"{runner.path} was exported from another checkpoint (sha256 {sha[:12]}...)")
         runners.insert(0, PyTorchRunner.from_model(loaded.model, config))
         if options.pytorch_fp16:
             runners.insert(1, PyTorchRunner.from_model(loaded.model, config, name="pytorch-fp16", half=True))
@@ -463,12 +471,7 @@ def benchmark(
             raise BadInputError(f"{path}: no such file")
     runners: list[Any] = [PyTorchRunner(checkpoint, threads=threads)] if checkpoint is not None else []
     runners += [OnnxRuntimeRunner(p, name=f"onnxruntime:{Path(p).name}", threads=threads) for p in onnx]
-    if engines:
-        from .engine.build import running_system
-        from .runners.tensorrt import TensorRTRunner
-
-        runners += [TensorRTRunner(p, name=f"tensorrt:{Path(p).name}") for p in engines]
-        running_system()  # no TensorRT or no GPU: exit 3 now, before any process is started
+    runners += _engine_runners(engines)
     picture = read_image(Path(image)) if image else sample_image()
     what = f"benchmarking {len(runners)} backend(s): {warmup} warm-up + {iterations} timed runs each"
     with progress.task(what):

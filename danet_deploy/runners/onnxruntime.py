@@ -20,6 +20,7 @@ class OnnxRuntimeRunner(Runner):
         # Read the graph's metadata once and keep only the small parts (not the proto).
         model = OnnxModel.load(path, external_data=False)
         self.path: Path = model.path
+        self.metadata = model.metadata  # the danet-deploy metadata (config, provenance, io): small JSON
         self._threads = threads
         self._session: Any = None
         super().__init__(name or f"onnxruntime:{self.path.name}", model.precision, model.input_spec, model.config)
