@@ -19,7 +19,7 @@ import contextlib
 import json
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +157,8 @@ class QuantizeOptions:
     exclude: tuple[str, ...] = ()
     recalibrate: bool = False
     cache_dir: PathLike | None = None
+    target: str = "tensorrt"  # INT8: "tensorrt" / "trt" or "onnxruntime" / "ort"
+    cpu: str | None = None  # INT8 for ONNX Runtime: CPU profile (None / "auto": this machine's)
 
 
 @dataclass
@@ -187,6 +189,16 @@ def quantize(
         raise BadInputError("INT8 needs --calib DIR (calibration images); use --fp16 for an FP16 model")
     if options.max_miou_drop is not None and (precision is not Precision.INT8 or options.data is None):
         raise BadInputError("--max-miou-drop is for INT8 and needs --data (labeled images)")
+    from .precision.int8 import Int8Target
+    from .precision.int8_ort import cpu_profile
+
+    target = Int8Target.parse(options.target)
+    if precision is not Precision.INT8 and (target is not Int8Target.TENSORRT or options.cpu is not None):
+        raise BadInputError("--target and --cpu choose how INT8 is quantized; FP16 has no target")
+    if options.cpu is not None:
+        if target is not Int8Target.ONNXRUNTIME:
+            raise BadInputError("--cpu applies to the ONNX Runtime target (--target ort)")
+        cpu_profile(options.cpu)  # an unknown name fails before the model is read
     source = model if isinstance(model, OnnxModel) else OnnxModel.load(model)  # read once, after the checks
     exclude = list(options.exclude) or None
     if precision is Precision.FP16:
@@ -197,12 +209,18 @@ def quantize(
                                      seed=options.seed, split=options.split, nodes_to_exclude=exclude)  # fmt: skip
         return QuantizeResult(precision, out, record)
     common = dict(method=options.method, count=options.count, seed=options.seed, nodes_to_exclude=exclude,
-                  recalibrate=options.recalibrate, cache_dir=options.cache_dir, split=options.split)  # fmt: skip
+                  recalibrate=options.recalibrate, cache_dir=options.cache_dir, split=options.split, target=target,
+                  cpu=options.cpu)  # fmt: skip
     if options.max_miou_drop is None:
         from .precision import quantize_int8
 
-        with progress.task("INT8: calibrating and checking against FP32"):
-            _, record = quantize_int8(source, options.calib, out, **common)
+        if target is Int8Target.ONNXRUNTIME:
+            with progress.task("INT8 for ONNX Runtime: calibrating", total=options.count or 0) as update:
+                _, record = quantize_int8(source, options.calib, out, on_image=lambda done, total: update(total=total),
+                                          **common)  # fmt: skip
+        else:
+            with progress.task("INT8: calibrating and checking against FP32"):
+                _, record = quantize_int8(source, options.calib, out, **common)
         return QuantizeResult(precision, out, record)
     from .precision import quantize_with_budget
 
@@ -490,7 +508,8 @@ class DemoResult:
     export: ExportResult
     simplified: SimplifyResult
     fp16: QuantizeResult
-    int8: QuantizeResult
+    int8: QuantizeResult  # Q/DQ for TensorRT
+    int8_ort: QuantizeResult  # for ONNX Runtime's CPU integer kernels
     benchmark: BenchmarkResult
     verify: VerifyResult
 
@@ -505,7 +524,8 @@ def demo(
     workdir: PathLike = "danet-deploy-demo", variant: str = "danet", calib_images: int = 100,
     progress: Progress = SILENT,
 ) -> DemoResult:  # fmt: skip
-    """The whole pipeline on a bundled model and data: export, simplify, FP16, INT8, benchmark, verify, report."""
+    """The whole pipeline on a bundled model and data: export, simplify, FP16, INT8 (for TensorRT and for ONNX
+    Runtime's CPU kernels), benchmark, verify, report."""
     from .data.bundled import DEMO_CHECKPOINTS, DEMO_DATA
     from .data.synthetic import write_calibration_images
     from .report.text import export_summary, fp16_lines, int8_lines, simplify_lines
@@ -515,6 +535,7 @@ def demo(
     checkpoint, work = DEMO_CHECKPOINTS[variant], Path(workdir)
     onnx_path, simplified = work / "demo.onnx", work / "demo.ort.onnx"
     fp16_path, int8_path, calib = work / "demo.fp16.onnx", work / "demo.int8.onnx", work / "calibration"
+    int8_ort_path = work / "demo.int8.ort.onnx"
     with _step(progress, f"[bold]1/6 export[/] {checkpoint.name} -> {onnx_path}"):
         exported = export(checkpoint, onnx_path, progress=progress)
         for line in export_summary(exported.record):
@@ -532,19 +553,20 @@ def demo(
                         progress)  # fmt: skip
         for line in fp16_lines(fp16.record):
             progress.show(line)
-    with _step(progress, f"[bold]4/6 INT8[/] -> {int8_path}"):
+    with _step(progress, f"[bold]4/6 INT8[/] Q/DQ for TensorRT -> {int8_path}, for ONNX Runtime -> {int8_ort_path}"):
         options = QuantizeOptions(calib=calib, count=calib_images, cache_dir=work / "cache")
         int8 = quantize(onnx_path, int8_path, Precision.INT8, options, progress)
-        for line in int8_lines(int8.record):
+        int8_ort = quantize(onnx_path, int8_ort_path, Precision.INT8, replace(options, target="ort"), progress)
+        for line in [*int8_lines(int8.record), *int8_lines(int8_ort.record)]:
             progress.show(line)
-    models = [onnx_path, simplified, fp16_path, int8_path]
+    models = [onnx_path, simplified, fp16_path, int8_path, int8_ort_path]
     with _step(progress, "[bold]5/6 benchmark[/] PyTorch and every ONNX model on ONNX Runtime CPU"):
         bench = benchmark(checkpoint, models, warmup=2, iterations=5, json_path=work / "benchmark.json",
                           progress=progress)  # fmt: skip
     with _step(progress, f"[bold]6/6 verify[/] every backend against PyTorch on {DEMO_DATA}"):
         verified = verify(DEMO_DATA, checkpoint, models, json_path=work / "report.json", report_dir=work,
                           benchmark_json=work / "benchmark.json", progress=progress)  # fmt: skip
-    return DemoResult(work, exported, simple, fp16, int8, bench, verified)
+    return DemoResult(work, exported, simple, fp16, int8, int8_ort, bench, verified)
 
 
 def check_verify_passed(result: VerifyResult) -> None:
@@ -562,6 +584,8 @@ class InspectResult:
     path: Path
     metadata: dict[str, Any]
     lint: Any  # graph.lint.LintReport
+    precision: str = "fp32"  # with the INT8 target, e.g. "int8 (ONNX Runtime)"
+    kernels: list[Any] = field(default_factory=list)  # INT8: precision.int8_ort.KernelChoice per Conv/MatMul/Gemm
     json_path: Path | None = None
 
 
@@ -569,9 +593,11 @@ def inspect(
     model: PathLike, target: str = "trt10.3", input_size: tuple[int, int] | None = None,
     json_path: PathLike | None = None, progress: Progress = SILENT,
 ) -> InspectResult:  # fmt: skip
-    """Model config and provenance, op histogram, attention sites, TensorRT readiness lint, memory estimate."""
+    """Model config and provenance, precision, op histogram, attention sites, TensorRT readiness lint, memory
+    estimate; for INT8 models which Conv/MatMul nodes ONNX Runtime's CPU provider runs as integer kernels."""
     import dataclasses
 
+    from .export.artifact import precision_label
     from .graph.lint import lint
 
     if json_path is not None:
@@ -582,8 +608,19 @@ def inspect(
             report = lint(onnx_model.proto, target, input_size)
     except ValueError as exc:
         raise BadInputError(f"{model}: {exc}") from None
-    result = InspectResult(onnx_model.path, onnx_model.metadata, report)
+    label = precision_label(onnx_model.precision, onnx_model.quantized_for)
+    result = InspectResult(onnx_model.path, onnx_model.metadata, report, label)
+    if onnx_model.precision is Precision.INT8:
+        from .precision.int8_ort import kernel_choices
+
+        with progress.task("asking ONNX Runtime which kernels it runs"):
+            try:
+                result.kernels = kernel_choices(onnx_model.proto)
+            except BadInputError as exc:
+                raise BadInputError(f"{model}: {exc}") from None
     if json_path is not None:
-        data = {"model": str(model), "metadata": onnx_model.metadata, **dataclasses.asdict(report)}
+        data = {"model": str(model), "metadata": onnx_model.metadata, "precision": label,
+                "onnxruntime_kernels": [{**dataclasses.asdict(k), "integer": k.integer} for k in result.kernels],
+                **dataclasses.asdict(report)}  # fmt: skip
         result.json_path = write_json(json_path, data)
     return result

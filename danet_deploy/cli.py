@@ -92,18 +92,33 @@ class RichProgress(LibraryProgress):
     @contextlib.contextmanager
     def task(self, description: str, total: int | None = None) -> Iterator[Callable[..., None]]:
         columns: list[Any] = [SpinnerColumn(), TextColumn("{task.description}")]
-        if total is not None:
+        if total is not None:  # counted (0: the step sets the total once it knows it)
             columns += [BarColumn(), MofNCompleteColumn(), TextColumn("ETA"), TimeRemainingColumn()]
         with Progress(*columns, console=err, transient=True) as progress:
             task = progress.add_task(escape(description), total=total)
 
-            def update(advance: int = 1, description: str | None = None) -> None:
-                progress.update(task, advance=advance, description=escape(description) if description else None)
+            def update(advance: int = 1, description: str | None = None, total: int | None = None) -> None:
+                progress.update(task, advance=advance, description=escape(description) if description else None,
+                                total=total)  # fmt: skip
 
             yield update
 
 
 PROGRESS = RichProgress()
+
+
+@contextlib.contextmanager
+def warnings_as_lines() -> Iterator[None]:
+    """Our warnings (e.g. few calibration images) as one 'warning:' line each, when raised; others dropped."""
+
+    def show(message: Any, category: type[Warning], filename: str, *_: Any, **__: Any) -> None:
+        if issubclass(category, UserWarning) and "danet_deploy" in (filename or ""):
+            err.print(f"warning: {escape(str(message))}", highlight=False, soft_wrap=True)
+
+    with warnings.catch_warnings():  # restores the filters and showwarning afterwards
+        warnings.simplefilter("always")
+        warnings.showwarning = show
+        yield
 
 
 def _lines(lines: list[str]) -> None:
@@ -256,7 +271,7 @@ def inspect(
     """Op histogram, attention sites and their form, model config, TensorRT readiness lint, memory estimate."""
     size = parse_size(input_size) if input_size else None
     result = api.inspect(model, target, size, json_path, PROGRESS)
-    for item in inspect_tables(str(model), result.metadata, result.lint):
+    for item in inspect_tables(str(model), result.metadata, result.lint, result.precision, result.kernels):
         out.print(item)
     if strict and result.lint.errors:
         raise CheckFailedError(
@@ -284,17 +299,22 @@ def quantize(
     exclude: Annotated[list[str] | None, typer.Option(help="Node name or regex to keep FP32; repeatable.")] = None,
     recalibrate: Annotated[bool, typer.Option(help="Ignore the calibration cache.")] = False,
     cache_dir: Annotated[Path | None, typer.Option(help="Calibration cache (default ~/.cache/danet-deploy).")] = None,
+    target: Annotated[
+        str,
+        typer.Option(help="INT8 for tensorrt (Q/DQ for TensorRT engines) or ort (ONNX Runtime CPU integer kernels)."),
+    ] = "tensorrt",
+    cpu: Annotated[
+        str | None,
+        typer.Option(help="With --target ort: CPU to quantize for, auto (this one), x86-vnni, x86 or arm64."),
+    ] = None,
 ) -> None:
-    """FP16 or INT8 (Q/DQ, TensorRT-ready) ONNX from an FP32 ONNX, measured against it on calibration images."""
+    """FP16 or INT8 ONNX from an FP32 ONNX, measured against it on calibration images. INT8 is a Q/DQ model for
+    TensorRT by default, or with --target ort one that ONNX Runtime's CPU provider runs with integer kernels."""
     options = api.QuantizeOptions(calib=calib, plain=plain, method=method, count=count, seed=seed, split=split,
                                   max_miou_drop=max_miou_drop, data=data, exclude=tuple(exclude or ()),
-                                  recalibrate=recalibrate, cache_dir=cache_dir)  # fmt: skip
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+                                  recalibrate=recalibrate, cache_dir=cache_dir, target=target, cpu=cpu)  # fmt: skip
+    with warnings_as_lines():
         result = api.quantize(model, output, Precision.FP16 if fp16 else Precision.INT8, options, PROGRESS)
-    for warning in caught:
-        if issubclass(warning.category, UserWarning) and "danet_deploy" in (warning.filename or ""):
-            err.print(f"warning: {escape(str(warning.message))}", highlight=False, soft_wrap=True)
     _lines(fp16_lines(result.record) if fp16 else int8_lines(result.record, result.budget))
 
 
@@ -451,7 +471,8 @@ def demo(
     ] = "danet",
 ) -> None:
     """The whole pipeline on the bundled model and data: export, simplify, FP16, INT8, benchmark, verify, report."""
-    result = api.demo(workdir, variant, calib_images, PROGRESS)
+    with warnings_as_lines():
+        result = api.demo(workdir, variant, calib_images, PROGRESS)
     _print_benchmark(result.benchmark)
     _print_verify(result.verify)
     api.check_verify_passed(result.verify)

@@ -17,8 +17,9 @@ class Progress:
 
     @contextlib.contextmanager
     def task(self, description: str, total: int | None = None) -> Iterator[Callable[..., None]]:
-        """A step of `total` units (None: unknown); yields `update(advance=1, description=None)`."""
-        yield lambda advance=1, description=None: None
+        """A step of `total` units (None: unknown); yields `update(advance=1, description=None, total=None)` (a
+        `total` given there sets it once the step knows it)."""
+        yield lambda advance=1, description=None, total=None: None
 
 
 SILENT = Progress()

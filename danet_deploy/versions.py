@@ -16,6 +16,18 @@ def package_version(name: str) -> str | None:
         return None
 
 
+def cpu_model() -> str:
+    """This machine's CPU model name (from /proc/cpuinfo where there is one)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def onnxruntime_package() -> tuple[str | None, str | None]:
     """(distribution name, version) of the installed ONNX Runtime: `onnxruntime` or `onnxruntime-gpu`."""
     for name in ("onnxruntime", "onnxruntime-gpu"):

@@ -10,7 +10,8 @@ import torch
 
 from danet_deploy.checkpoints import save_checkpoint
 from danet_deploy.config import ModelConfig
-from danet_deploy.data.synthetic import write_cityscapes_split
+from danet_deploy.data.synthetic import generate_scene, write_cityscapes_split
+from danet_deploy.export import ExportOptions, export_onnx
 from danet_deploy.model import DANet, build_danet
 from danet_deploy.model.danet import ChannelAttention, PositionAttention
 
@@ -49,6 +50,14 @@ def tiny_model() -> DANet:
 @pytest.fixture(scope="session")
 def tiny_ckpt(tiny_model: DANet, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_checkpoint(tiny_model, tmp_path_factory.mktemp("ckpt") / "tiny.pth")
+
+
+@pytest.fixture(scope="session")
+def fp32_onnx(tiny_model: DANet, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny DANet exported to ONNX (static 1 x 3 x 64 x 128), as `danet-deploy export` writes it."""
+    path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
+    export_onnx(tiny_model, TINY, path, ExportOptions(), generate_scene(1, 64, 128).image)
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -129,14 +129,17 @@ def test_demo_runs_the_whole_pipeline(tmp_path: Path) -> None:
     assert report["passed"] and report["images"] == 24
     backends = {b["name"]: b for b in report["backends"]}
     assert list(backends) == ["pytorch", "onnxruntime:demo.onnx", "onnxruntime:demo.ort.onnx",
-                              "onnxruntime:demo.fp16.onnx", "onnxruntime:demo.int8.onnx"]  # fmt: skip
-    assert [b["precision"] for b in backends.values()] == ["fp32", "fp32", "fp32", "fp16", "int8"]
+                              "onnxruntime:demo.fp16.onnx", "onnxruntime:demo.int8.onnx",
+                              "onnxruntime:demo.int8.ort.onnx"]  # fmt: skip
+    assert [b["precision"] for b in backends.values()] == ["fp32", "fp32", "fp32", "fp16", "int8", "int8"]
+    assert [b["quantized_for"] for b in backends.values()][-2:] == ["tensorrt", "onnxruntime"]
+    assert "int8 (TensorRT)" in result.stdout and "int8 (ONNX Runtime)" in result.stdout
     assert backends["pytorch"]["miou"] > 60
     assert "PAM form 'blocked'" in result.stdout
     page = (workdir / "report.html").read_text()
     assert page.startswith("<!doctype html>") and "<svg" in page and "data:image/png;base64," in page
     assert "PASSED" in (workdir / "report.md").read_text()
-    assert len(json.loads((workdir / "benchmark.json").read_text())["backends"]) == 5
+    assert len(json.loads((workdir / "benchmark.json").read_text())["backends"]) == 6
 
 
 @pytest.mark.slow

@@ -67,13 +67,6 @@ def calib_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def fp32_onnx(tiny_model: DANet, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
-    export_onnx(tiny_model, TINY, path, ExportOptions(), generate_scene(1, 64, 128).image)
-    return path
-
-
-@pytest.fixture(scope="module")
 def cam_onnx(tiny_model: DANet, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny DANet whose CAM input is ~30x larger: its energy (a sum over N = 128 positions) passes 65504."""
     model = copy.deepcopy(tiny_model)

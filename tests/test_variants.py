@@ -329,7 +329,7 @@ def test_demo_shuffle_variant_runs_the_whole_pipeline(tmp_path: Path) -> None:
     report = json.loads((workdir / "report.json").read_text())
     assert report["passed"] and report["images"] == 24
     assert report["model"]["variant"] == "shuffle(G=8)+cam"
-    assert [b["precision"] for b in report["backends"]] == ["fp32", "fp32", "fp32", "fp16", "int8"]
+    assert [b["precision"] for b in report["backends"]] == ["fp32", "fp32", "fp32", "fp16", "int8", "int8"]
     assert report["backends"][0]["miou"] > 75  # the trained SA demo: 83.41 on these scenes
     simplified = onnx.load(str(workdir / "demo.ort.onnx"))
     assert "GroupNormalization" in _ops(simplified) and _shuffle_transposes(simplified) == []

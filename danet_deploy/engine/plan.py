@@ -121,6 +121,11 @@ def plan_build(
     builder_flags: list[str] = []
     pinned: list[str] = []
 
+    if source.quantized_for == "onnxruntime":
+        raise BadInputError(
+            f"{path} is INT8 for ONNX Runtime's CPU kernels (uint8 activations with zero points, which TensorRT "
+            "rejects); build from the FP32 ONNX, or a Q/DQ model from `quantize --target tensorrt`"
+        )
     if source_precision != "fp32" and source_precision != precision:
         raise BadInputError(f"{path} is already a {source_precision} model; build it with --{source_precision}")
     if precision == "int8" and source_precision != "int8" and not options.calib:

@@ -40,6 +40,7 @@ class LatencyStats:
     peak_rss_mib: float
     threads: int | None
     device: str
+    quantized_for: str | None = None  # INT8: "tensorrt" or "onnxruntime"
 
 
 def peak_rss_bytes() -> int:
@@ -81,6 +82,7 @@ def _run_one(runner: Runner, image: np.ndarray, warmup: int, iterations: int) ->
             iterations=iterations, median_ms=statistics.median(compute), p90_ms=percentile(compute, 90),
             p99_ms=percentile(compute, 99), mean_ms=statistics.fmean(compute), throughput_ips=1000.0 / median_e2e,
             end_to_end_median_ms=median_e2e, peak_rss_mib=peak, threads=runner.threads, device=runner.device,
+            quantized_for=runner.quantized_for,
         ))  # fmt: skip
 
 

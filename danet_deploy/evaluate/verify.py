@@ -20,7 +20,7 @@ from ..data.preprocess import resize_image
 from ..errors import BadInputError
 from ..evaluate.metrics import confusion_matrix, mean_iou, per_class_iou
 from ..evaluate.protocols import EvalProtocol, predict, resize_logits
-from ..export.artifact import Precision
+from ..export.artifact import Precision, precision_label
 from ..runners.base import Runner, activated
 
 REPORT_SCHEMA_VERSION = 1
@@ -98,6 +98,11 @@ class BackendResult:
     miou_delta: float | None = None  # points vs the reference
     per_class_iou_delta: dict[str, float | None] = field(default_factory=dict)
     worst_images: list[dict[str, Any]] = field(default_factory=list)  # lowest pixel agreement first
+    quantized_for: str | None = None  # INT8: "tensorrt" or "onnxruntime" (who the Q/DQ placement is for)
+
+    @property
+    def precision_label(self) -> str:
+        return precision_label(self.precision, self.quantized_for)
 
 
 @dataclass
@@ -253,6 +258,7 @@ def verify(
                 miou_delta=_round(miou - ref_miou) if miou is not None and ref_miou is not None else None,
                 per_class_iou_delta=deltas,
                 worst_images=[{"image": name, "pixel_agreement": value} for name, value in worst_first],
+                quantized_for=runner.quantized_for,
             )
         )
     return VerifyReport(

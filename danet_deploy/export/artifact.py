@@ -46,6 +46,16 @@ class Precision(str, Enum):
         return self.value
 
 
+# Who an INT8 model was quantized for (its precision metadata's "target"): the Q/DQ placement differs.
+INT8_TARGETS = {"tensorrt": "TensorRT", "onnxruntime": "ONNX Runtime"}
+
+
+def precision_label(precision: Precision | str, quantized_for: str | None = None) -> str:
+    """'fp16', 'int8 (TensorRT)', 'int8 (ONNX Runtime)': what tables show for a backend."""
+    name = Precision(precision).value
+    return f"{name} ({INT8_TARGETS[quantized_for]})" if quantized_for in INT8_TARGETS else name
+
+
 @dataclass(frozen=True)
 class InputSpec:
     """The image input and the outputs of a model: names, layout, dtype and (static or dynamic) shape.
@@ -196,6 +206,16 @@ class OnnxModel:
         else:
             precision, source = graph_precision(proto), "graph"
         return cls(where, proto, metadata, InputSpec.from_onnx(proto, str(where)), precision, source)
+
+    @property
+    def quantized_for(self) -> str | None:
+        """An INT8 model's target, 'tensorrt' or 'onnxruntime', from our metadata (files quantized before targets
+        existed are TensorRT's); None for other precisions and foreign files."""
+        entry = self.metadata.get("precision")
+        if self.precision is not Precision.INT8 or self.precision_source != "metadata" or not isinstance(entry, dict):
+            return None
+        target = entry.get("target", "tensorrt")
+        return target if target in INT8_TARGETS else None
 
     @property
     def has_config(self) -> bool:

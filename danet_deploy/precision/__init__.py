@@ -1,10 +1,11 @@
-"""Precision stage: FP32 ONNX -> INT8 Q/DQ ONNX (calibrated, optionally mIoU-guarded) or FP16 ONNX (overflow-protected).
+"""Precision stage: FP32 ONNX -> INT8 Q/DQ ONNX (calibrated, for TensorRT or ONNX Runtime's CPU kernels, optionally
+mIoU-guarded) or FP16 ONNX (overflow-protected).
 
 Each stage takes the FP32 model (an `OnnxModel` or its path, parsed once) and returns the output path plus a
 small record; the output ONNX keeps the source's danet-deploy metadata and adds a `danet_deploy.precision`
 entry. Modules: `calibration_data` (image selection and preprocessing), `calibration_cache` (content-keyed
 INT8 results), `probes` (intermediate tensors, agreement with FP32), `stage` (source checks, output metadata),
-`int8`, `fp16`.
+`int8` (both targets, budget search), `int8_ort` (the ONNX Runtime target), `fp16`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,15 @@ from ..export.artifact import META_PRECISION
 from .calibration_cache import CalibrationCache, cache_dir
 from .calibration_data import CalibrationInfo, CalibrationSet, CalibrationWarning, calibration_set
 from .fp16 import Fp16Record, RangeReport, TensorRange, convert_fp16, fp16_session
-from .int8 import BudgetRecord, BudgetStep, Int8Record, LayerSensitivity, quantize_int8, quantize_with_budget
+from .int8 import (
+    BudgetRecord,
+    BudgetStep,
+    Int8Record,
+    Int8Target,
+    LayerSensitivity,
+    quantize_int8,
+    quantize_with_budget,
+)
 from .probes import Agreement
 
 __all__ = [
@@ -27,6 +36,7 @@ __all__ = [
     "CalibrationWarning",
     "Fp16Record",
     "Int8Record",
+    "Int8Target",
     "LayerSensitivity",
     "RangeReport",
     "TensorRange",

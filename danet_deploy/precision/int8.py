@@ -1,6 +1,10 @@
-"""FP32 ONNX -> INT8 Q/DQ ONNX for TensorRT (explicit quantization), plus an mIoU-guarded mixed INT8/FP32 mode.
+"""FP32 ONNX -> INT8 Q/DQ ONNX for TensorRT (explicit quantization) or for ONNX Runtime's CPU provider, plus an
+mIoU-guarded mixed INT8/FP32 mode for either.
 
-Quantization is NVIDIA ModelOpt's (`modelopt.onnx.quantization.quantize`): it calibrates with ONNX Runtime on
+Both targets share the calibration sampler, the content-keyed cache, the checks against FP32 and the budget
+search; they differ in who places the Q/DQ nodes. For ONNX Runtime it is its own quantizer (`int8_ort.py`:
+integer kernels on the CPU). For TensorRT (the default) quantization is NVIDIA ModelOpt's
+(`modelopt.onnx.quantization.quantize`): it calibrates with ONNX Runtime on
 the CPU and places Q/DQ where TensorRT fuses them. Settings TensorRT needs: symmetric INT8 (zero point 0)
 for activations and weights, per-channel weight scales, FP32 model inputs/outputs. Layers left unquantized
 stay FP32 (`high_precision_dtype="fp32"`): ModelOpt's FP16 option is a plain cast with no range check, and
@@ -17,12 +21,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import struct
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +43,16 @@ from ..graph.editor import opset_of
 from ..quiet import quiet_modelopt
 from .calibration_cache import CalibrationCache, cache_key, cache_key_material, key_tool_versions
 from .calibration_data import CalibrationInfo, CalibrationReader, CalibrationSet, calibration_set
+from .int8_ort import (
+    CpuProfile,
+    KernelChoice,
+    cpu_profile,
+    float_nodes,
+    isa_summary,
+    kernel_choices,
+    onnxruntime_quantization_restored,
+    run_onnxruntime_quantizer,
+)
 from .probes import ActivationProbe, Agreement, activation_tensors, compare_models, first_batches
 from .stage import exact_names, finish_model, fp32_source
 
@@ -48,6 +64,25 @@ PERCENTILE_BINS = 2048
 QUANTIZED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 TRT86_MAX_OPSET = 17  # JetPack 6.0
+
+
+class Int8Target(str, Enum):
+    """Who runs the INT8 model: TensorRT (symmetric Q/DQ, float outputs) or ONNX Runtime's CPU integer kernels."""
+
+    TENSORRT = "tensorrt"
+    ONNXRUNTIME = "onnxruntime"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def parse(cls, name: str | Int8Target) -> Int8Target:
+        """'tensorrt' / 'trt' or 'onnxruntime' / 'ort'."""
+        aliases = {"trt": cls.TENSORRT, "ort": cls.ONNXRUNTIME}
+        try:
+            return aliases.get(str(name)) or cls(name)
+        except ValueError:
+            raise BadInputError(f"unknown INT8 target {name!r}; choose tensorrt (trt) or onnxruntime (ort)") from None
 
 
 @dataclass
@@ -76,6 +111,14 @@ class Int8Record:
     agreement: Agreement  # vs FP32 on the first calibration images (seen data: an optimistic figure)
     seconds: float
     warnings: list[str] = field(default_factory=list)
+    target: Int8Target = Int8Target.TENSORRT
+    cpu_profile: CpuProfile | None = None  # ONNX Runtime target: the instruction-set profile quantized for
+    float_nodes: dict[str, list[str]] = field(default_factory=dict)  # ONNX Runtime target: kept float by rule
+    kernels: list[KernelChoice] = field(default_factory=list)  # ONNX Runtime target: its kernel per Conv/MatMul
+
+    @property
+    def integer_kernels(self) -> list[KernelChoice]:
+        return [k for k in self.kernels if k.integer]
 
 
 # Q/DQ checks ----------------------------------------------------------------------------------------------
@@ -93,41 +136,27 @@ def _op(node: onnx.NodeProto | None) -> str:
     return node.op_type if node is not None else ""
 
 
-def check_qdq(model: onnx.ModelProto, where: str) -> QdqSummary:
-    """Every Q/DQ is INT8 with zero point 0 (TensorRT rejects others); count per-channel weight scales."""
-    inits = _initializers(model)
-    constants = {
-        n.output[0]: numpy_helper.to_array(a.t)
-        for n in model.graph.node
-        if n.op_type == "Constant"
-        for a in n.attribute
-        if a.name == "value"
-    }
+def qdq_summary(
+    model: onnx.ModelProto, inits: dict[str, np.ndarray] | None = None, constants: dict[str, np.ndarray] | None = None
+) -> QdqSummary:
+    """Count Q/DQ nodes and per-channel weight scales; list the Conv/MatMul/Gemm nodes fed by a DequantizeLinear."""
+    inits = _initializers(model) if inits is None else inits
+    constants = _constants(model) if constants is None else constants
     producers = {o: n for n in model.graph.node for o in n.output}
-    bad: list[str] = []
     per_channel = per_tensor = 0
     for node in model.graph.node:
-        if node.op_type not in QDQ_OPS:
+        if node.op_type != "DequantizeLinear":
             continue
-        zero = _constant(node.input[2], inits, constants) if len(node.input) > 2 and node.input[2] else None
-        if zero is None:
-            # An absent zero point defaults to uint8 0: TensorRT needs INT8.
-            bad.append(f"{node.name} has no INT8 zero point")
-        elif zero.dtype != np.int8 or np.any(zero != 0):
-            bad.append(f"{node.name} zero point {zero.dtype} {zero.ravel()[:3].tolist()}")
-        if node.op_type == "DequantizeLinear":
-            source = producers.get(node.input[0])
-            weight = node.input[0] in inits or (
-                source is not None and source.op_type == "QuantizeLinear" and source.input[0] in inits
-            )
-            if weight:
-                scale = _constant(node.input[1], inits, constants)
-                if scale is not None and scale.size > 1:
-                    per_channel += 1
-                else:
-                    per_tensor += 1
-    if bad:
-        raise CheckFailedError(f"{where}: Q/DQ not TensorRT-ready: {'; '.join(bad[:3])} ({len(bad)} in all)")
+        source = producers.get(node.input[0])
+        weight = node.input[0] in inits or (
+            source is not None and source.op_type == "QuantizeLinear" and source.input[0] in inits
+        )
+        if weight:
+            scale = _constant(node.input[1], inits, constants)
+            if scale is not None and scale.size > 1:
+                per_channel += 1
+            else:
+                per_tensor += 1
     layers = [
         n.name
         for n in model.graph.node
@@ -140,6 +169,34 @@ def check_qdq(model: onnx.ModelProto, where: str) -> QdqSummary:
         per_tensor_weights=per_tensor,
         quantized_layers=layers,
     )
+
+
+def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return {
+        n.output[0]: numpy_helper.to_array(a.t)
+        for n in model.graph.node
+        if n.op_type == "Constant"
+        for a in n.attribute
+        if a.name == "value"
+    }
+
+
+def check_qdq(model: onnx.ModelProto, where: str) -> QdqSummary:
+    """Every Q/DQ is INT8 with zero point 0 (TensorRT rejects others); then the summary."""
+    inits, constants = _initializers(model), _constants(model)
+    bad: list[str] = []
+    for node in model.graph.node:
+        if node.op_type not in QDQ_OPS:
+            continue
+        zero = _constant(node.input[2], inits, constants) if len(node.input) > 2 and node.input[2] else None
+        if zero is None:
+            # An absent zero point defaults to uint8 0: TensorRT needs INT8.
+            bad.append(f"{node.name} has no INT8 zero point")
+        elif zero.dtype != np.int8 or np.any(zero != 0):
+            bad.append(f"{node.name} zero point {zero.dtype} {zero.ravel()[:3].tolist()}")
+    if bad:
+        raise CheckFailedError(f"{where}: Q/DQ not TensorRT-ready: {'; '.join(bad[:3])} ({len(bad)} in all)")
+    return qdq_summary(model, inits, constants)
 
 
 # percentile ranges ----------------------------------------------------------------------------------------
@@ -193,7 +250,7 @@ def _run_modelopt(
         if method == "percentile":
             cache_path = Path(tmp) / "percentile.cache"
             write_trt_cache(percentile_amax(model, calib, percentile), cache_path)
-        with quiet_modelopt():
+        with quiet_modelopt(), onnxruntime_quantization_restored():
             quantize(
                 onnx_path=str(src),
                 quantize_mode="int8",
@@ -212,6 +269,17 @@ def _run_modelopt(
         return out.read_bytes()
 
 
+def resolve_patterns(model: onnx.ModelProto, patterns: list[str]) -> list[str]:
+    """Names of the nodes that `patterns` (node names or regular expressions, `re.match`) select."""
+    compiled = []
+    for pattern in patterns:
+        try:
+            compiled.append(re.compile(pattern))
+        except re.error as exc:
+            raise BadInputError(f"--exclude {pattern!r}: not a valid regular expression ({exc})") from None
+    return [n.name for n in model.graph.node if any(c.match(n.name) for c in compiled)]
+
+
 def quantize_int8(
     model: OnnxModel | str | os.PathLike[str],
     calib_path: str | os.PathLike[str],
@@ -225,44 +293,66 @@ def quantize_int8(
     split: str = "train",
     percentile: float = DEFAULT_PERCENTILE,
     check_images: int = 4,
+    target: Int8Target | str = Int8Target.TENSORRT,
+    cpu: str | None = None,
+    on_image: Callable[[int, int], None] | None = None,
 ) -> tuple[Path, Int8Record]:
-    """Calibrate `model` (the FP32 OnnxModel, or its path) on images from `calib_path` and write a
-    TensorRT-ready Q/DQ ONNX to `out_path`.
+    """Calibrate `model` (the FP32 OnnxModel, or its path) on images from `calib_path` and write an INT8 Q/DQ
+    ONNX to `out_path`: TensorRT-ready (`target` tensorrt, the default) or for ONNX Runtime's CPU integer
+    kernels (`target` onnxruntime, quantized for the instruction-set profile `cpu`: None / 'auto' = this CPU).
 
     `nodes_to_exclude`: node names or regular expressions (`re.match`) kept FP32. `count` None takes up to
     500 images. A cached result (same model bytes, image bytes, settings and tool versions) is reused unless
-    `recalibrate`. The output is checked (INT8 zero points 0, runs in ONNX Runtime, finite logits) before it
-    is written; nothing is left at `out_path` on failure.
+    `recalibrate`. The output is checked (TensorRT: INT8 zero points 0; runs in ONNX Runtime, finite logits)
+    before it is written; nothing is left at `out_path` on failure. `on_image(done, total)` is called after
+    each calibration image (ONNX Runtime target).
     """
     started = time.perf_counter()
+    target = Int8Target.parse(target)
     if method not in METHODS:
         raise BadInputError(f"unknown calibration method {method!r}; choose from {', '.join(METHODS)}")
     if method == "percentile" and not 50.0 < percentile <= 100.0:
         raise BadInputError(f"percentile must be in (50, 100], got {percentile}")
+    if cpu is not None and target is not Int8Target.ONNXRUNTIME:
+        raise BadInputError("--cpu applies to the ONNX Runtime target (--target ort)")
+    profile = cpu_profile(cpu) if target is Int8Target.ONNXRUNTIME else None
     source = fp32_source(model)
-    calib = calibration_set(calib_path, source, count, seed, split)
     patterns = sorted(nodes_to_exclude or [])
+    excluded = resolve_patterns(source.proto, patterns)
+    calib = calibration_set(calib_path, source, count, seed, split)
     settings: dict[str, Any] = {"mode": "int8", "method": method, "nodes_to_exclude": patterns, "high": "fp32"}
     if method == "percentile":
         settings["percentile"] = percentile
+    kept: dict[str, list[str]] = {}
+    if profile is not None:
+        kept = float_nodes(source.proto)
+        settings.update(target=target.value, cpu=asdict(profile))
     material = cache_key_material(source, calib, **settings)
     key = cache_key(material)
     cache = CalibrationCache(cache_dir)
     data = None if recalibrate else cache.get(key)
     hit = data is not None
     if data is None:
-        data = _run_modelopt(source.proto, calib, method, patterns, percentile)
+        if profile is None:
+            data = _run_modelopt(source.proto, calib, method, patterns, percentile)
+        else:
+            rule = [name for names in kept.values() for name in names]
+            data = run_onnxruntime_quantizer(source.proto, calib, method, sorted({*excluded, *rule}), percentile,
+                                             profile, on_image)  # fmt: skip
         cache.put(key, data, material)
     log.info("int8: calibration cache %s (%s)", "hit" if hit else "miss", key[:12])
 
     out = Path(out_path)
     quantized = onnx.load_from_string(data)
-    qdq = check_qdq(quantized, str(out))
+    qdq = check_qdq(quantized, str(out)) if profile is None else qdq_summary(quantized)
     notes = list(calib.warnings)
+    kernels = kernel_choices(data) if profile is not None else []
     if not qdq.quantized_layers:
         notes.append("no layer was quantized (everything excluded?); the model computes in FP32")
+    elif profile is not None and not any(k.integer for k in kernels):
+        notes.append("ONNX Runtime runs no Conv/MatMul with an integer kernel: expect FP32 speed or slower")
     opsets = (opset_of(source.proto), opset_of(quantized))
-    if opsets[0] <= TRT86_MAX_OPSET < opsets[1]:
+    if profile is None and opsets[0] <= TRT86_MAX_OPSET < opsets[1]:
         # 19 is ModelOpt's minimum for INT8; an opset <= 17 export was most likely meant for TensorRT 8.6.
         notes.append(f"ModelOpt raised the opset from {opsets[0]} to {opsets[1]}; TensorRT 8.6 parses up to 17")
     for note in notes[len(calib.warnings) :]:
@@ -273,6 +363,7 @@ def quantize_int8(
     entry = {
         "precision": "int8",
         "format": "qdq",
+        "target": target.value,
         "method": method,
         "percentile": percentile if method == "percentile" else None,
         "calibration": {**asdict(calib.info()), "cache_key": key},
@@ -285,6 +376,13 @@ def quantize_int8(
         "tool_versions": key_tool_versions(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    if profile is not None:
+        entry["onnxruntime"] = {
+            "cpu_profile": asdict(profile),
+            "quantized_on": isa_summary(),
+            "float_by_rule": kept,
+            "integer_kernels": [k.node for k in kernels if k.integer],
+        }
     finish_model(quantized, source, entry)
     save_onnx(out, quantized)
     return out, Int8Record(
@@ -301,6 +399,10 @@ def quantize_int8(
         agreement=agreement,
         seconds=round(time.perf_counter() - started, 2),
         warnings=notes,
+        target=target,
+        cpu_profile=profile,
+        float_nodes=kept,
+        kernels=kernels,
     )
 
 
@@ -415,6 +517,8 @@ def quantize_with_budget(
     recalibrate: bool = False,
     cache_dir: str | os.PathLike[str] | None = None,
     split: str = "train",
+    target: Int8Target | str = Int8Target.TENSORRT,
+    cpu: str | None = None,
 ) -> tuple[Path, BudgetRecord]:
     """INT8 whose mIoU stays within `max_miou_drop` points of FP32.
 
@@ -423,7 +527,7 @@ def quantize_with_budget(
     `eval_images` describe that data for the record. If full INT8 misses the budget, quantized layers are
     ranked by `layer_sensitivity` on a few calibration images and the worst 1, 2, 4, ... are kept FP32
     (re-quantizing each time) until the budget holds. Raises CheckFailedError (nothing written) when no
-    step meets it.
+    step meets it. `target` / `cpu`: as for `quantize_int8`.
     """
     if max_miou_drop < 0:
         raise BadInputError(f"max mIoU drop must be >= 0 points, got {max_miou_drop}")
@@ -435,7 +539,8 @@ def quantize_with_budget(
 
     fp32_miou = score(source.path)
     base = list(nodes_to_exclude or [])
-    common = dict(method=method, count=count, seed=seed, recalibrate=recalibrate, cache_dir=cache_dir, split=split)
+    common = dict(method=method, count=count, seed=seed, recalibrate=recalibrate, cache_dir=cache_dir, split=split,
+                  target=target, cpu=cpu)  # fmt: skip
     steps: list[BudgetStep] = []
     ranking: list[LayerSensitivity] = []
     with tempfile.TemporaryDirectory(prefix="danet-int8-budget-") as tmp:

@@ -150,7 +150,7 @@ def _backend_rows(report: VerifyReport) -> str:
         )
         miou = "-" if b.miou is None else f"{b.miou:.2f}"
         delta = "-" if b.miou_delta is None else f"{b.miou_delta:+.2f}"
-        rows.append(f"<tr><td>{html.escape(b.name)}</td><td>{b.precision}</td><td>{miou}</td><td>{delta}</td>"
+        rows.append(f"<tr><td>{html.escape(b.name)}</td><td>{html.escape(b.precision_label)}</td><td>{miou}</td><td>{delta}</td>"
                     f"<td>{b.pixel_agreement:.4%}</td><td>{b.max_abs_diff:.2e}</td><td>{b.p99_abs_diff:.1e}</td>"
                     f"<td>{b.cosine:.6f}</td><td>{b.nonfinite_values}</td><td>{status}</td></tr>")  # fmt: skip
     return "\n".join(rows)
@@ -230,7 +230,7 @@ def write_markdown(report: VerifyReport, path: str | os.PathLike[str], html_name
         miou = "-" if b.miou is None else f"{b.miou:.2f}"
         delta = "-" if b.miou_delta is None else f"{b.miou_delta:+.2f}"
         result = "pass" if b.passed else "FAIL: " + "; ".join(b.failures)
-        lines.append(f"| {b.name} | {b.precision} | {miou} | {delta} | {b.pixel_agreement:.4%} | "
+        lines.append(f"| {b.name} | {b.precision_label} | {miou} | {delta} | {b.pixel_agreement:.4%} | "
                      f"{b.max_abs_diff:.2e} | {b.p99_abs_diff:.1e} | {b.cosine:.6f} | {result} |")  # fmt: skip
     if html_name:
         lines += ["", f"Full report with per-class IoU and the worst images: `{html_name}`."]

@@ -10,6 +10,7 @@ from rich.table import Table
 from ..engine.plan import BuildPlan
 from ..evaluate.verify import VerifyReport
 from ..export import ExportRecord
+from ..export.artifact import precision_label
 from ..graph.lint import LintReport, format_bytes
 from ..graph.simplify import SimplifyReport
 
@@ -29,7 +30,8 @@ def verify_table(report: VerifyReport) -> Table:
     for b in report.backends:
         result = "[green]pass[/]" if b.passed else f"[red]FAIL[/] {escape('; '.join(b.failures))}"
         table.add_row(
-            escape(b.name), b.precision, _fmt(b.miou, ".2f"), _fmt(b.miou_delta, "+.2f"), f"{b.pixel_agreement:.4%}",
+            escape(b.name), b.precision_label, _fmt(b.miou, ".2f"), _fmt(b.miou_delta, "+.2f"),
+            f"{b.pixel_agreement:.4%}",
             f"{b.max_abs_diff:.2e}", f"{b.p99_abs_diff:.1e}", f"{b.cosine:.6f}", str(b.nonfinite_values), result,
         )  # fmt: skip
     return table
@@ -73,8 +75,11 @@ def simplify_lines(report: SimplifyReport) -> list[str]:
     return lines
 
 
-def inspect_tables(path: str, meta: dict[str, Any], report: LintReport) -> list[Any]:
-    """Everything `inspect` shows: config, ops, attention sites, lint findings, memory per form."""
+def inspect_tables(
+    path: str, meta: dict[str, Any], report: LintReport, precision: str | None = None, kernels: list[Any] | None = None
+) -> list[Any]:
+    """Everything `inspect` shows: config, precision, ops, attention sites, lint findings, memory per form, and for
+    INT8 models the kernel ONNX Runtime's CPU provider picks for each Conv / MatMul."""
     items: list[Any] = []
     config = meta.get("model_config")
     summary = Table(title=f"{path}", show_header=False)
@@ -103,6 +108,8 @@ def inspect_tables(path: str, meta: dict[str, Any], report: LintReport) -> list[
         gn = f", GroupNorm {graph['group_norm']}" if graph.get("group_norm") else ""
         summary.add_row("graph passes", f"target {graph['target']}, PAM {graph['attention']}{gn}: "
                         + ", ".join(p["name"] for p in graph["passes"]))  # fmt: skip
+    if precision is not None:
+        summary.add_row("precision", escape(precision))
     summary.add_row("lint input", f"{report.input_shape} for target {report.target}")
     items.append(summary)
     ops = Table(title="operators")
@@ -137,6 +144,14 @@ def inspect_tables(path: str, meta: dict[str, Any], report: LintReport) -> list[
         for m in report.memory:
             memory.add_row(m.form, format_bytes(m.bytes), m.note)
         items.append(memory)
+    if kernels:
+        integer = sum(k.integer for k in kernels)
+        table = Table(title=f"ONNX Runtime CPU kernels: {integer} of {len(kernels)} Conv/MatMul/Gemm nodes integer")
+        for column in ("node", "op", "kernel", "computes in"):
+            table.add_column(column)
+        for k in kernels:
+            table.add_row(escape(k.node), k.op_type, k.kernel, "int8" if k.integer else "float")
+        items.append(table)
     return items
 
 
@@ -172,13 +187,24 @@ def _agreement(agreement: Any) -> str:
 
 def int8_lines(record: Any, budget: Any = None) -> list[str]:
     calib = record.calibration
+    profile = record.cpu_profile
+    if profile is None:
+        what = "INT8 Q/DQ for TensorRT (symmetric, per-channel weights)"
+    else:
+        bits = ", 7-bit range" if profile.reduce_range else ""
+        what = (f"INT8 QDQ for ONNX Runtime on {profile.description} ({profile.activation_type} activations, "
+                f"{profile.weight_type} per-channel weights{bits})")  # fmt: skip
     lines = [
-        f"wrote {record.onnx_path}: INT8 Q/DQ (symmetric, per-channel weights), method {record.method}, "
+        f"wrote {record.onnx_path}: {what}, method {record.method}, "
         f"{calib.images} images from {calib.source} (seed {calib.seed}), "
         f"cache {'hit' if record.cache_hit else 'miss'}, "
         f"{record.seconds:.1f} s",
         f"vs FP32: {_agreement(record.agreement)}",
     ]
+    if profile is not None:
+        lines += kernel_lines(record.kernels)
+        kept = {reason: len(names) for reason, names in record.float_nodes.items() if names}
+        lines.append("kept float by rule: " + ", ".join(f"{n} {reason} node(s)" for reason, n in kept.items()))
     if record.nodes_to_exclude:
         lines.append(f"kept in higher precision: {', '.join(record.nodes_to_exclude)}")
     if budget is not None:
@@ -188,6 +214,17 @@ def int8_lines(record: Any, budget: Any = None) -> list[str]:
             kept = f"{len(step.excluded)} layers kept FP32" if step.excluded else "all layers INT8"
             lines.append(f"  step {i}: {kept}: mIoU {step.miou:.2f} (drop {step.drop:.2f}) "
                          f"{'meets' if step.passed else 'misses'} the budget")  # fmt: skip
+    return lines
+
+
+def kernel_lines(kernels: list[Any]) -> list[str]:
+    """How many Conv / MatMul nodes ONNX Runtime's CPU provider runs as integer kernels, and which stay float
+    (`inspect` lists them all)."""
+    if not kernels:
+        return []
+    integer = [k for k in kernels if k.integer]
+    lines = [f"ONNX Runtime CPU kernels: {len(integer)} of {len(kernels)} Conv/MatMul/Gemm nodes are integer kernels"]
+    lines += [f"  float: {k.node} ({k.op_type} -> {k.kernel})" for k in kernels if not k.integer]
     return lines
 
 
@@ -219,6 +256,7 @@ def benchmark_table(results: list[dict[str, Any]], device: str) -> Table:
         shape = "x".join(map(str, r["input_shape"]))
         times = [f"{r[k]:.1f}" for k in ("median_ms", "p90_ms", "p99_ms", "end_to_end_median_ms")]
         memory = f"{r['peak_rss_mib']:.0f} MiB"
-        table.add_row(r["name"], r["precision"], shape, *times, f"{r['throughput_ips']:.2f}", memory,
+        label = precision_label(r["precision"], r.get("quantized_for"))
+        table.add_row(r["name"], label, shape, *times, f"{r['throughput_ips']:.2f}", memory,
                       str(r["threads"] or "-"))  # fmt: skip
     return table

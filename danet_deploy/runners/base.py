@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import abc
 import os
-import platform
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -21,18 +20,13 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..config import ModelConfig
-from ..export.artifact import InputSpec, Precision
+from ..export.artifact import InputSpec, Precision, precision_label
+from ..versions import cpu_model
 
 
 def cpu_device() -> str:
     """'CPU: <model name> (N cores)' of this machine."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return f"CPU: {cpu} ({os.cpu_count()} cores)"
+    return f"CPU: {cpu_model()} ({os.cpu_count()} cores)"
 
 
 class Runner(abc.ABC):
@@ -46,10 +40,11 @@ class Runner(abc.ABC):
 
     def __init__(
         self, name: str, precision: Precision = Precision.FP32, input_spec: InputSpec | None = None,
-        config: ModelConfig | None = None,
+        config: ModelConfig | None = None, quantized_for: str | None = None,
     ):  # fmt: skip
         self._name = name
         self._precision = precision
+        self._quantized_for = quantized_for
         self._input_spec = input_spec or InputSpec()  # default: float NCHW, any size
         self._config = config
         self.is_active = False
@@ -65,6 +60,16 @@ class Runner(abc.ABC):
     def precision(self) -> Precision:
         """What the backend computes in; selects the verify thresholds."""
         return self._precision
+
+    @property
+    def quantized_for(self) -> str | None:
+        """An INT8 backend's quantization target ('tensorrt' or 'onnxruntime'), else None."""
+        return self._quantized_for
+
+    @property
+    def precision_label(self) -> str:
+        """Precision as tables show it, e.g. 'int8 (ONNX Runtime)'."""
+        return precision_label(self._precision, self._quantized_for)
 
     @property
     @abc.abstractmethod

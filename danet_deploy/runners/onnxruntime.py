@@ -23,7 +23,8 @@ class OnnxRuntimeRunner(Runner):
         self.metadata = model.metadata  # the danet-deploy metadata (config, provenance, io): small JSON
         self._threads = threads
         self._session: Any = None
-        super().__init__(name or f"onnxruntime:{self.path.name}", model.precision, model.input_spec, model.config)
+        super().__init__(name or f"onnxruntime:{self.path.name}", model.precision, model.input_spec, model.config,
+                         model.quantized_for)  # fmt: skip
 
     @property
     def device(self) -> str:
