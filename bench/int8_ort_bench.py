@@ -154,7 +154,7 @@ def demo(work: Path, iterations: int) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-r50", action="store_true", help="only the demo model")
-    parser.add_argument("--r50-calib", type=int, default=32, help="calibration images for ResNet-50")
+    parser.add_argument("--r50-calib", type=int, default=16, help="calibration images for ResNet-50")
     parser.add_argument("--iterations", type=int, default=10)
     args = parser.parse_args()
     body = [

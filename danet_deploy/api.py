@@ -26,7 +26,7 @@ from typing import Any
 from .errors import EXIT_BAD_INPUT, BadInputError, CheckFailedError, DeployError
 from .export.artifact import OnnxModel, Precision
 from .export.torch_export import ExportOptions, ExportRecord
-from .files import check_output, scratch_dir, write_json
+from .files import all_or_nothing, check_output, scratch_dir, write_json
 from .graph.pam import DEFAULT_BLOCK
 from .progress import SILENT, Progress
 
@@ -91,19 +91,24 @@ def export(
     overrides: dict[str, Any] | None = None,
     image: PathLike | None = None,
     simplify: SimplifyOptions | None = None,
+    force: bool = False,
     progress: Progress = SILENT,
 ) -> ExportResult:
-    """Checkpoint -> ONNX checked against PyTorch; with `simplify`, the graph passes run onto `output`."""
+    """Checkpoint -> ONNX checked against PyTorch; with `simplify`, the graph passes run onto `output`.
+    An export whose estimated memory exceeds what is available is refused first unless `force`."""
     from .data.bundled import sample_image
     from .data.datasets import read_image
-    from .export.torch_export import export_onnx
+    from .export.torch_export import check_export_memory, export_onnx
     from .graph.simplify import get_target
 
     out = check_output(output, [checkpoint, image])
+    options.check()
     if simplify is not None and simplify.target is not None:
         get_target(simplify.target)  # an unknown target fails before the export, not after it
     size = options.input_size
     loaded = load_checkpoint(checkpoint, layout, progress, **{**(overrides or {}), "input_size": size})
+    if not force:
+        check_export_memory(loaded.config, options)
     parity_image = read_image(Path(image)) if image else sample_image()
     with contextlib.ExitStack() as stack:
         raw = out
@@ -199,6 +204,9 @@ def quantize(
         if target is not Int8Target.ONNXRUNTIME:
             raise BadInputError("--cpu applies to the ONNX Runtime target (--target ort)")
         cpu_profile(options.cpu)  # an unknown name fails before the model is read
+    from .precision.stage import compile_patterns
+
+    compile_patterns(list(options.exclude))
     source = model if isinstance(model, OnnxModel) else OnnxModel.load(model)  # read once, after the checks
     exclude = list(options.exclude) or None
     if precision is Precision.FP16:
@@ -422,17 +430,18 @@ def verify(
         with progress.task(f"verify ({len(runners)} backends)", total=len(dataset)) as advance:
             result.report = run_verify(dataset, runners, config, thresholds, on_image=lambda i: advance(),
                                        protocol=protocol)  # fmt: skip
-        if json_path is not None:
-            result.json_path = write_json(json_path, result.report.to_dict())
-        if report_dir is not None:
-            from .report.html_report import collect_examples, write_html, write_markdown
+        with all_or_nothing():  # the JSON, HTML and Markdown appear together or not at all
+            if json_path is not None:
+                result.json_path = write_json(json_path, result.report.to_dict())
+            if report_dir is not None:
+                from .report.html_report import collect_examples, write_html, write_markdown
 
-            with progress.task("writing the HTML report (re-running the worst images)"):
-                examples = collect_examples(dataset, runners, result.report, config, protocol)
-                html = write_html(result.report, examples, config, Path(report_dir) / "report.html",
-                                  benchmark=benchmark_results)  # fmt: skip
-                write_markdown(result.report, Path(report_dir) / "report.md", html.name)
-            result.html_path = html
+                with progress.task("writing the HTML report (re-running the worst images)"):
+                    examples = collect_examples(dataset, runners, result.report, config, protocol)
+                    html = write_html(result.report, examples, config, Path(report_dir) / "report.html",
+                                      benchmark=benchmark_results)  # fmt: skip
+                    write_markdown(result.report, Path(report_dir) / "report.md", html.name)
+                result.html_path = html
     return result
 
 
@@ -603,6 +612,8 @@ def inspect(
     if json_path is not None:
         check_output(json_path, [model])
     onnx_model = OnnxModel.load(model)
+    if onnx_model.has_config:
+        onnx_model.config  # noqa: B018 -- validates it (class names, palette): a bad one is exit 2, not shown
     try:
         with progress.task("linting"):
             report = lint(onnx_model.proto, target, input_size)

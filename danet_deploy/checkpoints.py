@@ -316,15 +316,34 @@ def _classes_from_mmseg_meta(meta: dict[str, Any]) -> tuple[tuple[str, ...] | No
     return names, palette
 
 
+def _colour(value: Any) -> Any:
+    """An MMSeg palette entry as a tuple (lists and numpy arrays), its values left for ModelConfig to check."""
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    return tuple(value) if isinstance(value, (list, tuple)) else value
+
+
+def _check_class_count(overrides: dict[str, Any], num_classes: int) -> None:
+    """A --class-names list of the wrong length is the option's error, not the checkpoint's."""
+    names = overrides.get("class_names")
+    if names is not None and len(names) != num_classes:
+        raise BadInputError(f"--class-names: {len(names)} class names given for a model with {num_classes} classes")
+
+
 def config_for(
     layout: Layout, state: dict[str, torch.Tensor], meta: dict[str, Any], overrides: dict[str, Any]
 ) -> ModelConfig:
     """The model config: stored (ours) or inferred from tensors plus each project's released defaults."""
     if layout is Layout.OURS and "config" in meta:
         try:
-            return ModelConfig.from_dict(dict(meta["config"])).with_overrides(**overrides)
+            stored = ModelConfig.from_dict(dict(meta["config"]))
         except (TypeError, ValueError) as exc:
             raise BadInputError(f"stored model config is invalid: {exc}") from None
+        _check_class_count(overrides, stored.num_classes)
+        try:
+            return stored.with_overrides(**overrides)
+        except (TypeError, ValueError) as exc:
+            raise BadInputError(f"invalid option for this model: {exc}") from None
     arch = infer_architecture(state)
     if layout is Layout.OFFICIAL:
         # Released Cityscapes model: 7x7 stem with multi-grid; 2020-code models (deep stem): 2, 4, 4.
@@ -338,12 +357,12 @@ def config_for(
         names = default_class_names(n)
     defaults["class_names"] = names
     if isinstance(palette, (list, tuple)) and len(palette) >= n:
-        defaults["palette"] = tuple(tuple(int(c) for c in colour) for colour in palette[:n])
+        # Not coerced with int(): ModelConfig refuses strings, floats and bools in a colour (untrusted file).
+        defaults["palette"] = tuple(_colour(c) for c in palette[:n])
     else:
         defaults["palette"] = default_palette(n)
     merged = {**arch, **defaults, **{k: v for k, v in overrides.items() if v is not None}}
-    if "class_names" in overrides and overrides["class_names"] is not None and len(overrides["class_names"]) != n:
-        raise BadInputError(f"{len(overrides['class_names'])} class names given for a checkpoint with {n} classes")
+    _check_class_count(overrides, n)
     try:
         return ModelConfig(**merged)
     except (TypeError, ValueError) as exc:
@@ -416,7 +435,8 @@ def load_checkpoint(
     try:
         config = config_for(detected, mapped, meta, overrides)
     except BadInputError as exc:
-        raise BadInputError(f"{p}: {exc}") from None
+        # An option's own problem names the option; anything else is the file's.
+        raise BadInputError(str(exc) if str(exc).startswith("--") else f"{p}: {exc}") from None
     model = build_danet(config)
     deep_stem = len(config.stem_channels) == 3
     notes += load_state_strict(model, mapped, str(p), lambda k: origin.get(k) or source_key(k, detected, deep_stem))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
+import signal
 import sys
 import traceback
 import warnings
@@ -52,6 +54,27 @@ err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+_sigint_seen = False  # set by the SIGINT handler: a library may turn the KeyboardInterrupt into its own error
+
+
+def _on_sigint(signum: int, frame: Any) -> None:
+    global _sigint_seen
+    _sigint_seen = True
+    signal.default_int_handler(signum, frame)  # raises KeyboardInterrupt
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Ctrl-C, also when a library wrapped it (torch.onnx raises TorchExportError from it)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return _sigint_seen
+
+
 def guarded(fn: F) -> F:
     """One line and a documented exit code for every expected failure; no tracebacks for bad input."""
 
@@ -60,14 +83,17 @@ def guarded(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except DeployError as exc:
+            if _sigint_seen:
+                raise _exit_interrupted() from None
             err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
-            err.print("[red]interrupted[/]")
-            raise typer.Exit(130) from None
+            raise _exit_interrupted() from None
         except (typer.Exit, typer.Abort):
             raise
         except Exception as exc:
+            if _interrupted(exc):
+                raise _exit_interrupted() from None
             if os.environ.get("DANET_DEPLOY_DEBUG"):
                 traceback.print_exc()
             first = str(exc).splitlines()[0] if str(exc) else ""
@@ -78,6 +104,11 @@ def guarded(fn: F) -> F:
             raise typer.Exit(EXIT_INTERNAL) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _exit_interrupted() -> typer.Exit:
+    err.print("[red]interrupted[/] (Ctrl-C); no partial output is left")
+    return typer.Exit(EXIT_INTERRUPTED)
 
 
 class RichProgress(LibraryProgress):
@@ -137,8 +168,10 @@ def _floats3(text: str | None, option: str) -> tuple[float, float, float] | None
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
         values = ()
-    if len(values) != 3:
+    if len(values) != 3 or not all(math.isfinite(v) for v in values):
         raise DeployError(f"{option}: expected three comma-separated numbers, got {text!r}", EXIT_BAD_INPUT)
+    if option == "--std" and min(values) <= 0:
+        raise DeployError(f"--std {text}: every standard deviation must be > 0", EXIT_BAD_INPUT)
     return values  # type: ignore[return-value]
 
 
@@ -214,6 +247,9 @@ def export(
     block: BlockOpt = DEFAULT_BLOCK,
     group_norm: GroupNormOpt = None,
     fold_shuffle: FoldShuffleOpt = True,
+    force: Annotated[
+        bool, typer.Option("--force", help="Export even when the estimated memory exceeds what is available.")
+    ] = False,
 ) -> None:
     """Export a checkpoint to ONNX, then check it with onnx.checker and ONNX Runtime vs PyTorch."""
     if (target or attention or group_norm) and not simplify:
@@ -227,7 +263,7 @@ def export(
     passes = api.SimplifyOptions(target=target, attention=attention, block=block, atol=atol, rtol=rtol,
                                  group_norm=group_norm, fold_shuffle=fold_shuffle)  # fmt: skip
     result = api.export(ckpt, output, options, layout=layout, overrides=overrides, image=image,
-                        simplify=passes if simplify else None, progress=PROGRESS)  # fmt: skip
+                        simplify=passes if simplify else None, force=force, progress=PROGRESS)  # fmt: skip
     _lines(export_summary(result.record))
     if result.simplified:
         _print_simplified(result.simplified)
@@ -479,8 +515,28 @@ def demo(
     out.print("[green]passed[/]")
 
 
-def main() -> None:  # pragma: no cover
-    app()
+def main() -> None:
+    """The `danet-deploy` entry point: usage errors as one line (exit 2), Ctrl-C as exit 130 in every stage."""
+    signal.signal(signal.SIGINT, _on_sigint)
+    try:
+        code = app(standalone_mode=False)
+    except (typer.Exit, typer.Abort) as exc:
+        code = exc.exit_code if isinstance(exc, typer.Exit) else _exit_interrupted().exit_code
+    except KeyboardInterrupt:
+        code = _exit_interrupted().exit_code
+    except Exception as exc:
+        # Click's usage errors (vendored by newer Typer, so matched by their interface): one line, not a box.
+        if not (hasattr(exc, "format_message") and hasattr(exc, "exit_code")):
+            raise
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            exc.show()  # the help text
+        else:
+            ctx = getattr(exc, "ctx", None)
+            where = f"{ctx.command_path}: " if ctx is not None else ""
+            err.print(f"[red]error:[/] {escape(where + exc.format_message())} (see --help)", highlight=False,
+                      soft_wrap=True)  # fmt: skip
+        code = EXIT_BAD_INPUT
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

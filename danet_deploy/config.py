@@ -7,6 +7,8 @@ any stage can start from a file a user already has.
 from __future__ import annotations
 
 import json
+import numbers
+import unicodedata
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -45,6 +47,10 @@ STEM_DEEP_MMSEG = (32, 32, 64)
 
 POSITION_ATTENTIONS = ("pam", "shuffle", "spatial-gate")
 CHANNEL_ATTENTIONS = ("cam", "se")
+
+# Class names reach HTML, Markdown and terminal output; long or invisible-character names are refused at load.
+MAX_CLASS_NAME = 128
+UNPRINTABLE = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})  # controls, bidi/zero-width, lone surrogates, line breaks
 
 MULTI_GRID_DILATIONS = (4, 8, 16)
 CONTRACTED_DILATIONS = (2, 4, 4)
@@ -101,8 +107,10 @@ class ModelConfig:
             raise ValueError(f"unsupported ResNet depth {self.depth}; choose from {sorted(BLOCKS_PER_DEPTH)}")
         if len(self.stem_channels) not in (1, 3):
             raise ValueError(f"stem_channels must have 1 (7x7) or 3 (deep stem) entries, got {self.stem_channels}")
+        _check_class_names(self.class_names)
         if len(self.class_names) != self.num_classes:
             raise ValueError(f"{len(self.class_names)} class names for {self.num_classes} classes")
+        object.__setattr__(self, "palette", _checked_palette(self.palette))
         if len(self.palette) < self.num_classes:
             object.__setattr__(self, "palette", default_palette(self.num_classes))
         if self.position_attention not in POSITION_ATTENTIONS:
@@ -179,6 +187,45 @@ class ModelConfig:
     @classmethod
     def from_json(cls, text: str) -> ModelConfig:
         return cls.from_dict(json.loads(text))
+
+
+def _shown(value: Any) -> str:
+    """A bad value for a one-line message: repr (escapes newlines), cut short."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _check_class_names(names: Any) -> None:
+    """Names are shown in reports and terminals: plain, short, one-line, distinct strings."""
+    if not isinstance(names, tuple):
+        raise ValueError(f"class_names must be a list of strings, got {type(names).__name__} {_shown(names)}")
+    seen: set[str] = set()
+    for i, name in enumerate(names):
+        if not isinstance(name, str):
+            raise ValueError(f"class name {i} must be a string, got {type(name).__name__} {_shown(name)}")
+        if not name.strip():
+            raise ValueError(f"class name {i} is empty")
+        if len(name) > MAX_CLASS_NAME:
+            raise ValueError(f"class name {i} is {len(name)} characters long (at most {MAX_CLASS_NAME})")
+        if any(unicodedata.category(c) in UNPRINTABLE for c in name):
+            raise ValueError(f"class name {i} {_shown(name)} contains a control or invisible formatting character")
+        if name in seen:  # per-class results are keyed by name: a repeat would hide a class
+            raise ValueError(f"class name {i} {_shown(name)} repeats an earlier one")
+        seen.add(name)
+
+
+def _checked_palette(palette: Any) -> tuple[tuple[int, int, int], ...]:
+    """Exactly three integers 0-255 per colour; bools, floats and strings are refused (not coerced)."""
+    if not isinstance(palette, tuple):
+        raise ValueError(f"palette must be a list of [R, G, B] colours, got {type(palette).__name__} {_shown(palette)}")
+    colours = []
+    for i, colour in enumerate(palette):
+        if not isinstance(colour, (tuple, list)) or len(colour) != 3:
+            raise ValueError(f"palette colour {i} must be three integers [R, G, B], got {_shown(colour)}")
+        if not all(isinstance(c, numbers.Integral) and not isinstance(c, bool) and 0 <= c <= 255 for c in colour):
+            raise ValueError(f"palette colour {i} must be three integers 0-255, got {_shown(colour)}")
+        colours.append((int(colour[0]), int(colour[1]), int(colour[2])))  # numpy ints -> int, for JSON
+    return tuple(colours)
 
 
 def default_palette(num_classes: int) -> tuple[tuple[int, int, int], ...]:

@@ -7,14 +7,22 @@ cache entries.
   destination only when the block succeeds, so a failed or interrupted stage never leaves a half-written
   file; the temporary file is removed on any exception, Ctrl-C included. The file gets the mode a plain
   `open()` would give (0666 less the umask), not mkstemp's 0600.
+- `all_or_nothing` makes a command's several outputs (verify's JSON, HTML and Markdown; an engine and its
+  sidecar) appear together: renames wait for the end of the block and none happens if it fails.
+- Temporary names carry the writer's process id (`.NAME.<pid>.XXXX.tmp`, `.danet-deploy-<pid>-XXXX`): a run
+  killed with SIGKILL leaves only hidden files, and `check_output` of the next run in that folder removes
+  those whose process is gone.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import json
 import os
+import re
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -36,8 +44,44 @@ def same_file(a: PathLike, b: PathLike) -> bool:
         return False
 
 
+# Hidden temporaries this module creates: ".NAME.<pid>.XXXX.tmp" files and ".danet-deploy-<pid>-XXXX" folders.
+_TEMP_NAME = re.compile(r"^\.(?:.+\.(?P<file_pid>\d+)\..+\.tmp|danet-deploy-(?P<dir_pid>\d+)-.+)$")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: PathLike) -> list[Path]:
+    """Remove the hidden temporaries of danet-deploy runs in `folder` whose process no longer exists."""
+    removed = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMP_NAME.match(entry.name)
+        if match is None:
+            continue
+        pid = int(match.group("file_pid") or match.group("dir_pid"))
+        if pid == os.getpid() or _alive(pid):
+            continue
+        with contextlib.suppress(OSError):
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+            removed.append(entry)
+    return removed
+
+
 def check_output(path: PathLike, inputs: Iterable[PathLike | None] = ()) -> Path:
-    """Refuse, before any work, an output that is an input or that cannot be written; returns the path."""
+    """Refuse, before any work, an output that is an input or that cannot be written; returns the path.
+
+    Also removes what killed earlier runs left in the destination folder (`remove_stale_temporaries`)."""
     target = Path(path)
     for source in inputs:
         if source is not None and same_file(target, source):
@@ -54,6 +98,7 @@ def check_output(path: PathLike, inputs: Iterable[PathLike | None] = ()) -> Path
             pass
     except OSError as exc:
         raise BadInputError(f"{target}: cannot write to folder {folder} ({exc.strerror})") from None
+    remove_stale_temporaries(folder)
     return target
 
 
@@ -70,20 +115,50 @@ def _umask() -> int:
     return mask
 
 
+# Renames deferred by `all_or_nothing` (temporary, destination), None outside such a block.
+_pending: contextvars.ContextVar[list[tuple[Path, Path]] | None] = contextvars.ContextVar("pending", default=None)
+
+
+@contextlib.contextmanager
+def all_or_nothing() -> Iterator[None]:
+    """Every file written in the block appears at the end, all together; if the block fails, none does."""
+    outer = _pending.get()
+    if outer is not None:  # nested: the outermost block decides
+        yield
+        return
+    pending: list[tuple[Path, Path]] = []
+    token = _pending.set(pending)
+    try:
+        yield
+        for tmp, target in pending:
+            os.replace(tmp, target)
+    finally:
+        _pending.reset(token)
+        for tmp, _ in pending:
+            tmp.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_path(path: PathLike) -> Iterator[Path]:
-    """Yield a hidden temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    """Yield a hidden temporary path beside `path`; rename it onto `path` only if the block succeeds (and,
+    inside `all_or_nothing`, only when that block succeeds)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    pending = _pending.get()
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, target)
+        if pending is None:
+            os.replace(tmp, target)
+        else:
+            pending.append((tmp, target))
+            tmp = None  # type: ignore[assignment]  # all_or_nothing renames or removes it
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -91,7 +166,7 @@ def scratch_dir(near: PathLike) -> Iterator[Path]:
     """A hidden temporary folder beside `near` (same file system, so results can be renamed out of it)."""
     folder = Path(near).parent
     folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".danet-deploy-", dir=folder) as tmp:
+    with tempfile.TemporaryDirectory(prefix=f".danet-deploy-{os.getpid()}-", dir=folder) as tmp:
         yield Path(tmp)
 
 

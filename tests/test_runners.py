@@ -183,3 +183,24 @@ def test_benchmark_rows_come_from_the_runner_contract(tiny_model, tiny_onnx: Pat
             benchmark(runners, image)
     finally:
         runners[0].deactivate()
+
+
+def _flushing() -> bool:
+    """Whether this thread flushes denormals now (1e-40 survives a multiply only when it does not)."""
+    return bool(torch.tensor([1e-40]).mul(1.0).item() == 0.0)
+
+
+def test_onnxruntime_runner_flushes_denormals_only_while_it_runs(tiny_onnx: Path) -> None:
+    from danet_deploy.export.artifact import onnxruntime_session
+    from danet_deploy.runners.onnxruntime import denormals_flushed
+
+    assert not _flushing()
+    with denormals_flushed():
+        assert _flushing()
+    assert not _flushing()
+    with OnnxRuntimeRunner(tiny_onnx) as runner:
+        got = runner.infer(IMAGE)
+    assert not _flushing()  # restored after the call
+    feed = runner.input_spec.prepare(IMAGE, runner.config)
+    plain = onnxruntime_session(tiny_onnx).run(["logits"], {"image": feed})[0]
+    np.testing.assert_allclose(got, plain, rtol=0, atol=1e-5)  # flushing values below 1.2e-38 changes no logit

@@ -6,6 +6,7 @@ Nothing here runs on a machine without TensorRT and an NVIDIA GPU: `require_tens
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from typing import Any
 
 from ..errors import EXIT_MISSING_DEPENDENCY, DeployError
 from ..export.artifact import OnnxModel
-from ..files import sha256_file, write_bytes
+from ..files import all_or_nothing, sha256_file, write_bytes
 from .plan import BuildPlan
 from .sidecar import EngineSidecar, RunningSystem, write_sidecar
 
@@ -142,7 +143,8 @@ def build_engine(
     build = polygraphy_loaders(plan, on_progress)
     engine_bytes = build()
     seconds = time.perf_counter() - started
-    out = write_bytes(output, bytes(engine_bytes))
+    engine_bytes = bytes(engine_bytes)
+    out = Path(output)
     network = OnnxModel.load(plan.network_onnx, external_data=False)
     sidecar = EngineSidecar(
         tensorrt_version=system.tensorrt_version,
@@ -158,10 +160,12 @@ def build_engine(
         model_config=network.metadata.get("model_config"),
         build_options=plan.options,
         build_seconds=round(seconds, 1),
-        engine_sha256=sha256_file(out),
+        engine_sha256=hashlib.sha256(engine_bytes).hexdigest(),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         pinned_fp32_layers=plan.pinned_fp32_layers,
         input_spec=network.input_spec.to_dict(),
     )
-    write_sidecar(out, sidecar)
+    with all_or_nothing():  # an engine without its sidecar (or the reverse) is never left behind
+        write_bytes(out, engine_bytes)
+        write_sidecar(out, sidecar)
     return sidecar

@@ -44,24 +44,36 @@ DEFAULT_THRESHOLDS: dict[str, Thresholds] = {
 }
 
 
+# Valid range per field: (low, high, None allowed). Pixel agreement is a fraction; the others are >= 0.
+THRESHOLD_RANGES = {"max_abs_diff": (0.0, math.inf, True), "min_pixel_agreement": (0.0, 1.0, False),
+                    "max_miou_drop": (0.0, 100.0, False)}  # fmt: skip
+
+
 def thresholds_with(overrides: list[str], file: str | None = None) -> dict[str, Thresholds]:
     """Defaults, then a JSON file ({"fp16": {"min_pixel_agreement": 0.998}}), then overrides like
-    'fp16.min_pixel_agreement=0.998' or 'int8.max_miou_drop=0.5'."""
-    items = [*_file_overrides(file), *overrides] if file else list(overrides)
+    'fp16.min_pixel_agreement=0.998' or 'int8.max_miou_drop=0.5'. A bad entry is a one-line BadInputError
+    naming where it came from (the file or the --threshold option); NaN and out-of-range values included."""
+    items = [(f"{file}: {item}", item) for item in _file_overrides(file)] if file else []
+    items += [(f"--threshold {item!r}", item) for item in overrides]
     result = dict(DEFAULT_THRESHOLDS)
     fields = set(Thresholds.__dataclass_fields__)
-    for item in items:
+    for where, item in items:
         key, _, value = item.partition("=")
         precision, _, name = key.strip().partition(".")
         if precision not in result or name not in fields or not value:
             raise BadInputError(
-                f"--threshold {item!r}: expected PRECISION.FIELD=VALUE with PRECISION in {', '.join(result)} "
+                f"{where}: expected PRECISION.FIELD=VALUE with PRECISION in {', '.join(result)} "
                 f"and FIELD in {', '.join(sorted(fields))}"
             )
         try:
             number = None if value.strip().lower() == "none" else float(value)
         except ValueError:
-            raise BadInputError(f"--threshold {item!r}: {value!r} is not a number") from None
+            raise BadInputError(f"{where}: {value!r} is not a number") from None
+        low, high, nullable = THRESHOLD_RANGES[name]
+        if number is None and not nullable:
+            raise BadInputError(f"{where}: {name} must be a number")
+        if number is not None and not (math.isfinite(number) and low <= number <= high):
+            raise BadInputError(f"{where}: {name} must be between {low:g} and {high:g}, got {value.strip()}")
         result[precision] = replace(result[precision], **{name: number})
     return result
 
@@ -74,8 +86,8 @@ def _file_overrides(file: str) -> list[str]:
         data = json.loads(Path(file).read_text())
     except OSError as exc:
         raise BadInputError(f"{file}: cannot read thresholds file ({exc.strerror})") from None
-    except json.JSONDecodeError as exc:
-        raise BadInputError(f"{file}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadInputError(f"{file}: not a valid JSON thresholds file ({type(exc).__name__})") from None
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
         raise BadInputError(f'{file}: expected {{"fp16": {{"min_pixel_agreement": 0.998}}, ...}}')
     return [f"{precision}.{name}={value}" for precision, values in data.items() for name, value in values.items()]

@@ -152,15 +152,21 @@ def graph_precision(model: onnx.ModelProto) -> Precision:
 
 
 def onnxruntime_session(
-    model: str | os.PathLike[str] | bytes | onnx.ModelProto, threads: int | None = None, optimize: bool = True
-) -> Any:
-    """An ONNX Runtime CPU session from a path, serialized bytes or a ModelProto; quiet logging."""
+    model: str | os.PathLike[str] | bytes | onnx.ModelProto, threads: int | None = None, optimize: bool = True,
+    flush_denormals: bool = False,
+) -> Any:  # fmt: skip
+    """An ONNX Runtime CPU session from a path, serialized bytes or a ModelProto; quiet logging.
+
+    `flush_denormals`: the session's pool threads treat denormal floats as zero (the calling thread needs the
+    same: `runners.onnxruntime.denormals_flushed`)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # fatal only: failures arrive as exceptions, reported as one line by the caller
     if threads:
         opts.intra_op_num_threads = threads
+    if flush_denormals:
+        opts.add_session_config_entry("session.set_denormal_as_zero", "1")
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if isinstance(model, onnx.ModelProto):
@@ -189,7 +195,9 @@ class OnnxModel:
         try:
             proto = onnx.load(str(where), load_external_data=external_data)
         except Exception as exc:  # onnx raises several types for corrupt files
-            raise BadInputError(f"{where}: not a readable ONNX model ({type(exc).__name__})") from None
+            detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+            raise BadInputError(f"{where}: not a readable ONNX model ({type(exc).__name__}{': ' * bool(detail)}"
+                                f"{detail})") from None  # fmt: skip
         return cls.from_proto(proto, where)
 
     @classmethod

@@ -8,6 +8,7 @@ leaves the model at opset 18.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -24,10 +25,11 @@ from ..config import ModelConfig
 from ..errors import BadInputError, CheckFailedError
 from ..files import atomic_path, sha256_file
 from ..quiet import quiet_torch_export
-from ..versions import tool_versions
+from ..versions import available_memory, tool_versions
 from .artifact import META_CONFIG, META_IO, META_PRECISION, META_PROVENANCE, onnxruntime_session, write_metadata
 
 MIN_DYNAMO_OPSET = 18
+MIN_OPSET = 11
 DEFAULT_OPSET = 18
 
 
@@ -44,6 +46,17 @@ class ExportOptions:
     atol: float = 1e-4
     rtol: float = 1e-4
 
+    def check(self) -> None:
+        """One-line BadInputError (exit 2) for a value no export can use, before any work."""
+        newest = onnx.defs.onnx_opset_version()
+        if not MIN_OPSET <= self.opset <= newest:
+            raise BadInputError(f"--opset {self.opset}: DANet exports at opset {MIN_OPSET} to {newest} (this onnx)")
+        for name, value in (("--atol", self.atol), ("--rtol", self.rtol)):
+            if not math.isfinite(value) or value < 0:
+                raise BadInputError(f"{name} {value}: a tolerance must be a finite number >= 0")
+        if self.batch < 1:
+            raise BadInputError(f"--batch {self.batch}: must be at least 1")
+
     def size(self, config: ModelConfig) -> tuple[int, int]:
         """The (H, W) to export at: the option, else the model config's size."""
         return self.input_size or config.input_size
@@ -51,6 +64,36 @@ class ExportOptions:
     @property
     def exporter(self) -> str:
         return "dynamo" if self.opset >= MIN_DYNAMO_OPSET else "legacy"
+
+
+# Export peak memory model, from measurements (ResNet-50, 1024x2048: 10.2 GB peak, of which the N x N PAM
+# energy and softmax are 8 GiB): runtimes and weights, activations per input pixel, two attention maps.
+EXPORT_BASE_BYTES = 1 << 30
+EXPORT_BYTES_PER_PIXEL = 800
+
+
+def export_memory_estimate(config: ModelConfig, options: ExportOptions) -> int:
+    """Estimated peak bytes of `export_onnx` (PyTorch, then ONNX Runtime, on the parity image) at its size."""
+    h, w = options.size(config)
+    batch = options.batch
+    estimate = EXPORT_BASE_BYTES + batch * h * w * EXPORT_BYTES_PER_PIXEL
+    if config.position_attention == "pam":  # energy and softmax of N x N floats alive together
+        n = -(-h // 8) * -(-w // 8)
+        estimate += 2 * batch * n * n * 4
+    return estimate
+
+
+def check_export_memory(config: ModelConfig, options: ExportOptions) -> None:
+    """Exit 2, before any work, when the export would need more memory than this machine has available."""
+    available = available_memory()
+    needed = export_memory_estimate(config, options)
+    if available is not None and needed > available:
+        h, w = options.size(config)
+        raise BadInputError(
+            f"--input-size {h}x{w}: export needs an estimated {needed / 2**30:.1f} GiB (PyTorch and ONNX Runtime "
+            f"parity runs{', PAM attention over N x N positions' if config.position_attention == 'pam' else ''}); "
+            f"{available / 2**30:.1f} GiB is available (--force tries anyway)"
+        )
 
 
 @dataclass
@@ -217,8 +260,7 @@ def export_onnx(
     On any failure (including parity beyond tolerance) nothing is left at `out_path`.
     `image` is the real RGB image the parity check runs on (resized to the input size).
     """
-    if options.opset < 11:
-        raise BadInputError(f"opset {options.opset} is too old; DANet needs opset >= 11")
+    options.check()
     model = model.eval()
     wrapper = DeployWrapper(model, config, options.argmax, options.uint8_input).eval()
     example = _example_input(config, options, image)

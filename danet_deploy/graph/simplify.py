@@ -144,7 +144,10 @@ def simplify_model(
     tgt = get_target(target) if target else None
     meta = read_metadata(model)
     original_props = [onnx.StringStringEntryProto(key=p.key, value=p.value) for p in model.metadata_props]
-    config = ModelConfig.from_dict(meta["model_config"]) if "model_config" in meta else None
+    try:  # simplify_file prefixes the path
+        config = ModelConfig.from_dict(meta["model_config"]) if "model_config" in meta else None
+    except (TypeError, ValueError) as exc:
+        raise BadInputError(f"invalid model config in the ONNX metadata ({exc})") from None
     input_dims = model.graph.input[0].type.tensor_type.shape.dim
     static = all(d.HasField("dim_value") for d in input_dims)
     if attention is None and tgt is None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import struct
 import tempfile
 import time
@@ -54,7 +53,7 @@ from .int8_ort import (
     run_onnxruntime_quantizer,
 )
 from .probes import ActivationProbe, Agreement, activation_tensors, compare_models, first_batches
-from .stage import exact_names, finish_model, fp32_source
+from .stage import compile_patterns, exact_names, finish_model, fp32_source
 
 log = logging.getLogger(__name__)
 
@@ -271,12 +270,7 @@ def _run_modelopt(
 
 def resolve_patterns(model: onnx.ModelProto, patterns: list[str]) -> list[str]:
     """Names of the nodes that `patterns` (node names or regular expressions, `re.match`) select."""
-    compiled = []
-    for pattern in patterns:
-        try:
-            compiled.append(re.compile(pattern))
-        except re.error as exc:
-            raise BadInputError(f"--exclude {pattern!r}: not a valid regular expression ({exc})") from None
+    compiled = compile_patterns(patterns)
     return [n.name for n in model.graph.node if any(c.match(n.name) for c in compiled)]
 
 
@@ -318,7 +312,7 @@ def quantize_int8(
     profile = cpu_profile(cpu) if target is Int8Target.ONNXRUNTIME else None
     source = fp32_source(model)
     patterns = sorted(nodes_to_exclude or [])
-    excluded = resolve_patterns(source.proto, patterns)
+    compile_patterns(patterns)  # a bad pattern fails before calibration, for either target
     calib = calibration_set(calib_path, source, count, seed, split)
     settings: dict[str, Any] = {"mode": "int8", "method": method, "nodes_to_exclude": patterns, "high": "fp32"}
     if method == "percentile":
@@ -336,16 +330,18 @@ def quantize_int8(
         if profile is None:
             data = _run_modelopt(source.proto, calib, method, patterns, percentile)
         else:
-            rule = [name for names in kept.values() for name in names]
-            data = run_onnxruntime_quantizer(source.proto, calib, method, sorted({*excluded, *rule}), percentile,
-                                             profile, on_image)  # fmt: skip
+            # ONNX Runtime takes exact node names; ModelOpt (above) takes the patterns themselves.
+            excluded = {*resolve_patterns(source.proto, patterns), *(n for names in kept.values() for n in names)}
+            data = run_onnxruntime_quantizer(source.proto, calib, method, sorted(excluded), percentile, profile,
+                                             on_image)  # fmt: skip
         cache.put(key, data, material)
     log.info("int8: calibration cache %s (%s)", "hit" if hit else "miss", key[:12])
 
     out = Path(out_path)
     quantized = onnx.load_from_string(data)
     qdq = check_qdq(quantized, str(out)) if profile is None else qdq_summary(quantized)
-    notes = list(calib.warnings)
+    notes = [*calib.warnings, *cache.warnings]  # both were shown as CalibrationWarnings already
+    shown = len(notes)
     kernels = kernel_choices(data) if profile is not None else []
     if not qdq.quantized_layers:
         notes.append("no layer was quantized (everything excluded?); the model computes in FP32")
@@ -355,7 +351,7 @@ def quantize_int8(
     if profile is None and opsets[0] <= TRT86_MAX_OPSET < opsets[1]:
         # 19 is ModelOpt's minimum for INT8; an opset <= 17 export was most likely meant for TensorRT 8.6.
         notes.append(f"ModelOpt raised the opset from {opsets[0]} to {opsets[1]}; TensorRT 8.6 parses up to 17")
-    for note in notes[len(calib.warnings) :]:
+    for note in notes[shown:]:
         log.warning("int8: %s", note)
     agreement = compare_models(source.session(), onnxruntime_session(data), calib, check_images)
     if agreement.nonfinite:

@@ -258,16 +258,18 @@ def kernel_choices(model: onnx.ModelProto | bytes | str | Path) -> list[KernelCh
     optimizer writes (extended level: QDQ fusion, no hardware-specific layouts)."""
     import onnxruntime as ort
 
-    proto = model if isinstance(model, onnx.ModelProto) else None
-    if proto is None:
-        proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(str(model))
+    if isinstance(model, onnx.ModelProto):
+        proto, source = model, model.SerializeToString()
+    elif isinstance(model, bytes):
+        proto, source = onnx.load_from_string(model), model
+    else:
+        proto, source = onnx.load(str(model), load_external_data=False), str(model)
     nodes = [(n.name, n.op_type) for n in proto.graph.node if n.op_type in QUANTIZABLE]
     with tempfile.TemporaryDirectory(prefix="danet-ort-kernels-") as tmp:
         options = ort.SessionOptions()
-        options.log_severity_level = 3
+        options.log_severity_level = 4
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
-        source = proto.SerializeToString() if not isinstance(model, str | Path) else str(model)
         try:
             ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types for invalid models

@@ -40,6 +40,17 @@ def finish_model(model: onnx.ModelProto, source: OnnxModel, entry: dict[str, Any
         model.doc_string = source.proto.doc_string
 
 
+def compile_patterns(patterns: list[str]) -> list[re.Pattern[str]]:
+    """`--exclude` node patterns (names or regular expressions); a bad one is a one-line BadInputError."""
+    compiled = []
+    for pattern in patterns:
+        try:
+            compiled.append(re.compile(pattern))
+        except re.error as exc:
+            raise BadInputError(f"--exclude {pattern!r}: not a valid regular expression ({exc})") from None
+    return compiled
+
+
 def exact_names(names: list[str]) -> list[str]:
     """Node names as anchored regular expressions (ModelOpt's nodes_to_exclude are `re.match` patterns)."""
     return [f"^{re.escape(n)}$" for n in names]

@@ -1,7 +1,9 @@
 """Self-contained HTML report (and a Markdown summary) of a verify run, optionally with benchmark results.
 
 Everything is inline (SVG charts, PNG images as data URIs), so the file can be mailed, attached to a CI
-run or opened offline. The worst images are re-run through every backend at the end of `verify`, so the
+run or opened offline. Every string from a model file, checkpoint or data set (class names, backend and image
+names, failure messages) is escaped, and the page's Content-Security-Policy forbids scripts and any fetch
+besides its own data: images. The worst images are re-run through every backend at the end of `verify`, so the
 evaluation itself never keeps predictions in memory.
 """
 
@@ -11,6 +13,8 @@ import base64
 import html
 import io
 import os
+import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -27,6 +31,10 @@ from ..evaluate.protocols import EvalProtocol, predict
 from ..evaluate.verify import VerifyReport, common_input_size
 from ..files import atomic_path
 from ..runners.base import Runner, activated
+
+# The page needs inline styles (<style> and style="" attributes), data: PNG images and inline SVG (no
+# directive); nothing else, scripts above all. base-uri and form-action do not fall back to default-src.
+CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
 
 BACKEND_COLOURS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c")
 
@@ -78,7 +86,8 @@ def _png(array: np.ndarray, max_width: int = 384) -> str:
 
 def colourize(labels: np.ndarray, palette: Sequence[Sequence[int]]) -> np.ndarray:
     lut = np.zeros((256, 3), np.uint8)
-    lut[: len(palette)] = np.asarray(palette, np.uint8)
+    colours = np.asarray(palette[:256], np.uint8).reshape(-1, 3)  # labels are uint8: later colours are unused
+    lut[: len(colours)] = colours
     return lut[labels.astype(np.uint8)]
 
 
@@ -131,7 +140,7 @@ def svg_latency(results: list[dict[str, Any]]) -> str:
         colour = BACKEND_COLOURS[i % len(BACKEND_COLOURS)]
         x90, x99 = left + width * r["p90_ms"] / top, left + width * r["p99_ms"] / top
         parts += [
-            f'<text x="{left - 6}" y="{y + 14}" text-anchor="end" font-size="11">{html.escape(r["name"])}</text>',
+            f'<text x="{left - 6}" y="{y + 14}" text-anchor="end" font-size="11">{html.escape(str(r["name"]))}</text>',
             f'<rect x="{left}" y="{y}" width="{width * r["median_ms"] / top:.1f}" height="18" fill="{colour}"/>',
             f'<line x1="{x90:.1f}" x2="{x99:.1f}" y1="{y + 9}" y2="{y + 9}" stroke="#333" stroke-width="2"/>',
             f'<text x="{x99 + 6:.1f}" y="{y + 14}" font-size="11">{r["median_ms"]:.1f} ms</text>',
@@ -191,7 +200,7 @@ def write_html(
 ) -> Path:  # fmt: skip
     legend = "".join(f'<span><i style="background:{BACKEND_COLOURS[i % len(BACKEND_COLOURS)]}"></i>'
                      f"{html.escape(b.name)}</span>" for i, b in enumerate(report.backends))  # fmt: skip
-    classes = "".join(f'<span><i style="background:rgb{tuple(config.palette[i])}"></i>{html.escape(n)}</span>'
+    classes = "".join(f'<span><i style="background:{_rgb(config.palette[i])}"></i>{html.escape(n)}</span>'
                       for i, n in enumerate(config.class_names))  # fmt: skip
     bench = ""
     if benchmark:
@@ -199,11 +208,12 @@ def write_html(
         bench += svg_latency(benchmark["backends"])
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     banner = '<div class="banner ok">PASSED</div>' if report.passed else '<div class="banner bad">FAILED</div>'
-    size = "x".join(map(str, report.input_size)) if report.input_size else "native size"
-    page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+    size = html.escape("x".join(map(str, report.input_size)) if report.input_size else "native size")
+    page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="{CSP}"><title>{html.escape(title)}</title>
 <style>{STYLE}</style></head><body>
 <h1>{html.escape(title)}</h1>{banner}
-<p>{html.escape(config.arch)}, {config.num_classes} classes; {report.images} images;
+<p>{html.escape(config.arch)}, {html.escape(str(config.num_classes))} classes; {report.images} images;
 protocol {html.escape(report.protocol)}; input {size}; reference {html.escape(report.reference)}; {created}</p>
 <h2>Backends</h2><table><tr><th>backend</th><th>precision</th><th>mIoU %</th><th>delta</th><th>pixel agreement</th>
 <th>max |diff|</th><th>p99 |diff|</th><th>cosine</th><th>NaN/Inf</th><th>result</th></tr>
@@ -217,11 +227,28 @@ protocol {html.escape(report.protocol)}; input {size}; reference {html.escape(re
     return Path(path)
 
 
+def _rgb(colour: Sequence[int]) -> str:
+    """A CSS colour; int() keeps anything but numbers out of the style attribute (ModelConfig checked them)."""
+    r, g, b = (int(c) for c in colour)
+    return f"rgb({r},{g},{b})"
+
+
+# Characters that make Markdown (or the HTML a renderer lets through) out of text: backslash-escaped.
+_MARKDOWN = re.compile(r"([\\`*_\[\]|~])")
+
+
+def md_escape(text: object) -> str:
+    """Plain text for a Markdown paragraph or table cell: no markup, no HTML, no line break, no unescaped `|`."""
+    value = "".join(" " if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c for c in str(text))
+    value = value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _MARKDOWN.sub(r"\\\1", value)
+
+
 def write_markdown(report: VerifyReport, path: str | os.PathLike[str], html_name: str | None = None) -> Path:
     lines = [
         f"# verify: {'PASSED' if report.passed else 'FAILED'}",
         "",
-        f"{report.images} images, protocol {report.protocol}, reference {report.reference}.",
+        f"{report.images} images, protocol {md_escape(report.protocol)}, reference {md_escape(report.reference)}.",
         "",
         "| backend | precision | mIoU % | delta | pixel agreement | max abs diff | p99 abs diff | cosine | result |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -230,10 +257,12 @@ def write_markdown(report: VerifyReport, path: str | os.PathLike[str], html_name
         miou = "-" if b.miou is None else f"{b.miou:.2f}"
         delta = "-" if b.miou_delta is None else f"{b.miou_delta:+.2f}"
         result = "pass" if b.passed else "FAIL: " + "; ".join(b.failures)
-        lines.append(f"| {b.name} | {b.precision_label} | {miou} | {delta} | {b.pixel_agreement:.4%} | "
-                     f"{b.max_abs_diff:.2e} | {b.p99_abs_diff:.1e} | {b.cosine:.6f} | {result} |")  # fmt: skip
+        lines.append(f"| {md_escape(b.name)} | {md_escape(b.precision_label)} | {miou} | {delta} | "
+                     f"{b.pixel_agreement:.4%} | {b.max_abs_diff:.2e} | {b.p99_abs_diff:.1e} | {b.cosine:.6f} | "
+                     f"{md_escape(result)} |")  # fmt: skip
     if html_name:
-        lines += ["", f"Full report with per-class IoU and the worst images: `{html_name}`."]
+        code = html_name.replace("`", "")  # a code span: backslash escapes do not work inside one
+        lines += ["", f"Full report with per-class IoU and the worst images: `{code}`."]
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
     return Path(path)

@@ -41,10 +41,10 @@ def per_class_table(report: VerifyReport) -> Table:
     table = Table(title="per-class IoU %")
     table.add_column("class")
     for b in report.backends:
-        table.add_column(b.name, justify="right")
+        table.add_column(escape(b.name), justify="right")
     names = list(report.backends[0].per_class_iou)
-    for name in names:
-        table.add_row(name, *[_fmt(b.per_class_iou.get(name), ".2f") for b in report.backends])
+    for name in names:  # class names come from the model file: escaped, so "[...]" is not Rich markup
+        table.add_row(escape(name), *[_fmt(b.per_class_iou.get(name), ".2f") for b in report.backends])
     return table
 
 
@@ -82,7 +82,8 @@ def inspect_tables(
     INT8 models the kernel ONNX Runtime's CPU provider picks for each Conv / MatMul."""
     items: list[Any] = []
     config = meta.get("model_config")
-    summary = Table(title=f"{path}", show_header=False)
+    # Every string below comes from the model file (metadata, node names): escaped, never read as Rich markup.
+    summary = Table(title=escape(f"{path}"), show_header=False)
     summary.add_column("field")
     summary.add_column("value")
     if config:
@@ -92,31 +93,31 @@ def inspect_tables(
             groups = f" (G={config.get('sa_groups')})" if position == "shuffle" else ""
             arch += f", head: position {position}{groups} + channel {channel}"
         summary.add_row(
-            "model", f"{arch}, stem {config['stem_channels']}, layer4 dilations {config['layer4_dilations']}"
+            "model", escape(f"{arch}, stem {config['stem_channels']}, layer4 dilations {config['layer4_dilations']}")
         )
-        summary.add_row("preprocessing", f"mean {config['mean']} std {config['std']}, align_corners "
-                        f"{config['align_corners']}, config input {config['input_size']}")  # fmt: skip
+        summary.add_row("preprocessing", escape(f"mean {config['mean']} std {config['std']}, align_corners "
+                        f"{config['align_corners']}, config input {config['input_size']}"))  # fmt: skip
     else:
         summary.add_row("model config", "none (not exported by danet-deploy)")
     provenance = meta.get("provenance", {})
     if provenance:
         sha = str(provenance.get("checkpoint_sha256", ""))[:12]
-        summary.add_row("provenance", f"{provenance.get('checkpoint', '?')} (sha256 {sha}...), "
-                        f"{provenance.get('exporter', '?')}, {provenance.get('created', '')}")  # fmt: skip
+        summary.add_row("provenance", escape(f"{provenance.get('checkpoint', '?')} (sha256 {sha}...), "
+                        f"{provenance.get('exporter', '?')}, {provenance.get('created', '')}"))  # fmt: skip
     graph = meta.get("graph")
     if graph:
         gn = f", GroupNorm {graph['group_norm']}" if graph.get("group_norm") else ""
-        summary.add_row("graph passes", f"target {graph['target']}, PAM {graph['attention']}{gn}: "
-                        + ", ".join(p["name"] for p in graph["passes"]))  # fmt: skip
+        summary.add_row("graph passes", escape(f"target {graph['target']}, PAM {graph['attention']}{gn}: "
+                        + ", ".join(str(p["name"]) for p in graph["passes"])))  # fmt: skip
     if precision is not None:
         summary.add_row("precision", escape(precision))
-    summary.add_row("lint input", f"{report.input_shape} for target {report.target}")
+    summary.add_row("lint input", escape(f"{report.input_shape} for target {report.target}"))
     items.append(summary)
     ops = Table(title="operators")
     ops.add_column("op")
     ops.add_column("count", justify="right")
     for op, count in report.op_histogram.items():
-        ops.add_row(op, str(count))
+        ops.add_row(escape(op), str(count))
     items.append(ops)
     sites = Table(title="attention sites")
     for column in ("kind", "form", "node", "N", "channels", "TensorRT MHA fusion"):
@@ -125,7 +126,7 @@ def inspect_tables(
         fusion = "-" if s.mha_fusable is None else ("meets the rules" if s.mha_fusable else "no")
         if s.mha_reasons:
             fusion += ": " + "; ".join(s.mha_reasons)
-        sites.add_row(s.kind, s.form, s.node, str(s.seq_len or "-"), str(s.channels or "-"), fusion)
+        sites.add_row(s.kind, s.form, escape(s.node), str(s.seq_len or "-"), str(s.channels or "-"), escape(fusion))
     items.append(sites)
     findings = Table(title=f"TensorRT readiness ({report.target})" if report.target != "ort" else "findings")
     findings.add_column("level")
@@ -133,7 +134,7 @@ def inspect_tables(
     findings.add_column("finding")
     colour = {"error": "red", "warning": "yellow", "info": "blue"}
     for f in report.findings:
-        findings.add_row(f"[{colour[f.level]}]{f.level}[/]", f.code, f.message)
+        findings.add_row(f"[{colour[f.level]}]{f.level}[/]", f.code, escape(f.message))
     if not report.findings:
         findings.add_row("[green]ok[/]", "-", "no findings")
     items.append(findings)
@@ -150,7 +151,7 @@ def inspect_tables(
         for column in ("node", "op", "kernel", "computes in"):
             table.add_column(column)
         for k in kernels:
-            table.add_row(escape(k.node), k.op_type, k.kernel, "int8" if k.integer else "float")
+            table.add_row(escape(k.node), escape(k.op_type), escape(k.kernel), "int8" if k.integer else "float")
         items.append(table)
     return items
 
@@ -257,6 +258,6 @@ def benchmark_table(results: list[dict[str, Any]], device: str) -> Table:
         times = [f"{r[k]:.1f}" for k in ("median_ms", "p90_ms", "p99_ms", "end_to_end_median_ms")]
         memory = f"{r['peak_rss_mib']:.0f} MiB"
         label = precision_label(r["precision"], r.get("quantized_for"))
-        table.add_row(r["name"], label, shape, *times, f"{r['throughput_ips']:.2f}", memory,
+        table.add_row(escape(str(r["name"])), label, shape, *times, f"{r['throughput_ips']:.2f}", memory,
                       str(r["threads"] or "-"))  # fmt: skip
     return table

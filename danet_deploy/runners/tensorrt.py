@@ -27,11 +27,15 @@ class TensorRTRunner(Runner):
         sidecar = read_sidecar(self.path)
         if not sidecar.model_config:
             raise BadInputError(f"{self.path}: the sidecar has no model config")
+        try:  # the sidecar is a file like any other: a bad config is the file's problem, not a crash
+            config = ModelConfig.from_dict(sidecar.model_config)
+        except (TypeError, ValueError) as exc:
+            raise BadInputError(f"{self.path}: invalid model config in the sidecar ({exc})") from None
         self._sidecar = sidecar
         self.warnings: list[str] = []  # compatibility warnings, filled by activate()
         self._runner: Any = None
         super().__init__(name or f"tensorrt:{self.path.name}", Precision(sidecar.precision), sidecar.spec,
-                         ModelConfig.from_dict(sidecar.model_config))  # fmt: skip
+                         config)  # fmt: skip
 
     @property
     def device(self) -> str:
