@@ -68,3 +68,34 @@ def test_bad_palettes_and_class_names_are_refused_when_a_model_is_loaded(
     assert str(path) in str(info.value) and "\n" not in str(info.value)
     with pytest.raises(ValueError, match=message):
         ModelConfig.from_dict({**TINY.to_dict(), field: value})
+
+
+@pytest.mark.filterwarnings("ignore::danet_deploy.precision.CalibrationWarning")
+@pytest.mark.parametrize("damage", ["truncate", "fp32-over-entry", "no-record"])
+def test_a_damaged_calibration_cache_entry_is_removed_and_recalibrated(
+    fp32_onnx: Path, tmp_path: Path, damage: str
+) -> None:
+    from PIL import Image
+
+    from danet_deploy.data.synthetic import generate_scene
+    from danet_deploy.precision import quantize_int8
+
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for seed in range(3):
+        Image.fromarray(generate_scene(400 + seed, 64, 128).image).save(calib / f"c{seed}.png")
+    cache = tmp_path / "cache"
+    first, record = quantize_int8(fp32_onnx, calib, tmp_path / "a.onnx", method="max", cache_dir=cache)
+    entry = cache / f"{record.cache_key}.onnx"
+    if damage == "truncate":
+        entry.write_bytes(entry.read_bytes()[:1000])
+    elif damage == "fp32-over-entry":
+        entry.write_bytes(fp32_onnx.read_bytes())
+    else:
+        entry.with_suffix(".json").unlink()
+    again, rerun = quantize_int8(fp32_onnx, calib, tmp_path / "b.onnx", method="max", cache_dir=cache)
+    assert not rerun.cache_hit and any("calibration cache" in w for w in rerun.warnings)
+    assert rerun.qdq.quantized_layers == record.qdq.quantized_layers  # a real INT8 model, as fresh calibration
+    assert onnx.load(str(again)).graph == onnx.load(str(first)).graph
+    _, hit = quantize_int8(fp32_onnx, calib, tmp_path / "c.onnx", method="max", cache_dir=cache)
+    assert hit.cache_hit  # the rewritten entry is trusted again
