@@ -26,7 +26,7 @@ from typing import Any
 from .errors import EXIT_BAD_INPUT, BadInputError, CheckFailedError, DeployError
 from .export.artifact import OnnxModel, Precision
 from .export.torch_export import ExportOptions, ExportRecord
-from .files import all_or_nothing, check_output, scratch_dir, write_json
+from .files import all_or_nothing, check_output, removed_on_failure, scratch_dir, write_json
 from .graph.pam import DEFAULT_BLOCK
 from .progress import SILENT, Progress
 
@@ -97,7 +97,7 @@ def export(
     """Checkpoint -> ONNX checked against PyTorch; with `simplify`, the graph passes run onto `output`.
     An export whose estimated memory exceeds what is available is refused first unless `force`."""
     from .data.bundled import sample_image
-    from .data.datasets import read_image
+    from .data.images import read_image
     from .export.torch_export import check_export_memory, export_onnx
     from .graph.simplify import get_target
 
@@ -164,6 +164,8 @@ class QuantizeOptions:
     cache_dir: PathLike | None = None
     target: str = "tensorrt"  # INT8: "tensorrt" / "trt" or "onnxruntime" / "ort"
     cpu: str | None = None  # INT8 for ONNX Runtime: CPU profile (None / "auto": this machine's)
+    ignore_unknown_labels: bool = False  # --data: mask values that are not class ids count as ignored
+    allow_unlabeled: bool = False  # --data: evaluate the labeled images of a partly labeled set
 
 
 @dataclass
@@ -232,7 +234,8 @@ def quantize(
         return QuantizeResult(precision, out, record)
     from .precision import quantize_with_budget
 
-    evaluate, images = miou_evaluator(options.data, "val")
+    evaluate, images = miou_evaluator(options.data, source.config, "val", options.ignore_unknown_labels,
+                                      options.allow_unlabeled, progress)  # fmt: skip
     if Path(options.data).resolve() == Path(options.calib).resolve() and options.split == "val":
         progress.note("warning: calibrating and evaluating on the same images gives an optimistic mIoU")
     with progress.task("INT8 within an mIoU budget: calibrating, measuring, keeping sensitive layers FP32"):
@@ -241,15 +244,33 @@ def quantize(
     return QuantizeResult(precision, out, budget.int8, budget)
 
 
-def miou_evaluator(data: PathLike, split: str = "val") -> tuple[Any, int]:
+def checked_dataset(
+    data: PathLike, split: str, config: Any, ignore_unknown_labels: bool = False, allow_unlabeled: bool = False,
+    progress: Progress = SILENT, limit: int | None = None,
+) -> Any:  # fmt: skip
+    """The data set at `data`, every image header and mask checked against the model config's classes before any
+    inference (see `Dataset.checked`)."""
+    from .data.datasets import LabelRules, open_dataset
+
+    dataset = open_dataset(data, split).head(limit)
+    rules = LabelRules(config.num_classes, config.ignore_index, ignore_unknown_labels)
+    with progress.task(f"checking {len(dataset)} images and their labels", total=len(dataset)) as advance:
+        return dataset.checked(rules, allow_unlabeled, on_file=advance)
+
+
+def miou_evaluator(
+    data: PathLike, config: Any, split: str = "val", ignore_unknown_labels: bool = False,
+    allow_unlabeled: bool = False, progress: Progress = SILENT,
+) -> tuple[Any, int]:  # fmt: skip
     """(ONNX path -> mIoU in percent on the labeled `data`, number of images): scored like `verify`."""
-    from .data.datasets import open_dataset
     from .evaluate.verify import verify as run_verify
     from .runners.onnxruntime import OnnxRuntimeRunner
 
-    dataset = open_dataset(data, split)
+    dataset = checked_dataset(data, split, config, ignore_unknown_labels, allow_unlabeled, progress)
     if not dataset.labeled:
-        raise BadInputError(f"{data}: the mIoU budget needs labeled images (some have no label file)")
+        raise BadInputError(f"{data}: the mIoU budget needs labeled images (no label files found)")
+    for note in dataset.label_check.notes():
+        progress.note(f"note: {note}")
 
     def evaluate(path: Path) -> float:
         runner = OnnxRuntimeRunner(path)
@@ -332,6 +353,8 @@ class VerifyOptions:
     threads: int | None = None
     layout: str | None = None
     pytorch_fp16: bool = False
+    ignore_unknown_labels: bool = False  # opt-in: mask values that are not class ids count as ignored
+    allow_unlabeled: bool = False  # opt-in: a partly labeled set is evaluated on its labeled images
 
 
 @dataclass
@@ -400,7 +423,6 @@ def verify(
     progress: Progress = SILENT,
 ) -> VerifyResult:
     """Every backend on the same images under one protocol, judged against the first (PyTorch when given)."""
-    from .data.datasets import open_dataset
     from .evaluate.protocols import EvalProtocol
     from .evaluate.verify import thresholds_with
     from .evaluate.verify import verify as run_verify
@@ -418,9 +440,10 @@ def verify(
     protocol = EvalProtocol(crop=options.crop, stride=options.stride, flip=options.flip, scales=options.scales)
     warnings: list[str] = []
     runners, config = _runners(checkpoint, onnx, engines, options, progress, warnings)
-    dataset = open_dataset(data, options.split).head(options.limit)
+    dataset = checked_dataset(data, options.split, config, options.ignore_unknown_labels, options.allow_unlabeled,
+                              progress, options.limit)  # fmt: skip
     if not dataset.labeled:
-        warnings.append(f"{data} has images without labels; mIoU is not computed")
+        warnings.append(f"{data} has no label files; parity only, mIoU is not computed")
     result = VerifyResult(None, warnings)
     with activated(runners):
         # TensorRT runners compare their engine's sidecar with this system when they activate.
@@ -429,7 +452,8 @@ def verify(
             progress.note(f"warning: {warning}")
         with progress.task(f"verify ({len(runners)} backends)", total=len(dataset)) as advance:
             result.report = run_verify(dataset, runners, config, thresholds, on_image=lambda i: advance(),
-                                       protocol=protocol)  # fmt: skip
+                                       protocol=protocol, ignore_unknown_labels=options.ignore_unknown_labels,
+                                       allow_unlabeled=options.allow_unlabeled)  # fmt: skip
         with all_or_nothing():  # the JSON, HTML and Markdown appear together or not at all
             if json_path is not None:
                 result.json_path = write_json(json_path, result.report.to_dict())
@@ -483,7 +507,7 @@ def benchmark(
 ) -> BenchmarkResult:
     """Latency of each backend in its own process on one real image; failures are rows with an error."""
     from .data.bundled import sample_image
-    from .data.datasets import read_image
+    from .data.images import read_image
     from .evaluate.benchmark import benchmark as run_benchmark
     from .runners.onnxruntime import OnnxRuntimeRunner
     from .runners.pytorch import PyTorchRunner
@@ -545,36 +569,39 @@ def demo(
     onnx_path, simplified = work / "demo.onnx", work / "demo.ort.onnx"
     fp16_path, int8_path, calib = work / "demo.fp16.onnx", work / "demo.int8.onnx", work / "calibration"
     int8_ort_path = work / "demo.int8.ort.onnx"
-    with _step(progress, f"[bold]1/6 export[/] {checkpoint.name} -> {onnx_path}"):
-        exported = export(checkpoint, onnx_path, progress=progress)
-        for line in export_summary(exported.record):
-            progress.show(line)
-    with _step(progress, f"[bold]2/6 simplify[/] for ONNX Runtime -> {simplified}"):
-        simple = simplify_model_file(onnx_path, simplified, SimplifyOptions(target="ort"), progress)
-        for line in [*simplify_lines(simple.report), f"wrote {simple.path} ({simple.size_bytes / 2**20:.1f} MiB)"]:
-            progress.show(line)
-    with progress.task(
-        f"writing {calib_images} synthetic calibration scenes (the calibration/ split of the generator)"
-    ):
-        write_calibration_images(calib, calib_images)
-    with _step(progress, f"[bold]3/6 FP16[/] -> {fp16_path}"):
-        fp16 = quantize(onnx_path, fp16_path, Precision.FP16, QuantizeOptions(calib=calib, count=min(calib_images, 32)),
-                        progress)  # fmt: skip
-        for line in fp16_lines(fp16.record):
-            progress.show(line)
-    with _step(progress, f"[bold]4/6 INT8[/] Q/DQ for TensorRT -> {int8_path}, for ONNX Runtime -> {int8_ort_path}"):
-        options = QuantizeOptions(calib=calib, count=calib_images, cache_dir=work / "cache")
-        int8 = quantize(onnx_path, int8_path, Precision.INT8, options, progress)
-        int8_ort = quantize(onnx_path, int8_ort_path, Precision.INT8, replace(options, target="ort"), progress)
-        for line in [*int8_lines(int8.record), *int8_lines(int8_ort.record)]:
-            progress.show(line)
-    models = [onnx_path, simplified, fp16_path, int8_path, int8_ort_path]
-    with _step(progress, "[bold]5/6 benchmark[/] PyTorch and every ONNX model on ONNX Runtime CPU"):
-        bench = benchmark(checkpoint, models, warmup=2, iterations=5, json_path=work / "benchmark.json",
-                          progress=progress)  # fmt: skip
-    with _step(progress, f"[bold]6/6 verify[/] every backend against PyTorch on {DEMO_DATA}"):
-        verified = verify(DEMO_DATA, checkpoint, models, json_path=work / "report.json", report_dir=work,
-                          benchmark_json=work / "benchmark.json", progress=progress)  # fmt: skip
+    with removed_on_failure():  # an interrupted or failed demo leaves none of its outputs
+        with _step(progress, f"[bold]1/6 export[/] {checkpoint.name} -> {onnx_path}"):
+            exported = export(checkpoint, onnx_path, progress=progress)
+            for line in export_summary(exported.record):
+                progress.show(line)
+        with _step(progress, f"[bold]2/6 simplify[/] for ONNX Runtime -> {simplified}"):
+            simple = simplify_model_file(onnx_path, simplified, SimplifyOptions(target="ort"), progress)
+            for line in [*simplify_lines(simple.report), f"wrote {simple.path} ({simple.size_bytes / 2**20:.1f} MiB)"]:
+                progress.show(line)
+        with progress.task(
+            f"writing {calib_images} synthetic calibration scenes (the calibration/ split of the generator)"
+        ):
+            write_calibration_images(calib, calib_images)
+        with _step(progress, f"[bold]3/6 FP16[/] -> {fp16_path}"):
+            fp16_options = QuantizeOptions(calib=calib, count=min(calib_images, 32))
+            fp16 = quantize(onnx_path, fp16_path, Precision.FP16, fp16_options, progress)
+            for line in fp16_lines(fp16.record):
+                progress.show(line)
+        with _step(
+            progress, f"[bold]4/6 INT8[/] Q/DQ for TensorRT -> {int8_path}, for ONNX Runtime -> {int8_ort_path}"
+        ):
+            options = QuantizeOptions(calib=calib, count=calib_images, cache_dir=work / "cache")
+            int8 = quantize(onnx_path, int8_path, Precision.INT8, options, progress)
+            int8_ort = quantize(onnx_path, int8_ort_path, Precision.INT8, replace(options, target="ort"), progress)
+            for line in [*int8_lines(int8.record), *int8_lines(int8_ort.record)]:
+                progress.show(line)
+        models = [onnx_path, simplified, fp16_path, int8_path, int8_ort_path]
+        with _step(progress, "[bold]5/6 benchmark[/] PyTorch and every ONNX model on ONNX Runtime CPU"):
+            bench = benchmark(checkpoint, models, warmup=2, iterations=5, json_path=work / "benchmark.json",
+                              progress=progress)  # fmt: skip
+        with _step(progress, f"[bold]6/6 verify[/] every backend against PyTorch on {DEMO_DATA}"):
+            verified = verify(DEMO_DATA, checkpoint, models, json_path=work / "report.json", report_dir=work,
+                              benchmark_json=work / "benchmark.json", progress=progress)  # fmt: skip
     return DemoResult(work, exported, simple, fp16, int8, int8_ort, bench, verified)
 
 

@@ -206,6 +206,12 @@ FoldShuffleOpt = Annotated[
     ),
 ]
 LayoutOpt = Annotated[str | None, typer.Option(help="Checkpoint layout: ours, official, mmseg (default: detected).")]
+IgnoreUnknownLabelsOpt = Annotated[
+    bool, typer.Option(help="Count mask values that are neither a class id nor 255 as ignored (default: an error).")
+]
+AllowUnlabeledOpt = Annotated[
+    bool, typer.Option(help="Evaluate the labeled images of a partly labeled set (default: an error).")
+]
 DilationsOpt = Annotated[
     str | None,
     typer.Option(help="layer4 dilations, e.g. 4,8,16 (official released model) or 2,4,4 (MMSeg, 2020-code default)."),
@@ -343,12 +349,16 @@ def quantize(
         str | None,
         typer.Option(help="With --target ort: CPU to quantize for, auto (this one), x86-vnni, x86 or arm64."),
     ] = None,
+    ignore_unknown_labels: IgnoreUnknownLabelsOpt = False,
+    allow_unlabeled: AllowUnlabeledOpt = False,
 ) -> None:
     """FP16 or INT8 ONNX from an FP32 ONNX, measured against it on calibration images. INT8 is a Q/DQ model for
     TensorRT by default, or with --target ort one that ONNX Runtime's CPU provider runs with integer kernels."""
     options = api.QuantizeOptions(calib=calib, plain=plain, method=method, count=count, seed=seed, split=split,
                                   max_miou_drop=max_miou_drop, data=data, exclude=tuple(exclude or ()),
-                                  recalibrate=recalibrate, cache_dir=cache_dir, target=target, cpu=cpu)  # fmt: skip
+                                  recalibrate=recalibrate, cache_dir=cache_dir, target=target, cpu=cpu,
+                                  ignore_unknown_labels=ignore_unknown_labels,
+                                  allow_unlabeled=allow_unlabeled)  # fmt: skip
     with warnings_as_lines():
         result = api.quantize(model, output, Precision.FP16 if fp16 else Precision.INT8, options, PROGRESS)
     _lines(fp16_lines(result.record) if fp16 else int8_lines(result.record, result.budget))
@@ -439,6 +449,8 @@ def verify(
     benchmark_json: Annotated[
         Path | None, typer.Option(help="Benchmark results (`benchmark --json`) to chart in the report.")
     ] = None,
+    ignore_unknown_labels: IgnoreUnknownLabelsOpt = False,
+    allow_unlabeled: AllowUnlabeledOpt = False,
 ) -> None:
     """Evaluate backends (PyTorch, ONNX Runtime, TensorRT) on the same images: mIoU, per-class IoU, parity, NaN/Inf.
 
@@ -451,7 +463,8 @@ def verify(
     options = api.VerifyOptions(split=split, limit=limit, thresholds=tuple(threshold or ()),
                                 thresholds_file=thresholds_file, crop=crop, stride=stride, flip=flip,
                                 scales=scale_values, threads=threads, layout=layout,
-                                pytorch_fp16=pytorch_fp16)  # fmt: skip
+                                pytorch_fp16=pytorch_fp16, ignore_unknown_labels=ignore_unknown_labels,
+                                allow_unlabeled=allow_unlabeled)  # fmt: skip
     result = api.verify(data, ckpt, onnx or [], engine or [], options, json_path=json_path, report_dir=report_dir,
                         benchmark_json=benchmark_json, progress=PROGRESS)  # fmt: skip
     _print_verify(result)
@@ -463,6 +476,8 @@ def _print_verify(result: api.VerifyResult) -> None:
     out.print(verify_table(result.report))
     if result.report.labeled:
         out.print(per_class_table(result.report))
+    for note in result.report.notes:
+        out.print(f"note: {escape(note)}", highlight=False, soft_wrap=True)
     for path in (result.json_path, result.html_path):
         if path is not None:
             out.print(f"report: {escape(str(path))}", highlight=False)

@@ -9,6 +9,8 @@ cache entries.
   `open()` would give (0666 less the umask), not mkstemp's 0600.
 - `all_or_nothing` makes a command's several outputs (verify's JSON, HTML and Markdown; an engine and its
   sidecar) appear together: renames wait for the end of the block and none happens if it fails.
+- `removed_on_failure` makes a multi-stage command (`demo`) all-or-nothing as a whole: the files its stages
+  created are removed again when a later stage fails or is interrupted.
 - Temporary names carry the writer's process id (`.NAME.<pid>.XXXX.tmp`, `.danet-deploy-<pid>-XXXX`): a run
   killed with SIGKILL leaves only hidden files, and `check_output` of the next run in that folder removes
   those whose process is gone.
@@ -117,6 +119,32 @@ def _umask() -> int:
 
 # Renames deferred by `all_or_nothing` (temporary, destination), None outside such a block.
 _pending: contextvars.ContextVar[list[tuple[Path, Path]] | None] = contextvars.ContextVar("pending", default=None)
+# Files created inside `removed_on_failure`, None outside such a block.
+_created: contextvars.ContextVar[list[Path] | None] = contextvars.ContextVar("created", default=None)
+
+
+def _place(tmp: Path, target: Path) -> None:
+    """Rename a finished temporary onto its destination, noting a new file for `removed_on_failure`."""
+    created = _created.get()
+    if created is not None and not target.exists():
+        created.append(target)
+    os.replace(tmp, target)
+
+
+@contextlib.contextmanager
+def removed_on_failure() -> Iterator[None]:
+    """Files written in the block that did not exist before it are removed if the block raises (Ctrl-C
+    included); files it overwrote keep their new, complete content."""
+    created: list[Path] = []
+    token = _created.set(created)
+    try:
+        yield
+    except BaseException:
+        for path in reversed(created):
+            path.unlink(missing_ok=True)
+        raise
+    finally:
+        _created.reset(token)
 
 
 @contextlib.contextmanager
@@ -131,7 +159,7 @@ def all_or_nothing() -> Iterator[None]:
     try:
         yield
         for tmp, target in pending:
-            os.replace(tmp, target)
+            _place(tmp, target)
     finally:
         _pending.reset(token)
         for tmp, _ in pending:
@@ -152,7 +180,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())
         if pending is None:
-            os.replace(tmp, target)
+            _place(tmp, target)
         else:
             pending.append((tmp, target))
             tmp = None  # type: ignore[assignment]  # all_or_nothing renames or removes it

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 import typer
@@ -53,7 +54,7 @@ class Case:
     id: str
     args: Callable[[Workspace], list[str | Path]]
     code: int
-    message: str
+    message: str | tuple[str, ...]  # fragments of the one-line error
     absent: Callable[[Workspace], list[Path]] = lambda w: []
     unchanged: Callable[[Workspace], list[Path]] = lambda w: []
 
@@ -64,6 +65,51 @@ def _external_data_missing(w: Workspace) -> Path:
     onnx.save(model, str(path), save_as_external_data=True, location="external.data", size_threshold=0)
     (w.tmp / "external.data").unlink()
     return path
+
+
+def _bomb(path: Path) -> Path:
+    """A 300-byte PNG whose header claims more pixels than Pillow's decompression-bomb limit."""
+    from danet_deploy.data.images import max_pixels
+
+    from .test_images import png_bytes
+
+    side = int(max_pixels() ** 0.5) + 10
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(png_bytes(np.zeros((1, 1), np.uint8), 0, 8, size=(side, side)))
+    return path
+
+
+def _pair_data(w: Workspace, name: str, masks: dict[str, np.ndarray | None]) -> Path:
+    """images/ + masks/ with the tiny model's 64 x 128 scenes; None: that image has no mask."""
+    from PIL import Image
+
+    from danet_deploy.data.synthetic import generate_scene
+
+    root = w.tmp / name
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(exist_ok=True)
+    for i, (stem, mask) in enumerate(masks.items()):
+        scene = generate_scene(40 + i, 64, 128)
+        Image.fromarray(scene.image).save(root / "images" / f"{stem}.png")
+        if mask is not None:
+            Image.fromarray(mask).save(root / "masks" / f"{stem}.png")
+    return root
+
+
+def _unknown_values(w: Workspace) -> Path:
+    mask = np.zeros((64, 128), np.uint8)
+    mask[:2, :3] = 42  # the tiny model has 19 classes
+    return _pair_data(w, "unknown", {"a": np.zeros((64, 128), np.uint8), "b": mask})
+
+
+def _partly_labeled(w: Workspace) -> Path:
+    return _pair_data(w, "partial", {"a": np.zeros((64, 128), np.uint8), "b": None, "c": None})
+
+
+def _bomb_in_data(w: Workspace) -> Path:
+    root = _pair_data(w, "bombdata", {"a": None})
+    _bomb(root / "images" / "giant.png")
+    return root
 
 
 CASES = [
@@ -121,6 +167,25 @@ CASES = [
     Case("external-data-missing", lambda w: ["verify", "--onnx", _external_data_missing(w), "--data", w.data], 2,
          "external.onnx"),
     Case("missing-data-folder", lambda w: ["verify", "--onnx", w.onnx, "--data", w.tmp / "nodata"], 2, "nodata"),
+    # 3. images: decompression bombs are refused, naming the file, before any inference
+    Case("bomb-in-verify-data", lambda w: ["verify", "--onnx", w.onnx, "--data", _bomb_in_data(w)], 2,
+         ("images/giant.png: ", "decompression-bomb limit")),
+    Case("bomb-benchmark-image", lambda w: ["benchmark", "--onnx", w.onnx, "--image", _bomb(w.tmp / "b.png")], 2,
+         ("b.png: ", "decompression-bomb limit")),
+    Case("bomb-export-parity-image", lambda w: ["export", w.ckpt, "-o", w.tmp / "o.onnx", "--image",
+                                                _bomb(w.tmp / "p.png")], 2, "decompression-bomb limit",
+         absent=lambda w: [w.tmp / "o.onnx"]),
+    # 4. labels: unknown mask values and missing masks are exit 2 naming them
+    Case("unknown-mask-values", lambda w: ["verify", "--onnx", w.onnx, "--data", _unknown_values(w)], 2,
+         "masks/b.png: mask values 42 (6 pixels) are neither a class id (0-18) nor the ignore index 255"),
+    Case("partly-labeled", lambda w: ["verify", "--onnx", w.onnx, "--data", _partly_labeled(w), "--json",
+                                      w.tmp / "r.json"], 2, "2 of 3 images have no label file (images/b.png, "
+                                                             "images/c.png)", absent=lambda w: [w.tmp / "r.json"]),
+    Case("unknown-mask-values-in-miou-budget",
+         lambda w: ["quantize", w.onnx, "--calib", w.calib, "--max-miou-drop", "1", "--data", _unknown_values(w),
+                    "-o", w.tmp / "q.onnx"], 2, "masks/b.png: mask values 42", absent=lambda w: [w.tmp / "q.onnx"]),
+    Case("scales-on-static-model", lambda w: ["verify", "--onnx", w.onnx, "--data", w.data, "--scales", "0.5,1"], 2,
+         "fixed at 64x128"),
     Case("ort-int8-to-tensorrt", lambda w: ["build-engine", w.made["ort_int8"], "--int8", "--dry-run", "-o",
                                             w.tmp / "e.engine"], 2, "ONNX Runtime"),
 ]  # fmt: skip
@@ -155,7 +220,7 @@ def test_bad_input(case: Case, workspace: Workspace) -> None:
     before = {p: _digest(p) for p in case.unchanged(workspace)}
     listing = sorted(p.name for p in workspace.tmp.iterdir())
     result = run(*args, cwd=workspace.tmp)
-    assert_one_line_error(result, case.code, case.message)
+    assert_one_line_error(result, case.code, *((case.message,) if isinstance(case.message, str) else case.message))
     assert "Traceback" not in result.stdout + result.stderr and "╭" not in result.stderr  # no boxes
     for path in case.absent(workspace):
         assert not path.exists(), path
@@ -178,6 +243,21 @@ def test_all_or_nothing_writes_every_output_or_none(tmp_path: Path) -> None:
         files.write_text(tmp_path / "c.json", "{}")
         raise RuntimeError("the report failed")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.md"]  # no c.json, no temporaries
+
+
+def test_removed_on_failure_takes_back_what_a_failed_pipeline_created(tmp_path: Path) -> None:
+    (tmp_path / "kept.onnx").write_text("old")
+    with pytest.raises(KeyboardInterrupt), files.removed_on_failure():
+        files.write_text(tmp_path / "kept.onnx", "new")  # existed before: stays, complete
+        files.write_text(tmp_path / "stage1.onnx", "a")
+        with files.all_or_nothing():
+            files.write_text(tmp_path / "report.json", "{}")
+        raise KeyboardInterrupt
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.onnx"]
+    assert (tmp_path / "kept.onnx").read_text() == "new"
+    with files.removed_on_failure():
+        files.write_text(tmp_path / "done.onnx", "a")
+    assert (tmp_path / "done.onnx").exists()
 
 
 def test_a_killed_runs_temporaries_are_removed_by_the_next_run(tmp_path: Path) -> None:
@@ -242,3 +322,133 @@ def test_ctrl_c_in_a_stage_is_one_line_exit_130_and_leaves_nothing(tmp_path: Pat
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("interrupted") and "Traceback" not in stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ready"]  # no output, no temporary
+
+
+@pytest.mark.slow
+def test_label_opt_ins_evaluate_and_say_so_in_every_report(workspace: Workspace) -> None:
+    """--ignore-unknown-labels and --allow-unlabeled turn the errors above into a run whose reports say what
+    was ignored or left out (the terminal, report.json, report.md and report.html)."""
+    w = workspace
+    out = w.tmp / "optin"
+    result = run("verify", "--onnx", w.onnx, "--data", _unknown_values(w), "--ignore-unknown-labels", "--json",
+                 out / "u.json", cwd=w.tmp)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "6 pixels in 1 masks hold values that are not class ids and were counted as ignored" in result.stdout
+    report = json.loads((out / "u.json").read_text())
+    assert report["label_check"]["unknown_values"] == {"42": 6} and report["images"] == 2
+    result = run("verify", "--onnx", w.onnx, "--data", _partly_labeled(w), "--allow-unlabeled", "--report",
+                 out / "p", "--json", out / "p.json", cwd=w.tmp)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "p.json").read_text())
+    assert report["images"] == 1 and report["labeled"] and report["backends"][0]["miou"] is not None
+    assert report["label_check"]["unlabeled_skipped"] == ["images/b.png", "images/c.png"]
+    note = "2 of 3 images have no label file and were left out"
+    assert note in result.stdout and note in (out / "p" / "report.md").read_text()
+    assert note in (out / "p" / "report.html").read_text()
+
+
+@pytest.mark.slow
+def test_calibration_skips_and_counts_decompression_bombs(workspace: Workspace) -> None:
+    w = workspace
+    calib = w.tmp / "calib_with_bomb"
+    calib.mkdir()
+    for image in w.calib.iterdir():
+        (calib / image.name).write_bytes(image.read_bytes())
+    _bomb(calib / "giant.png")
+    result = run("quantize", w.onnx, "--calib", calib, "--method", "max", "--target", "ort", "--cache-dir",
+                 w.tmp / "cache", "-o", w.tmp / "bomb.int8.onnx", cwd=w.tmp)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "skipped 1 image(s) over the decompression-bomb limit" in result.stderr
+    assert "4 images from" in result.stdout  # the four real images, the bomb never decoded
+
+
+# A Python start-up hook (sitecustomize on PYTHONPATH) that holds the real command at one point deep inside a
+# stage: the first call there marks the stage as reached and waits, so the test interrupts real work in
+# progress. It is loaded by every process of the command, the benchmark's spawned workers included.
+_HOLD = """
+import os, time
+from pathlib import Path
+
+def _hold(original):
+    def held(*args, **kwargs):
+        marker = Path(os.environ["DANET_TEST_HOLD_MARKER"])
+        if not marker.exists():
+            marker.touch()
+            time.sleep(120)
+        return original(*args, **kwargs)
+    return held
+
+where = os.environ.get("DANET_TEST_HOLD")
+if where == "onnxruntime":
+    import onnxruntime
+    onnxruntime.InferenceSession.run = _hold(onnxruntime.InferenceSession.run)
+elif where == "trace":
+    from danet_deploy.model import danet
+    danet.PositionAttention.forward = _hold(danet.PositionAttention.forward)
+"""
+
+INTERRUPT_STAGES = {
+    "export-tracing": ("trace", lambda w, o: ["export", w.ckpt, "-o", o / "m.onnx"]),
+    "export-parity": ("onnxruntime", lambda w, o: ["export", w.ckpt, "-o", o / "m.onnx"]),
+    "simplify-pass-check": ("onnxruntime", lambda w, o: ["simplify", w.onnx, "-o", o / "s.onnx", "--target", "ort"]),
+    "quantize-fp16": ("onnxruntime", lambda w, o: ["quantize", w.onnx, "--fp16", "--calib", w.calib, "-o",
+                                                   o / "h.onnx"]),
+    "quantize-int8-tensorrt": ("onnxruntime", lambda w, o: ["quantize", w.onnx, "--calib", w.calib, "--cache-dir",
+                                                            o / "cache", "-o", o / "q.onnx"]),
+    "quantize-int8-ort": ("onnxruntime", lambda w, o: ["quantize", w.onnx, "--calib", w.calib, "--target", "ort",
+                                                       "--cache-dir", o / "cache", "-o", o / "q.onnx"]),
+    "verify": ("onnxruntime", lambda w, o: ["verify", "--ckpt", w.ckpt, "--onnx", w.onnx, "--data", w.data, "--json",
+                                            o / "r.json", "--report", o / "report"]),
+    "benchmark-worker": ("onnxruntime", lambda w, o: ["benchmark", "--onnx", w.onnx, "--json", o / "b.json"]),
+    "demo": ("onnxruntime", lambda w, o: ["demo"]),
+}  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", list(INTERRUPT_STAGES))
+def test_ctrl_c_in_every_stage(stage: str, workspace: Workspace, tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) while a real stage works: exit 130,
+    one line, no traceback, no output and no temporary left, no worker process left running."""
+    from .test_cli import CLI
+
+    where, args = INTERRUPT_STAGES[stage]
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_HOLD)
+    out = tmp_path / "out"
+    out.mkdir()
+    marker = tmp_path / "reached"
+    env = {k: v for k, v in os.environ.items() if k != "DANET_DEPLOY_DEBUG"}
+    env.update(PYTHONPATH=str(hook), DANET_TEST_HOLD=where, DANET_TEST_HOLD_MARKER=str(marker), COLUMNS="200",
+               DANET_DEPLOY_CACHE=str(tmp_path / "cache"))  # fmt: skip
+    before = {_digest(p) for p in (workspace.ckpt, workspace.onnx)}
+    log = tmp_path / "stderr.txt"
+    with log.open("w") as stderr_file:
+        process = subprocess.Popen([*CLI, *map(str, args(workspace, out))], cwd=out, env=env, stdout=subprocess.PIPE,
+                                   stderr=stderr_file, text=True, start_new_session=True)  # fmt: skip
+        deadline = time.monotonic() + 300
+        while not marker.exists():
+            assert process.poll() is None, log.read_text()  # finished or failed before reaching the stage
+            assert time.monotonic() < deadline, "the stage was not reached"
+            time.sleep(0.2)
+        time.sleep(0.5)  # let the status line of the stage reach the log before the signal
+        printed_before = log.stat().st_size
+        os.killpg(process.pid, signal.SIGINT)
+        stdout, _ = process.communicate(timeout=120)
+    stderr = log.read_text()
+    assert process.returncode == 130, stderr
+    after = [line for line in stderr[printed_before:].splitlines() if line.strip()]
+    assert len(after) == 1 and after[0].startswith("interrupted"), stderr  # one line, nothing else
+    assert "Traceback" not in stderr + stdout
+    left = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert left == [], left
+    for _ in range(50):  # the benchmark's worker got the signal too and is gone
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.killpg(process.pid, signal.SIGKILL)
+        pytest.fail("a process of the interrupted command was still running")
+    assert {_digest(p) for p in (workspace.ckpt, workspace.onnx)} == before

@@ -14,7 +14,8 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from danet_deploy.data.datasets import open_dataset, read_image
+from danet_deploy.data.datasets import open_dataset
+from danet_deploy.data.images import read_image
 from danet_deploy.data.preprocess import normalize
 from danet_deploy.data.synthetic import generate_scene
 from danet_deploy.errors import BadInputError, CheckFailedError

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.datasets import read_image
+from ..data.images import read_image
 from ..errors import BadInputError
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"

@@ -6,15 +6,16 @@ of images never holds them all in memory.
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from ..errors import BadInputError
+from .images import image_size, read_image, read_label_values
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 IGNORE_INDEX = 255
@@ -52,36 +53,110 @@ class LabelFile:
     kind: str  # "train_ids" (values are class ids) or "cityscapes_label_ids" (mapped on read)
 
 
-def read_image(path: Path) -> np.ndarray:
-    """RGB uint8; one-line error naming the file when it cannot be decoded."""
-    try:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise BadInputError(f"{path}: not a readable image ({type(exc).__name__})") from None
+@dataclass(frozen=True)
+class LabelRules:
+    """What a mask value may be: a class id (0 .. num_classes - 1) or the ignore index. Any other value makes
+    the mask an error, unless `ignore_unknown` (an explicit opt-in) counts it as ignored. Cityscapes
+    `*_labelIds.png` masks hold label ids 0-33 of the public table, mapped to train ids."""
+
+    num_classes: int
+    ignore_index: int = IGNORE_INDEX
+    ignore_unknown: bool = False
 
 
-def read_label(label: LabelFile) -> np.ndarray:
-    try:
-        with Image.open(label.path) as img:
-            if img.mode not in ("L", "P", "I", "I;16"):
-                raise BadInputError(f"{label.path}: label image must be single-channel (mode {img.mode})")
-            array = np.asarray(img)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise BadInputError(f"{label.path}: not a readable label image ({type(exc).__name__})") from None
-    if array.max(initial=0) > 255:
-        raise BadInputError(f"{label.path}: label values above 255")
-    array = array.astype(np.uint8)
-    return label_ids_to_train_ids(array) if label.kind == "cityscapes_label_ids" else array
+# Without a model's class count (a bare Dataset), any 8-bit value other than the ignore index is a class id.
+ANY_8BIT = LabelRules(num_classes=IGNORE_INDEX)
+
+
+@functools.lru_cache(maxsize=8)
+def _known_values(kind: str, rules: LabelRules) -> np.ndarray:
+    """Lookup table stored value -> class id, -1 for values that are neither a class id nor ignored."""
+    lut = np.full(1 << 16, -1, np.int64)
+    if kind == "cityscapes_label_ids":
+        lut[: max(CITYSCAPES_LABEL_TO_TRAIN) + 1] = rules.ignore_index  # every id of the table: 0-33
+        for label_id, train_id in CITYSCAPES_LABEL_TO_TRAIN.items():
+            lut[label_id] = train_id if train_id < rules.num_classes else -1
+    else:
+        lut[: rules.num_classes] = np.arange(rules.num_classes)
+    lut[rules.ignore_index] = rules.ignore_index  # 255 also marks license plates (label id -1) in labelIds files
+    lut.flags.writeable = False
+    return lut
+
+
+def class_ids(values: np.ndarray, label: LabelFile, rules: LabelRules) -> tuple[np.ndarray, dict[int, int]]:
+    """Class ids (uint8, the ignore index where ignored) and the unknown stored values {value: pixels}.
+    Unknown values are a BadInputError naming the mask and the values unless `rules.ignore_unknown`."""
+    flat = values.ravel()
+    outside = (flat < 0) | (flat >= 1 << 16)  # only 32-bit label files can hold these
+    lut = _known_values(label.kind, rules)
+    mapped = np.where(outside, -1, lut[np.where(outside, 0, flat)])
+    unknown_mask = mapped < 0
+    unknown: dict[int, int] = {}
+    if unknown_mask.any():
+        found, counts = np.unique(flat[unknown_mask], return_counts=True)
+        unknown = {int(v): int(c) for v, c in zip(found, counts)}
+        if not rules.ignore_unknown:
+            shown = ", ".join(map(str, list(unknown)[:8])) + (", ..." if len(unknown) > 8 else "")
+            what = (
+                "a Cityscapes label id (0-33) of a class the model has"
+                if label.kind == "cityscapes_label_ids"
+                else f"a class id (0-{rules.num_classes - 1})"
+            )
+            raise BadInputError(
+                f"{label.path}: mask values {shown} ({sum(unknown.values()):,} pixels) are neither {what} nor the "
+                f"ignore index {rules.ignore_index} (--ignore-unknown-labels counts them as ignored)"
+            )
+        mapped = np.where(unknown_mask, rules.ignore_index, mapped)
+    return mapped.reshape(values.shape).astype(np.uint8), unknown
+
+
+def read_label(label: LabelFile, rules: LabelRules = ANY_8BIT) -> np.ndarray:
+    """Class ids of a mask file under `rules` (one-line BadInputError naming the file and the bad values)."""
+    return class_ids(read_label_values(label.path), label, rules)[0]
+
+
+@dataclass
+class LabelCheck:
+    """What the label check before an evaluation found: what the report must say about the data."""
+
+    images: int  # in the data set as given
+    unlabeled_skipped: list[str] = field(default_factory=list)  # with allow_unlabeled: images left out
+    unknown_values: dict[int, int] = field(default_factory=dict)  # with ignore_unknown: value -> pixels ignored
+    masks_with_unknown: int = 0
+
+    def notes(self) -> list[str]:
+        lines = []
+        if self.unlabeled_skipped:
+            lines.append(
+                f"{len(self.unlabeled_skipped)} of {self.images} images have no label file and were left out "
+                f"(--allow-unlabeled): {_names(self.unlabeled_skipped)}"
+            )
+        if self.unknown_values:
+            values = ", ".join(f"{v} ({n:,} px)" for v, n in list(self.unknown_values.items())[:8])
+            lines.append(
+                f"{sum(self.unknown_values.values()):,} pixels in {self.masks_with_unknown} masks hold values that "
+                f"are not class ids and were counted as ignored (--ignore-unknown-labels): {values}"
+            )
+        return lines
+
+
+def _names(names: list[str], shown: int = 3) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 class Dataset:
-    """An ordered list of (image, optional label) files; iterating decodes them one by one."""
+    """An ordered list of (image, optional label) files; iterating decodes them one by one.
 
-    def __init__(self, root: Path, items: list[tuple[Path, LabelFile | None]], kind: str):
+    `rules` say which mask values are class ids (set by `checked`, from the model's class count); a data set
+    that went through `checked` carries its `label_check` for the report."""
+
+    def __init__(self, root: Path, items: list[tuple[Path, LabelFile | None]], kind: str,
+                 rules: LabelRules = ANY_8BIT, label_check: LabelCheck | None = None):  # fmt: skip
         self.root = root
         self.items = items
         self.kind = kind
+        self.rules = rules
+        self.label_check = label_check
 
     def __len__(self) -> int:
         return len(self.items)
@@ -90,20 +165,55 @@ class Dataset:
     def labeled(self) -> bool:
         return all(label is not None for _, label in self.items)
 
+    def name(self, image: Path) -> str:
+        return str(image.relative_to(self.root))
+
     def load(self, index: int) -> Sample:
         image_path, label = self.items[index]
         image = read_image(image_path)
-        array = read_label(label) if label is not None else None
+        array = read_label(label, self.rules) if label is not None else None
         if array is not None and array.shape != image.shape[:2]:
             raise BadInputError(f"{label.path}: label size {array.shape[::-1]} != image size {image.shape[1::-1]}")  # type: ignore[union-attr]
-        return Sample(name=str(image_path.relative_to(self.root)), image=image, label=array)
+        return Sample(name=self.name(image_path), image=image, label=array)
 
     def __iter__(self) -> Iterator[Sample]:
         for i in range(len(self)):
             yield self.load(i)
 
     def head(self, count: int | None) -> Dataset:
-        return self if count is None else Dataset(self.root, self.items[:count], self.kind)
+        if count is None:
+            return self
+        return Dataset(self.root, self.items[:count], self.kind, self.rules, self.label_check)
+
+    def checked(
+        self, rules: LabelRules, allow_unlabeled: bool = False, on_file: Callable[[], None] | None = None
+    ) -> Dataset:
+        """This data set under `rules`, checked before any long work: every image header (decompression bombs),
+        every mask's values and size. A partly labeled set is an error naming the unlabeled images unless
+        `allow_unlabeled`, which keeps the labeled ones (the check records what was left out)."""
+        unlabeled = [self.name(image) for image, label in self.items if label is None]
+        items = self.items
+        check = LabelCheck(images=len(self.items))
+        if unlabeled and len(unlabeled) < len(self.items):
+            if not allow_unlabeled:
+                raise BadInputError(
+                    f"{self.root}: {len(unlabeled)} of {len(self.items)} images have no label file "
+                    f"({_names(unlabeled)}); mIoU would leave them out (--allow-unlabeled evaluates the labeled ones)"
+                )
+            items = [item for item in self.items if item[1] is not None]
+            check.unlabeled_skipped = unlabeled
+        for image, label in items:
+            size = image_size(image)
+            if label is not None:
+                ids, unknown = class_ids(read_label_values(label.path), label, rules)
+                if ids.shape != size:
+                    raise BadInputError(f"{label.path}: label size {ids.shape[::-1]} != image size {size[::-1]}")
+                for value, pixels in unknown.items():
+                    check.unknown_values[value] = check.unknown_values.get(value, 0) + pixels
+                check.masks_with_unknown += bool(unknown)
+            if on_file:
+                on_file()
+        return Dataset(self.root, items, self.kind, rules, check)
 
 
 def _images_under(folder: Path) -> list[Path]:

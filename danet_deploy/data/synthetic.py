@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..files import atomic_path
+
 IGNORE = 255
 ROAD, SIDEWALK, BUILDING, WALL, FENCE, POLE, LIGHT, SIGN, VEGETATION, TERRAIN, SKY = range(11)
 PERSON, RIDER, CAR, TRUCK, BUS, TRAIN, MOTORCYCLE, BICYCLE = range(11, 19)
@@ -383,6 +385,7 @@ def write_calibration_images(folder: str | Path, count: int, height: int = 256, 
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(count):
         path = folder / f"calib_{i:04d}.png"
-        if not path.exists():
-            Image.fromarray(generate_scene(scene_seed("calib", i), height, width).image).save(path)
+        if not path.exists():  # written whole or not at all: an interrupted run leaves no half image to reuse
+            with atomic_path(path) as tmp:
+                Image.fromarray(generate_scene(scene_seed("calib", i), height, width).image).save(tmp, "PNG")
     return folder

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing
 import resource
+import signal
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -115,6 +116,7 @@ def benchmark(runners: list[Runner], image: np.ndarray, warmup: int = 3, iterati
     ctx = multiprocessing.get_context("spawn")
     results = []
     for runner in runners:
-        with ctx.Pool(1) as pool:
+        # Ctrl-C is the parent's to handle: it stops the worker (the pool's exit terminates it) and exits 130.
+        with ctx.Pool(1, initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN)) as pool:
             results.append(pool.apply(_child, ((runner, image, warmup, iterations),)))
     return {"backends": results, "versions": tool_versions("onnxslim", "tensorrt"), "device": cpu_device()}

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..config import ModelConfig
-from ..data.datasets import Dataset
+from ..data.datasets import Dataset, LabelRules
 from ..data.preprocess import resize_image
 from ..errors import BadInputError
 from ..evaluate.metrics import confusion_matrix, mean_iou, per_class_iou
@@ -128,6 +128,10 @@ class VerifyReport:
     protocol: str
     thresholds: dict[str, dict[str, float | None]]
     model: dict[str, Any]
+    # What the label check found (images left out, unknown mask values counted as ignored) and its notes,
+    # which every report shows next to the mIoU they qualify.
+    label_check: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
     schema_version: int = REPORT_SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -206,6 +210,9 @@ def verify(
     on_image: Callable[[int], None] | None = None,
     protocol: EvalProtocol = EvalProtocol(),
     worst: int = 3,
+    *,
+    ignore_unknown_labels: bool = False,
+    allow_unlabeled: bool = False,
 ) -> VerifyReport:
     """Run every runner on every image under one protocol; the first runner is the reference for parity.
 
@@ -213,20 +220,30 @@ def verify(
     align_corners, ignore index) defaults to the reference runner's. Each backend is judged by the thresholds
     of its precision. Images stream one at a time; per image only each backend's pixel agreement is kept
     (for the worst images).
+
+    The data set is checked first unless the caller did (`Dataset.checked` with the model's label rules):
+    mask values that are neither a class id nor the ignore index, and a partly labeled set, are errors unless
+    `ignore_unknown_labels` / `allow_unlabeled` opt in; the report says what the opt-ins changed.
     """
     thresholds = thresholds or DEFAULT_THRESHOLDS
     if len(runners) < 1:
         raise BadInputError("verify needs at least one backend")
     if len(dataset) == 0:
         raise BadInputError(f"{dataset.root}: no images to evaluate")
+    config = config or runners[0].config
+    rules = LabelRules(config.num_classes, config.ignore_index, ignore_unknown_labels)
+    if dataset.label_check is None or dataset.rules != rules:
+        dataset = dataset.checked(rules, allow_unlabeled)
     size = common_input_size(r.input_spec.static_size for r in runners)
     if protocol.crop is not None and size is not None and size != (protocol.crop, protocol.crop):
         crop = f"{protocol.crop}x{protocol.crop}"
         raise BadInputError(f"sliding window {crop} needs backends of that size; a backend is fixed at "
                             f"{size[0]}x{size[1]} (export it with --input-size {crop})")  # fmt: skip
+    if protocol.crop is None and size is not None and protocol.scales != (1.0,):
+        raise BadInputError(f"--scales runs each image at several sizes; a backend is fixed at {size[0]}x{size[1]} "
+                            "(export it with --dynamic)")  # fmt: skip
     resize_to = size if protocol.crop is None else None
     with activated(runners):
-        config = config or runners[0].config
         acc = _evaluate(dataset, runners, config, protocol, resize_to, on_image)
     n = config.num_classes
     labeled = dataset.labeled
@@ -283,6 +300,8 @@ def verify(
         protocol=protocol.name,
         thresholds={k: asdict(v) for k, v in thresholds.items()},
         model={"arch": config.arch, "variant": config.variant, "num_classes": n, "align_corners": config.align_corners},
+        label_check=asdict(dataset.label_check) if dataset.label_check else None,
+        notes=dataset.label_check.notes() if dataset.label_check else [],
     )
 
 

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from ..config import ModelConfig
-from ..data.datasets import IMAGE_SUFFIXES, open_dataset, read_image
+from ..data.datasets import IMAGE_SUFFIXES, open_dataset
+from ..data.images import max_pixels, probe_image, read_image
 from ..data.preprocess import resize_image
 from ..errors import BadInputError
 from ..export.artifact import InputSpec, OnnxModel
@@ -45,23 +45,14 @@ class CalibrationInfo:
     seed: int
     input_size: list[int]
     skipped_non_image: int
-    skipped_unreadable: int
+    skipped_unreadable: int  # not decodable as an image, or a mode with no defined RGB (floating point)
+    skipped_too_large: int = 0  # decompression bombs: over Pillow's pixel limit, never decoded
     warnings: list[str] = field(default_factory=list)
 
 
 def _warn(message: str, collected: list[str]) -> None:
     collected.append(message)
     warnings.warn(message, CalibrationWarning, stacklevel=3)  # points at the stage that called calibration_set
-
-
-def _readable(path: Path) -> bool:
-    """A cheap header check; a file that passes but fails to decode later raises a one-line error then."""
-    try:
-        with Image.open(path) as img:
-            img.verify()
-        return True
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-        return False
 
 
 def _candidates(root: Path, split: str) -> tuple[list[Path], int]:
@@ -78,19 +69,21 @@ def _candidates(root: Path, split: str) -> tuple[list[Path], int]:
     return images, len(files) - len(images)
 
 
-def _sample(candidates: list[Path], count: int, seed: int) -> tuple[list[Path], int]:
-    """Visit the sorted candidates in a seeded random order; return `count` readable ones and the unreadable tally."""
+def _sample(candidates: list[Path], count: int, seed: int) -> tuple[list[Path], dict[str, int]]:
+    """Visit the sorted candidates in a seeded random order; return `count` usable ones and the skipped tally
+    by reason ("not an image", "too large": decompression bombs, "unsupported mode"), from headers only."""
     chosen: list[Path] = []
-    unreadable = 0
+    skipped: dict[str, int] = {}
     for index in np.random.default_rng(seed).permutation(len(candidates)):
         if len(chosen) == count:
             break
         path = candidates[int(index)]
-        if _readable(path):
+        reason = probe_image(path)
+        if reason is None:
             chosen.append(path)
         else:
-            unreadable += 1
-    return sorted(chosen), unreadable
+            skipped[reason] = skipped.get(reason, 0) + 1
+    return sorted(chosen), skipped
 
 
 @dataclass
@@ -107,6 +100,7 @@ class CalibrationSet:
     candidates: int  # image files found (before sampling)
     skipped_non_image: int = 0
     skipped_unreadable: int = 0
+    skipped_too_large: int = 0
     warnings: list[str] = field(default_factory=list)
     _hashes: list[str] | None = field(default=None, repr=False)
 
@@ -159,6 +153,7 @@ class CalibrationSet:
             input_size=list(self.size),
             skipped_non_image=self.skipped_non_image,
             skipped_unreadable=self.skipped_unreadable,
+            skipped_too_large=self.skipped_too_large,
             warnings=list(self.warnings),
         )
 
@@ -190,16 +185,19 @@ def calibration_set(
     notes: list[str] = []
     if non_image:
         _warn(f"{root}: skipped {non_image} non-image file(s) (suffixes {', '.join(IMAGE_SUFFIXES)})", notes)
-    chosen, unreadable = _sample(candidates, count or default_count, seed)
+    chosen, skipped = _sample(candidates, count or default_count, seed)
+    unreadable = skipped.get("not an image", 0) + skipped.get("unsupported mode", 0)
+    too_large = skipped.get("too large", 0)
     if unreadable:
         _warn(f"{root}: skipped {unreadable} unreadable image file(s)", notes)
+    if too_large:
+        _warn(f"{root}: skipped {too_large} image(s) over the decompression-bomb limit of {max_pixels():,} pixels",
+              notes)  # fmt: skip
+    tally = f"{non_image} non-image, {unreadable} unreadable, {too_large} too large"
     if not chosen:
-        raise BadInputError(f"{root}: no readable calibration images ({non_image} non-image, {unreadable} unreadable)")
+        raise BadInputError(f"{root}: no readable calibration images ({tally})")
     if count is not None and len(chosen) < count:
-        raise BadInputError(
-            f"{root}: {len(chosen)} usable calibration images, {count} requested "
-            f"({unreadable} unreadable, {non_image} non-image files skipped)"
-        )
+        raise BadInputError(f"{root}: {len(chosen)} usable calibration images, {count} requested ({tally} skipped)")
     if batch > 1 and len(chosen) % batch:
         dropped = len(chosen) % batch
         _warn(f"{root}: the model's batch size is {batch}; the last {dropped} image(s) are not used", notes)
@@ -222,6 +220,7 @@ def calibration_set(
         candidates=len(candidates),
         skipped_non_image=non_image,
         skipped_unreadable=unreadable,
+        skipped_too_large=too_large,
         warnings=notes,
     )
 

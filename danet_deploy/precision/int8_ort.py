@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ..data.datasets import read_image
+from ..data.images import read_image
 from ..errors import BadInputError
 from ..graph.sites import find_sites
 from ..quiet import quiet

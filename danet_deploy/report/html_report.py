@@ -187,6 +187,7 @@ STYLE = """
 body{font-family:system-ui,sans-serif;margin:2rem;color:#222;max-width:1400px}
 table{border-collapse:collapse;font-size:14px}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
 td:first-child,th:first-child{text-align:left}.pass{color:#1a7f37;font-weight:600}.fail{color:#cf222e;font-weight:600}
+.note{background:#fff8c5;border:1px solid #d4a72c;padding:6px 10px}
 .banner{padding:.6rem 1rem;border-radius:6px;font-weight:600}.ok{background:#dafbe1}.bad{background:#ffebe9}
 .row{display:flex;flex-wrap:wrap;gap:8px}figure{margin:0}figcaption{font-size:12px;text-align:center}
 .legend span{display:inline-block;margin-right:12px;font-size:12px}
@@ -209,12 +210,13 @@ def write_html(
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     banner = '<div class="banner ok">PASSED</div>' if report.passed else '<div class="banner bad">FAILED</div>'
     size = html.escape("x".join(map(str, report.input_size)) if report.input_size else "native size")
+    notes = "".join(f'<p class="note">{html.escape(note)}</p>' for note in report.notes)
     page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="{CSP}"><title>{html.escape(title)}</title>
 <style>{STYLE}</style></head><body>
 <h1>{html.escape(title)}</h1>{banner}
 <p>{html.escape(config.arch)}, {html.escape(str(config.num_classes))} classes; {report.images} images;
-protocol {html.escape(report.protocol)}; input {size}; reference {html.escape(report.reference)}; {created}</p>
+protocol {html.escape(report.protocol)}; input {size}; reference {html.escape(report.reference)}; {created}</p>{notes}
 <h2>Backends</h2><table><tr><th>backend</th><th>precision</th><th>mIoU %</th><th>delta</th><th>pixel agreement</th>
 <th>max |diff|</th><th>p99 |diff|</th><th>cosine</th><th>NaN/Inf</th><th>result</th></tr>
 {_backend_rows(report)}</table>
@@ -250,6 +252,7 @@ def write_markdown(report: VerifyReport, path: str | os.PathLike[str], html_name
         "",
         f"{report.images} images, protocol {md_escape(report.protocol)}, reference {md_escape(report.reference)}.",
         "",
+        *[f"Note: {md_escape(note)}\n" for note in report.notes],
         "| backend | precision | mIoU % | delta | pixel agreement | max abs diff | p99 abs diff | cosine | result |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
