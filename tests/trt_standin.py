@@ -15,7 +15,8 @@ Behaviour is faked only as far as the loader chain needs to continue, and every 
 - `OnnxParser.parse_from_file`: one layer per ONNX node, named like the node (as the ONNX parser names them),
   network inputs/outputs from the graph; no operator is checked.
 - `Builder.build_serialized_network`: returns a JSON payload recording the network and configuration it was
-  given, not an engine; `Runtime.deserialize_cuda_engine` reads that payload back.
+  given, not an engine; `Runtime.deserialize_cuda_engine` reads that payload back (from a buffer only: the
+  stream-reader overloads of 10.x/11 are not modelled, the project does not use them).
 - `EngineInspector.get_engine_information`: layer information in TensorRT's JSON format, one layer per network
   layer in the precision the build asked for (its pinned type if set; INT8 for Conv/MatMul of an INT8 build;
   FP16 for an FP16 build; FP32 otherwise) unless a test passes its own JSON. This fakes TensorRT's result; it
