@@ -134,11 +134,25 @@ def test_cuda_runtime_reads_the_device_properties() -> None:
         CudaRuntime(FakeLibcudart(count=0, status=100)).device_count()
 
 
+def test_missing_cuda_runtime_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    import polygraphy.cuda
+
+    def no_libcudart() -> None:
+        raise OSError("libcudart.so: cannot open shared object file: No such file or directory")
+
+    monkeypatch.setattr(polygraphy.cuda, "wrapper", no_libcudart)
+    with pytest.raises(DeployError) as caught:
+        discover_gpu(CudaRuntime(), environ={})
+    assert caught.value.exit_code == EXIT_MISSING_DEPENDENCY
+    assert str(caught.value).startswith("no CUDA runtime library (libcudart) found (libcudart.so: cannot open")
+
+
 def test_this_machine_without_a_gpu_is_exit_3() -> None:
     try:
         gpu = discover_gpu()
     except DeployError as exc:
-        assert exc.exit_code == EXIT_MISSING_DEPENDENCY and str(exc).startswith("no NVIDIA GPU visible to CUDA (")
+        assert exc.exit_code == EXIT_MISSING_DEPENDENCY
+        assert str(exc).startswith(("no NVIDIA GPU visible to CUDA (", "no CUDA runtime library (libcudart) found ("))
     else:
         pytest.skip(f"this machine has a GPU ({gpu.name}): the missing-GPU error cannot be shown")
 

@@ -140,7 +140,11 @@ class CudaDevices(Protocol):
 
 
 class CudaUnavailable(Exception):
-    """No usable CUDA runtime or device; the message is CUDA's reason."""
+    """No usable CUDA device; the message is CUDA's reason."""
+
+
+class CudaRuntimeMissing(CudaUnavailable):
+    """libcudart itself was not found."""
 
 
 class CudaRuntime:
@@ -167,7 +171,7 @@ class CudaRuntime:
 
                     self._handle = cuda.wrapper().handle
             except Exception as exc:  # PolygraphyException or OSError: no libcudart on this machine
-                raise CudaUnavailable(f"no CUDA runtime library (libcudart) found: {_first_line(exc)}") from None
+                raise CudaRuntimeMissing(_first_line(exc)) from None
         return self._handle
 
     def _check(self, status: int) -> None:
@@ -225,6 +229,10 @@ def discover_gpu(cuda: CudaDevices | None = None, environ: Mapping[str, str] | N
         if cuda.device_count() < 1:
             raise CudaUnavailable("CUDA reports 0 devices")
         return cuda.device(0)
+    except CudaRuntimeMissing as exc:
+        raise DeployError(f"no CUDA runtime library (libcudart) found ({exc}); TensorRT engines need the NVIDIA "
+                          "driver and CUDA runtime: JetPack and NVIDIA's containers have them, pip installs it "
+                          "with tensorrt-cu12", EXIT_MISSING_DEPENDENCY) from None  # fmt: skip
     except CudaUnavailable as exc:
         hint = f"; CUDA_VISIBLE_DEVICES={visible!r} selects which GPUs are visible" if visible is not None else ""
         raise DeployError(f"no NVIDIA GPU visible to CUDA ({exc}){hint}; TensorRT engines need one",
