@@ -289,27 +289,34 @@ class EngineResult:
     notes: list[str] = field(default_factory=list)
     sidecar: Any = None  # engine.sidecar.EngineSidecar once built
     output: Path | None = None
+    system: Any = None  # engine.system.RunningSystem where TensorRT and a GPU were found
 
 
 def plan_engine(
     model: PathLike | OnnxModel, options: Any, tensorrt_version: str | None = None, dry_run: bool = False
 ) -> EngineResult:
-    """The build plan for the installed TensorRT (or `tensorrt_version`); a dry run without TensorRT plans for
-    the default version and says so; a real build needs TensorRT here."""
-    from .engine.build import running_system
+    """The build plan for the installed TensorRT (or `tensorrt_version`); a dry run without TensorRT plans for the
+    TensorRT this Jetson's JetPack installs, else the default version, and says so; a real build needs TensorRT
+    and a GPU here."""
     from .engine.plan import DEFAULT_PLAN_VERSION, plan_build
+    from .engine.system import read_platform, running_system
 
     notes = []
+    system = None
     version = tensorrt_version
-    if version is None:
-        try:
-            version = running_system().tensorrt_version
-        except DeployError:
-            if not dry_run:
-                raise  # a real build fails here, before anything is written, without TensorRT
-            version = DEFAULT_PLAN_VERSION
-            notes.append(f"TensorRT not available here; planning for TensorRT {version} (--tensorrt-version)")
-    return EngineResult(plan_build(model, options, version), notes)
+    try:
+        system = running_system()
+    except DeployError:
+        if not dry_run:
+            raise  # a real build fails here, before anything is written, without TensorRT or a GPU
+        if version is None:
+            platform = read_platform()
+            version = platform.jetpack_tensorrt if platform.jetpack_tensorrt else DEFAULT_PLAN_VERSION
+            source = f"what JetPack {platform.jetpack} installs" if platform.jetpack_tensorrt else "--tensorrt-version"
+            notes.append(f"TensorRT not available here; planning for TensorRT {version} ({source})")
+    if version is None and system is not None:
+        version = system.tensorrt_version
+    return EngineResult(plan_build(model, options, version), notes, system=system)
 
 
 def prepare_network(plan: Any, progress: Progress = SILENT) -> QuantizeResult | None:
@@ -324,15 +331,20 @@ def prepare_network(plan: Any, progress: Progress = SILENT) -> QuantizeResult | 
 def build_engine(
     model: PathLike, output: PathLike, options: Any, tensorrt_version: str | None = None, progress: Progress = SILENT
 ) -> EngineResult:
-    """Plan, make the network ONNX the plan needs, build the engine and write it with its sidecar."""
+    """Plan, make the network ONNX the plan needs, build the engine, audit its precision and write it with its
+    sidecar. Options the platform cannot honour (DLA on a GPU without one, hardware compatibility on Jetson) fail
+    before the network ONNX is made."""
     from .engine.build import build_engine as build
+    from .engine.build import check_platform
 
     out = check_output(output, [model])
     check_output(f"{out}.json", [model])
     result = plan_engine(model, options, tensorrt_version)
+    check_platform(result.plan, result.system.platform)
     prepare_network(result.plan, progress)
     with progress.task("building (TensorRT)") as update:
-        result.sidecar = build(result.plan, out, lambda phase, step, total: update(0, description=phase))
+        result.sidecar = build(result.plan, out, lambda phase, step, total: update(0, description=phase),
+                               system=result.system)  # fmt: skip
     result.output = out
     return result
 
@@ -363,6 +375,7 @@ class VerifyResult:
     warnings: list[str]
     json_path: Path | None = None
     html_path: Path | None = None
+    engines: list[tuple[str, Any]] = field(default_factory=list)  # (backend name, EngineSidecar) per engine
 
 
 def _engine_runners(engines: Sequence[PathLike]) -> list[Any]:
@@ -370,7 +383,7 @@ def _engine_runners(engines: Sequence[PathLike]) -> list[Any]:
     any data is read or any process started."""
     if not engines:
         return []
-    from .engine.build import running_system
+    from .engine.system import running_system
     from .runners.tensorrt import TensorRTRunner
 
     runners = [TensorRTRunner(path) for path in engines]
@@ -444,7 +457,7 @@ def verify(
                               progress, options.limit)  # fmt: skip
     if not dataset.labeled:
         warnings.append(f"{data} has no label files; parity only, mIoU is not computed")
-    result = VerifyResult(None, warnings)
+    result = VerifyResult(None, warnings, engines=[(r.name, r.sidecar) for r in runners if r.kind == "tensorrt"])
     with activated(runners):
         # TensorRT runners compare their engine's sidecar with this system when they activate.
         warnings += [w for r in runners for w in getattr(r, "warnings", [])]
@@ -625,17 +638,73 @@ class InspectResult:
     json_path: Path | None = None
 
 
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+
+
+@dataclass
+class EngineInspectResult:
+    path: Path
+    sidecar: Any  # engine.sidecar.EngineSidecar: how and where it was built, the precision audit of the build
+    live: Any = None  # engine.audit.EngineAudit read from the engine now (TensorRT here and the engine compatible)
+    notes: list[str] = field(default_factory=list)  # why the engine itself was not read, or what differs
+    json_path: Path | None = None
+
+
+def inspect_engine(
+    engine: PathLike, json_path: PathLike | None = None, progress: Progress = SILENT
+) -> EngineInspectResult:
+    """The sidecar's facts (TensorRT, GPU, platform, precision path, profile, options, layers per precision at
+    build time) and, where TensorRT and a compatible GPU are present, the engine's own layer information."""
+    import dataclasses
+    import hashlib
+
+    from .engine.audit import audit_engine, parse_layer_information
+    from .engine.build import engine_layer_information
+    from .engine.sidecar import check_compatible, read_sidecar
+    from .engine.system import running_system
+
+    if json_path is not None:
+        check_output(json_path, [engine])
+    path = Path(engine)
+    if not path.is_file():
+        raise BadInputError(f"{path}: no such engine file")
+    sidecar = read_sidecar(path)
+    result = EngineInspectResult(path, sidecar)
+    engine_bytes = path.read_bytes()
+    if sidecar.engine_sha256 and hashlib.sha256(engine_bytes).hexdigest() != sidecar.engine_sha256:
+        result.notes.append("the engine is not the one its sidecar describes (sha256 differs)")
+    try:
+        result.notes += check_compatible(sidecar, running_system(), path)
+    except DeployError as exc:
+        result.notes.append(f"layer information from the sidecar only: {exc}")
+    else:
+        with progress.task("reading the engine's layer information (TensorRT)"):
+            try:
+                layers = parse_layer_information(engine_layer_information(engine_bytes))
+            except ValueError as exc:
+                raise BadInputError(f"{path}: {exc}") from None
+        result.live = audit_engine(layers, sidecar.precision, sidecar.pinned_fp32_layers)
+    if json_path is not None:
+        data = {"engine": str(path), "sidecar": dataclasses.asdict(sidecar),
+                "live_layers": result.live.to_dict() if result.live else None, "notes": result.notes}  # fmt: skip
+        result.json_path = write_json(json_path, data)
+    return result
+
+
 def inspect(
     model: PathLike, target: str = "trt10.3", input_size: tuple[int, int] | None = None,
     json_path: PathLike | None = None, progress: Progress = SILENT,
-) -> InspectResult:  # fmt: skip
+) -> InspectResult | EngineInspectResult:  # fmt: skip
     """Model config and provenance, precision, op histogram, attention sites, TensorRT readiness lint, memory
-    estimate; for INT8 models which Conv/MatMul nodes ONNX Runtime's CPU provider runs as integer kernels."""
+    estimate; for INT8 models which Conv/MatMul nodes ONNX Runtime's CPU provider runs as integer kernels. A
+    TensorRT engine (.engine, .plan, .trt) is inspected by `inspect_engine`."""
     import dataclasses
 
     from .export.artifact import precision_label
     from .graph.lint import lint
 
+    if Path(model).suffix.lower() in ENGINE_SUFFIXES:
+        return inspect_engine(model, json_path, progress)
     if json_path is not None:
         check_output(json_path, [model])
     onnx_model = OnnxModel.load(model)

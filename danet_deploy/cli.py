@@ -30,6 +30,8 @@ from .graph.pam import DEFAULT_BLOCK
 from .progress import Progress as LibraryProgress
 from .report.text import (
     benchmark_table,
+    engine_audit_line,
+    engine_inspect_lines,
     export_summary,
     fp16_lines,
     inspect_tables,
@@ -304,15 +306,21 @@ def simplify(
 @app.command()
 @guarded
 def inspect(
-    model: Annotated[Path, typer.Argument(help="ONNX model.")],
+    model: Annotated[Path, typer.Argument(help="ONNX model, or a TensorRT engine (.engine/.plan/.trt) with sidecar.")],
     target: Annotated[str, typer.Option(help="trt8.6, trt10.3, trt10.14, trt11 or ort.")] = "trt10.3",
     input_size: Annotated[str | None, typer.Option(help="HxW to lint at (required for dynamic models).")] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the findings as JSON.")] = None,
     strict: Annotated[bool, typer.Option(help="Exit 1 when the lint finds errors for the target.")] = False,
 ) -> None:
-    """Op histogram, attention sites and their form, model config, TensorRT readiness lint, memory estimate."""
+    """Op histogram, attention sites and their form, model config, TensorRT readiness lint, memory estimate. For an
+    engine: its sidecar's facts and layers per precision (read from the engine too where TensorRT is present)."""
     size = parse_size(input_size) if input_size else None
     result = api.inspect(model, target, size, json_path, PROGRESS)
+    if isinstance(result, api.EngineInspectResult):
+        _lines(engine_inspect_lines(str(model), result.sidecar, result.live, result.notes))
+        if strict and result.live is not None and result.live.failures:
+            raise CheckFailedError(f"{model}: {'; '.join(result.live.failures)}")
+        return
     for item in inspect_tables(str(model), result.metadata, result.lint, result.precision, result.kernels):
         out.print(item)
     if strict and result.lint.errors:
@@ -416,7 +424,7 @@ def build_engine(
     _lines(plan_lines(result.plan))
     s = result.sidecar
     built = f"{s.build_seconds:.0f} s, {s.gpu_name}, TensorRT {s.tensorrt_version}"
-    out.print(f"wrote {output} and {output}.json ({built})", highlight=False)
+    _lines([f"wrote {output} and {output}.json ({built})", engine_audit_line(str(output), s)])
 
 
 @app.command()
@@ -474,6 +482,7 @@ def verify(
 
 def _print_verify(result: api.VerifyResult) -> None:
     out.print(verify_table(result.report))
+    _lines([engine_audit_line(name, sidecar) for name, sidecar in result.engines])
     if result.report.labeled:
         out.print(per_class_table(result.report))
     for note in result.report.notes:

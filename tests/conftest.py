@@ -15,6 +15,8 @@ from danet_deploy.export import ExportOptions, export_onnx
 from danet_deploy.model import DANet, build_danet
 from danet_deploy.model.danet import ChannelAttention, PositionAttention
 
+from .tensorrt_gate import TensorRTGate, tensorrt_required
+
 TINY = ModelConfig(depth=18, base_width=8, stem_channels=(8, 8, 16), input_size=(64, 128))
 
 
@@ -69,3 +71,20 @@ def city_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+# --- GPU CI: with DANET_DEPLOY_REQUIRE_TENSORRT=1 a skipped (or absent) tensorrt test fails the run --------------
+
+_GATE = TensorRTGate(tensorrt_required())
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    _GATE.report(report.nodeid, report.keywords, report.when, report.outcome)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    selected = "tensorrt" in (session.config.getoption("markexpr") or "")
+    reason = _GATE.failure(selected)
+    if reason is not None:
+        session.config.get_terminal_writer().line(f"FAILED (tensorrt gate): {reason}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

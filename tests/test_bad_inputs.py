@@ -186,6 +186,8 @@ CASES = [
                     "-o", w.tmp / "q.onnx"], 2, "masks/b.png: mask values 42", absent=lambda w: [w.tmp / "q.onnx"]),
     Case("scales-on-static-model", lambda w: ["verify", "--onnx", w.onnx, "--data", w.data, "--scales", "0.5,1"], 2,
          "fixed at 64x128"),
+    Case("tensorrt-version-9", lambda w: ["build-engine", w.onnx, "--fp16", "--dry-run", "--tensorrt-version", "9.0"],
+         2, "TensorRT 9.0: danet-deploy builds with TensorRT 8.6, 10.x and 11.x"),
     Case("ort-int8-to-tensorrt", lambda w: ["build-engine", w.made["ort_int8"], "--int8", "--dry-run", "-o",
                                             w.tmp / "e.engine"], 2, "ONNX Runtime"),
 ]  # fmt: skip

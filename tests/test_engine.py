@@ -191,3 +191,37 @@ def test_sidecar_records_the_input_spec_instead_of_guessing_it() -> None:
     assert sidecar.spec == spec and sidecar.spec.static_size == (64, 128) and sidecar.spec.uint8
     with pytest.raises(BadInputError, match="rebuild"):
         _ = _sidecar(input_spec={}).spec
+
+
+@pytest.mark.slow
+def test_inspect_engine_without_tensorrt_shows_the_sidecar(tmp_path: Path) -> None:
+    from danet_deploy.engine.audit import audit_engine, parse_layer_information
+    from danet_deploy.engine.system import require_tensorrt
+
+    from .test_cli import run
+
+    try:
+        require_tensorrt()
+        pytest.skip("TensorRT is installed here: inspect would read the engine itself")
+    except DeployError:
+        pass
+    layers = parse_layer_information((Path(__file__).parent / "data" / "engine_layers_fp16_trt10.json").read_text())
+    audit = audit_engine(layers, "fp16", ["/head/cam/MatMul", "/head/cam/Softmax"])
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"plan bytes")
+    write_sidecar(engine, _sidecar(engine_layers=audit.to_dict(), platform="Jetson AGX Orin Developer Kit (JetPack "
+                                   "6.2, Jetson Linux 36.4.3)", build_options={"workspace_mib": 512}))  # fmt: skip
+    result = run("inspect", engine, "--json", tmp_path / "inspect.json")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"{engine}: TensorRT 10.3.0 engine, fp16 (weakly typed build)"
+    assert "Orin (SM 8.7), Jetson AGX Orin Developer Kit (JetPack 6.2, Jetson Linux 36.4.3), CUDA 12.6" in lines[1]
+    assert "  options        workspace_mib=512" in lines
+    assert "  layers (build) FP16 4, FP32 2 compute layers; pinned FP32 2/2 confirmed" in lines
+    assert any("sidecar only: TensorRT is not installed" in line for line in lines)
+    assert any("not the one its sidecar describes" in line for line in lines)  # engine_sha256 "b" differs
+    saved = json.loads((tmp_path / "inspect.json").read_text())
+    assert saved["sidecar"]["engine_layers"]["compute_layers"] == {"FP16": 4, "FP32": 2}
+    assert saved["live_layers"] is None
+    assert_missing = run("inspect", tmp_path / "other.engine")
+    assert assert_missing.returncode == 2 and "no such engine file" in assert_missing.stderr

@@ -152,7 +152,8 @@ def test_tensorrt_runner_reads_only_the_sidecar(tmp_path: Path) -> None:
     ))  # fmt: skip
     runner = TensorRTRunner(engine)
     assert not runner.is_active and runner.name == "tensorrt:m.engine" and runner.kind == "tensorrt"
-    assert runner.device == "GPU: Orin" and runner.precision is Precision.INT8 and runner.threads is None
+    assert runner.device == "GPU: Orin (where it was built)"  # the GPU it runs on is known once active
+    assert runner.precision is Precision.INT8 and runner.threads is None
     assert runner.input_spec == spec and runner.config == TINY
     assert pickle.loads(pickle.dumps(runner)).input_spec == spec
     with pytest.raises(BadInputError, match="no such engine"):
@@ -183,6 +184,15 @@ def test_benchmark_rows_come_from_the_runner_contract(tiny_model, tiny_onnx: Pat
             benchmark(runners, image)
     finally:
         runners[0].deactivate()
+
+
+def test_benchmark_header_names_each_gpu_the_backends_ran_on() -> None:
+    from danet_deploy.evaluate.benchmark import devices
+
+    rows = [{"device": cpu_device()}, {"device": "GPU: Orin (SM 8.7, 61.4 GiB)"}, {"error": "no GPU", "exit_code": 3},
+            {"device": "GPU: Orin (SM 8.7, 61.4 GiB)"}]  # fmt: skip
+    assert devices(rows) == f"{cpu_device()}, GPU: Orin (SM 8.7, 61.4 GiB)"
+    assert devices(rows[:1]) == cpu_device()
 
 
 def _flushing() -> bool:

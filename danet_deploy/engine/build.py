@@ -1,11 +1,13 @@
 """Build a TensorRT engine from a BuildPlan through Polygraphy's loaders (TensorRT is imported lazily).
 
-Nothing here runs on a machine without TensorRT and an NVIDIA GPU: `require_tensorrt` and
-`running_system` fail first with one line saying what is missing and how to get it (exit code 3).
+Nothing here runs on a machine without TensorRT and an NVIDIA GPU: `system.running_system` fails first with one
+line saying which is missing and how to get it (exit code 3). After the build the engine's layer information
+is audited (`audit.py`); an engine that does not run in the precision asked for is never written (exit 1).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import time
@@ -14,51 +16,23 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..errors import EXIT_MISSING_DEPENDENCY, DeployError
+from ..errors import BadInputError, CheckFailedError, DeployError
 from ..export.artifact import OnnxModel
 from ..files import all_or_nothing, sha256_file, write_bytes
+from .audit import EngineAudit, audit_engine, parse_layer_information
 from .plan import BuildPlan
-from .sidecar import EngineSidecar, RunningSystem, write_sidecar
-
-INSTALL_HINT = (
-    'install it on a machine with an NVIDIA GPU and driver: pip install "danet-deploy[tensorrt]", '
-    "or use NVIDIA's TensorRT container (docker/Dockerfile); on Jetson it comes with JetPack"
-)
+from .sidecar import EngineSidecar, write_sidecar
+from .system import Platform, RunningSystem, require_tensorrt, running_system
 
 
-def require_tensorrt() -> Any:
-    try:
-        import tensorrt as trt
-    except (ImportError, OSError) as exc:  # PyPI stubs without their native libraries fail here too
-        detail = f" ({str(exc).splitlines()[0][:100]})" if str(exc) else ""
-        raise DeployError(f"TensorRT is not installed{detail}; {INSTALL_HINT}", EXIT_MISSING_DEPENDENCY) from None
-    return trt
-
-
-def running_system() -> RunningSystem:
-    """TensorRT version and the GPU (name, compute capability) this process would use."""
-    trt = require_tensorrt()
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        handle = pynvml.nvmlDeviceGetHandleByIndex(int(os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0] or 0))
-        name = pynvml.nvmlDeviceGetName(handle)
-        major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(handle)
-    except Exception as exc:  # no driver, no device, no NVML
-        raise DeployError(f"no NVIDIA GPU found ({type(exc).__name__}); TensorRT engines need one",
-                          EXIT_MISSING_DEPENDENCY) from None  # fmt: skip
-    return RunningSystem(trt.__version__, name.decode() if isinstance(name, bytes) else str(name), f"{major}.{minor}")
-
-
-def cuda_version() -> str | None:
-    try:
-        import pynvml
-
-        version = pynvml.nvmlSystemGetCudaDriverVersion()
-        return f"{version // 1000}.{(version % 1000) // 10}"
-    except Exception:
-        return None
+def check_platform(plan: BuildPlan, platform: Platform | None) -> None:
+    """Options this platform cannot honour (the plan checked the TensorRT version already)."""
+    if platform is None:
+        return
+    if plan.options.get("dla_core") is not None and platform.no_dla_reason:
+        raise BadInputError(f"--dla-core: {platform.no_dla_reason}")
+    if plan.options.get("hardware_compat") and platform.is_jetson:
+        raise BadInputError("--hardware-compat: hardware compatibility levels are not supported on Jetson (JetPack)")
 
 
 def _progress_monitor(trt: Any, on_progress: Callable[[str, int, int], None] | None) -> Any:
@@ -83,6 +57,18 @@ def _progress_monitor(trt: Any, on_progress: Callable[[str, int, int], None] | N
     return Monitor()
 
 
+def _use_dla(trt: Any, core: int, gpu_fallback: bool, builder: Any, network: Any, config: Any) -> None:
+    """Put the build on DLA core `core`. Done here rather than with CreateConfig(use_dla=True), which always
+    picks core 0 and adds PREFER_PRECISION_CONSTRAINTS next to our OBEY (TensorRT says: set one of them)."""
+    available = builder.num_DLA_cores
+    if core >= available:
+        raise BadInputError(f"--dla-core {core}: this device has {available} DLA core(s)")
+    config.default_device_type = trt.DeviceType.DLA
+    config.DLA_core = core
+    if gpu_fallback:
+        config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+
+
 def polygraphy_loaders(plan: BuildPlan, on_progress: Callable[[str, int, int], None] | None = None) -> Any:
     """The lazy Polygraphy loader chain for the plan; calling the result builds serialized engine bytes."""
     trt = require_tensorrt()
@@ -90,6 +76,7 @@ def polygraphy_loaders(plan: BuildPlan, on_progress: Callable[[str, int, int], N
         CreateConfig,
         EngineBytesFromNetwork,
         NetworkFromOnnxPath,
+        PostprocessConfig,
         Profile,
         SetLayerPrecisions,
     )
@@ -109,6 +96,8 @@ def polygraphy_loaders(plan: BuildPlan, on_progress: Callable[[str, int, int], N
         "version_compatible": options.get("version_compatible") or None,
         "builder_optimization_level": options.get("builder_opt_level"),
         "progress_monitor": _progress_monitor(trt, on_progress),
+        # Layer precisions and ONNX node names in the engine's layer information, for the audit.
+        "profiling_verbosity": trt.ProfilingVerbosity.DETAILED,
     }
     if not strongly_typed:  # precision flags exist only for weakly typed networks (removed in 11)
         config_kwargs.update(fp16="FP16" in plan.builder_flags, int8="INT8" in plan.builder_flags)
@@ -116,41 +105,71 @@ def polygraphy_loaders(plan: BuildPlan, on_progress: Callable[[str, int, int], N
             config_kwargs["precision_constraints"] = "obey"
     if options.get("workspace_mib"):
         config_kwargs["memory_pool_limits"] = {trt.MemoryPoolType.WORKSPACE: int(options["workspace_mib"]) << 20}
-    if options.get("dla_core") is not None:
-        config_kwargs.update(use_dla=True, allow_gpu_fallback=bool(options.get("gpu_fallback")))
     if options.get("hardware_compat"):
         config_kwargs["hardware_compatibility_level"] = getattr(
             trt.HardwareCompatibilityLevel, levels[options["hardware_compat"]]
         )
-    config = CreateConfig(**{k: v for k, v in config_kwargs.items() if v is not None})
+    config: Any = CreateConfig(**{k: v for k, v in config_kwargs.items() if v is not None})
+    if options.get("dla_core") is not None:
+        config = PostprocessConfig(
+            config, functools.partial(_use_dla, trt, int(options["dla_core"]), bool(options.get("gpu_fallback")))
+        )
     return EngineBytesFromNetwork(network, config=config, save_timing_cache=options.get("timing_cache"))
 
 
+def engine_layer_information(engine_bytes: bytes) -> str:
+    """The engine's layer information as TensorRT's JSON (deserialized from bytes: works on every TensorRT)."""
+    trt = require_tensorrt()
+    from polygraphy.backend.trt import EngineFromBytes
+
+    engine = EngineFromBytes(engine_bytes)()
+    inspector = engine.create_engine_inspector()
+    return str(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
+
+
+def audit_engine_bytes(plan: BuildPlan, engine_bytes: bytes) -> EngineAudit:
+    """Layers per precision of the built engine; CheckFailedError (exit 1) when it is not what the plan asked."""
+    try:
+        layers = parse_layer_information(engine_layer_information(engine_bytes))
+    except ValueError as exc:
+        raise CheckFailedError(f"cannot audit the engine's precision: {exc}") from None
+    audit = audit_engine(layers, plan.precision, plan.pinned_fp32_layers)
+    if audit.failures:
+        raise CheckFailedError(f"engine not written: {'; '.join(audit.failures)} (TensorRT {plan.tensorrt_version}, "
+                               f"{plan.path} build)")  # fmt: skip
+    return audit
+
+
 def build_engine(
-    plan: BuildPlan, output: str | os.PathLike[str], on_progress: Callable[[str, int, int], None] | None = None
+    plan: BuildPlan,
+    output: str | os.PathLike[str],
+    on_progress: Callable[[str, int, int], None] | None = None,
+    system: RunningSystem | None = None,
 ) -> EngineSidecar:
-    """Build the plan's network ONNX (made beforehand by the precision stage), write the engine and its sidecar."""
-    system = running_system()
+    """Build the plan's network ONNX (made beforehand by the precision stage), audit the engine's precision, write
+    the engine and its sidecar."""
+    system = system or running_system()
     if plan.tensorrt_version.split(".")[:2] != system.tensorrt_version.split(".")[:2]:
         raise DeployError(
             f"the plan is for TensorRT {plan.tensorrt_version} but {system.tensorrt_version} is installed"
         )
+    check_platform(plan, system.platform)
     if not Path(plan.network_onnx).is_file():
         raise DeployError(
             f"{plan.network_onnx}: the network ONNX of the plan does not exist (make it first: {plan.prepare})"
         )
     started = time.perf_counter()
     build = polygraphy_loaders(plan, on_progress)
-    engine_bytes = build()
+    engine_bytes = bytes(build())
     seconds = time.perf_counter() - started
-    engine_bytes = bytes(engine_bytes)
+    audit = audit_engine_bytes(plan, engine_bytes)
     out = Path(output)
     network = OnnxModel.load(plan.network_onnx, external_data=False)
     sidecar = EngineSidecar(
         tensorrt_version=system.tensorrt_version,
         gpu_name=system.gpu_name,
         compute_capability=system.compute_capability,
-        cuda_version=cuda_version(),
+        cuda_version=system.cuda_version,
         precision=plan.precision,
         build_path=plan.path,
         profiles=[plan.profile],
@@ -164,6 +183,9 @@ def build_engine(
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         pinned_fp32_layers=plan.pinned_fp32_layers,
         input_spec=network.input_spec.to_dict(),
+        engine_layers=audit.to_dict(),
+        platform=system.platform.describe() if system.platform else None,
+        gpu_memory_bytes=system.gpu_memory_bytes,
     )
     with all_or_nothing():  # an engine without its sidecar (or the reverse) is never left behind
         write_bytes(out, engine_bytes)

@@ -24,15 +24,21 @@ from ..graph.sites import find_light_sites, find_sites
 
 STRONGLY_TYPED_FROM = (10, 12)
 HARDWARE_COMPAT_FROM = {"ampere+": (8, 6), "same-cc": (10, 9)}
+# TensorRT 10.7 was the last 10.x with DLA support; it returns with 11.4 (TensorRT 11.4 documentation).
+NO_DLA_VERSIONS = ((10, 8), (11, 4))  # [from, until)
 DEFAULT_PLAN_VERSION = "11.4"  # what `pip install tensorrt` gives on datacenter machines in late 2026
 
 
 def parse_version(text: str) -> tuple[int, int]:
+    """(major, minor) of a supported TensorRT release: 8.6, 10.x or 11.x (9.x was an LLM-only preview line)."""
     parts = text.strip().split(".")
     try:
-        return int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
+        version = int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
     except ValueError:
         raise BadInputError(f"TensorRT version must look like 10.3 or 11.4, got {text!r}") from None
+    if not ((version[0] == 8 and version[1] >= 6) or version[0] in (10, 11)):
+        raise BadInputError(f"TensorRT {text}: danet-deploy builds with TensorRT 8.6, 10.x and 11.x")
+    return version
 
 
 @dataclass(frozen=True)
@@ -101,6 +107,24 @@ def _attention_layers(model: onnx.ModelProto) -> list[str]:
     return [name for s in sites if s.kind in ("cam", "group-norm") for name in s.nodes]
 
 
+def _check_dla(options: BuildOptions, precision: Precision, version: tuple[int, int], fp32_layers: list[str]) -> None:
+    """DLA requests TensorRT can honour: FP16/INT8 only, a TensorRT build with DLA, FP32 parts only with GPU
+    fallback (DLA has no FP32 kernels). Whether this platform has DLA is checked at build time."""
+    if precision == "fp32":
+        raise BadInputError("DLA runs only FP16 or INT8: add --fp16 or --int8 to use --dla-core")
+    start, end = NO_DLA_VERSIONS
+    if start <= version < end:
+        raise BadInputError(
+            f"--dla-core: TensorRT {version[0]}.{version[1]} has no DLA support (none from 10.8 to 11.3; JetPack 6 "
+            "on Orin ships TensorRT 8.6 / 10.3, which have it)"
+        )
+    if fp32_layers and not options.gpu_fallback:
+        raise BadInputError(
+            f"--dla-core without --gpu-fallback: {len(fp32_layers)} layers stay FP32 (CAM attention, GroupNorm: "
+            f"{fp32_layers[0]}, ...) and DLA has no FP32 kernels; add --gpu-fallback"
+        )
+
+
 def plan_build(
     onnx_path: str | os.PathLike[str] | OnnxModel, options: BuildOptions, tensorrt_version: str
 ) -> BuildPlan:
@@ -149,11 +173,10 @@ def plan_build(
         notes.append("TensorRT 11 builds only strongly typed networks: precision comes from the ONNX tensor types")
 
     if options.dla_core is not None:
-        if precision == "fp32":
-            raise BadInputError("DLA runs only FP16 or INT8: add --fp16 or --int8 to use --dla-core")
-        notes.append("DLA: Jetson Orin has DLA cores, Jetson Thor has none" +
-                     ("; unsupported layers fall back to the GPU" if options.gpu_fallback else
-                      "; without --gpu-fallback every layer must run on DLA"))  # fmt: skip
+        _check_dla(options, precision, version, pinned or (_attention_layers(model) if strongly_typed else []))
+        notes.append(f"DLA core {options.dla_core} (Jetson Orin; Jetson Thor and Orin Nano have none): " +
+                     ("layers DLA cannot run fall back to the GPU" if options.gpu_fallback else
+                      "every layer must run on DLA"))  # fmt: skip
     elif options.gpu_fallback:
         raise BadInputError("--gpu-fallback only applies with --dla-core")
     if options.hardware_compat:

@@ -17,8 +17,10 @@ from typing import Any
 from ..errors import BadInputError, DeployError
 from ..export.artifact import InputSpec
 from ..files import write_json
+from .audit import EngineAudit
+from .system import RunningSystem
 
-SIDECAR_SCHEMA = 1
+SIDECAR_SCHEMA = 2  # 2: engine_layers (the precision audit), platform, GPU memory
 
 
 @dataclass
@@ -40,7 +42,15 @@ class EngineSidecar:
     created: str
     pinned_fp32_layers: list[str] = field(default_factory=list)
     input_spec: dict[str, Any] = field(default_factory=dict)  # InputSpec.to_dict() of the network ONNX
+    engine_layers: dict[str, Any] = field(default_factory=dict)  # audit.EngineAudit.to_dict(); {} before schema 2
+    platform: str | None = None  # "Jetson AGX Orin Developer Kit (JetPack 6.2, Jetson Linux 36.4.3)", "x86_64"
+    gpu_memory_bytes: int | None = None
     schema: int = SIDECAR_SCHEMA
+
+    @property
+    def audit(self) -> EngineAudit | None:
+        """The layers per precision recorded after the build; None for sidecars from before the audit."""
+        return EngineAudit.from_dict(self.engine_layers) if self.engine_layers else None
 
     @property
     def spec(self) -> InputSpec:
@@ -48,13 +58,6 @@ class EngineSidecar:
         if not self.input_spec:
             raise BadInputError("the engine sidecar records no input spec (built by an older danet-deploy); rebuild it")
         return InputSpec.from_dict(self.input_spec)
-
-
-@dataclass(frozen=True)
-class RunningSystem:
-    tensorrt_version: str
-    gpu_name: str
-    compute_capability: str
 
 
 def sidecar_path(engine: str | os.PathLike[str]) -> Path:

@@ -99,7 +99,8 @@ def _child(args: tuple) -> dict:
 def benchmark(runners: list[Runner], image: np.ndarray, warmup: int = 3, iterations: int = 20) -> dict[str, Any]:
     """Benchmark each (inactive) runner in a fresh spawned process, which activates it.
 
-    Returns {"backends": [LatencyStats dict, or {"error", "exit_code"}], "versions": ..., "device": ...}. All
+    Returns {"backends": [LatencyStats dict, or {"error", "exit_code"}], "versions": ..., "device": the CPU and the
+    GPUs the backends ran on}. All
     backends run at one input size: a static backend's size if there is one, else the image's.
     """
     from ..data.preprocess import resize_image
@@ -119,4 +120,11 @@ def benchmark(runners: list[Runner], image: np.ndarray, warmup: int = 3, iterati
         # Ctrl-C is the parent's to handle: it stops the worker (the pool's exit terminates it) and exits 130.
         with ctx.Pool(1, initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN)) as pool:
             results.append(pool.apply(_child, ((runner, image, warmup, iterations),)))
-    return {"backends": results, "versions": tool_versions("onnxslim", "tensorrt"), "device": cpu_device()}
+    return {"backends": results, "versions": tool_versions("onnxslim", "tensorrt"), "device": devices(results)}
+
+
+def devices(results: list[dict[str, Any]]) -> str:
+    """This machine's CPU and each GPU a backend reported from inside its process (TensorRT: the CUDA device it
+    ran on), e.g. 'CPU: AMD EPYC 9654 (16 cores), GPU: NVIDIA H200 (SM 9.0, 139.8 GiB)'."""
+    gpus = dict.fromkeys(r["device"] for r in results if "error" not in r and r["device"].startswith("GPU"))
+    return ", ".join([cpu_device(), *gpus])

@@ -8,6 +8,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..engine.plan import BuildPlan
+from ..engine.sidecar import EngineSidecar
 from ..evaluate.verify import VerifyReport
 from ..export import ExportRecord
 from ..export.artifact import precision_label
@@ -176,6 +177,40 @@ def plan_lines(plan: BuildPlan) -> list[str]:
     options = {k: v for k, v in plan.options.items() if v not in (None, False) and k not in ("precision",)}
     lines.append(f"  options        {', '.join(f'{k}={v}' for k, v in options.items()) or 'defaults'}")
     lines += [f"  note           {note}" for note in plan.notes]
+    return lines
+
+
+def engine_audit_line(name: str, sidecar: EngineSidecar) -> str:
+    """'tensorrt:m.engine: fp16 engine (weakly typed, TensorRT 10.3.0), audited: FP16 212, FP32 14 compute layers'."""
+    audit = sidecar.audit
+    audited = f"audited: {audit.summary()}" if audit else "not audited (built by an older danet-deploy)"
+    return f"{name}: {sidecar.precision} engine ({sidecar.build_path}, TensorRT {sidecar.tensorrt_version}), {audited}"
+
+
+def engine_inspect_lines(path: str, sidecar: EngineSidecar, live: Any = None, notes: list[str] = ()) -> list[str]:
+    """What `inspect model.engine` prints: the sidecar's facts, then the engine's own layers where TensorRT read
+    them. Every string comes from files: the caller prints them escaped."""
+    shape = lambda dims: "x".join(map(str, dims))  # noqa: E731
+    memory = f", {sidecar.gpu_memory_bytes / 2**30:.1f} GiB" if sidecar.gpu_memory_bytes else ""
+    lines = [
+        f"{path}: TensorRT {sidecar.tensorrt_version} engine, {sidecar.precision} ({sidecar.build_path} build)",
+        f"  built on       {sidecar.gpu_name} (SM {sidecar.compute_capability}{memory}), "
+        f"{sidecar.platform or 'platform not recorded'}, CUDA {sidecar.cuda_version or '?'}",
+        f"  built          {sidecar.created} in {sidecar.build_seconds:.0f} s from {sidecar.source_onnx} "
+        f"(sha256 {sidecar.source_onnx_sha256[:12]}...)",
+    ]
+    for profile in sidecar.profiles:
+        for name, (lo, opt, hi) in profile.items():
+            lines.append(f"  profile        {name}: min {shape(lo)}, opt {shape(opt)}, max {shape(hi)}")
+    options = {k: v for k, v in sidecar.build_options.items() if v not in (None, False) and k != "precision"}
+    lines.append(f"  options        {', '.join(f'{k}={v}' for k, v in options.items()) or 'defaults'}")
+    lines.append(f"  pinned FP32    {len(sidecar.pinned_fp32_layers) or 'none'}")
+    audit = sidecar.audit
+    lines.append(f"  layers (build) {audit.summary() if audit else 'not recorded (sidecar from before the audit)'}")
+    if live is not None:
+        lines.append(f"  layers (now)   {live.summary()} (read from the engine by TensorRT here)")
+        lines += [f"  FAILED         {failure}" for failure in live.failures]
+    lines += [f"  note           {note}" for note in notes]
     return lines
 
 

@@ -1,7 +1,13 @@
-"""TensorRT runner: checks the engine's sidecar against this system, then runs it through Polygraphy."""
+"""TensorRT runner: checks the engine's sidecar against this system, then runs it through Polygraphy.
+
+The engine is deserialized from its bytes (`Runtime.deserialize_cuda_engine`, in every TensorRT version), not
+through Polygraphy's `EngineFromPath`, whose file reader subclasses `trt.IStreamReader`: absent in 8.6, renamed
+in 11. The bytes are checked against the sidecar's hash first.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -33,29 +39,45 @@ class TensorRTRunner(Runner):
             raise BadInputError(f"{self.path}: invalid model config in the sidecar ({exc})") from None
         self._sidecar = sidecar
         self.warnings: list[str] = []  # compatibility warnings, filled by activate()
+        self._running: Any = None  # engine.system.RunningSystem, known once activated
         self._runner: Any = None
         super().__init__(name or f"tensorrt:{self.path.name}", Precision(sidecar.precision), sidecar.spec,
                          config)  # fmt: skip
 
     @property
     def device(self) -> str:
-        return f"GPU: {self._sidecar.gpu_name}"
+        """The GPU it runs on once active ('GPU: NVIDIA H200 (SM 9.0, 139.8 GiB)'), before that the one it was
+        built on."""
+        if self._running is not None:
+            return self._running.device
+        return f"GPU: {self._sidecar.gpu_name} (where it was built)"
+
+    @property
+    def sidecar(self) -> Any:
+        """The engine's sidecar (engine.sidecar.EngineSidecar): build facts and the precision audit."""
+        return self._sidecar
 
     def activate_impl(self) -> None:
-        from ..engine.build import running_system
+        from ..engine.system import running_system
 
         # Compare versions and GPU before deserializing: a mismatched plan fails inside TensorRT otherwise.
-        self.warnings = check_compatible(self._sidecar, running_system(), self.path)
-        from polygraphy.backend.trt import EngineFromPath, TrtRunner
+        running = running_system()
+        self.warnings = check_compatible(self._sidecar, running, self.path)
+        engine_bytes = self.path.read_bytes()
+        if self._sidecar.engine_sha256 and hashlib.sha256(engine_bytes).hexdigest() != self._sidecar.engine_sha256:
+            raise BadInputError(f"{self.path}: the engine is not the one its sidecar describes (sha256 differs); "
+                                "rebuild it with `danet-deploy build-engine`")  # fmt: skip
+        from polygraphy.backend.trt import EngineFromBytes, TrtRunner
 
-        runner = TrtRunner(EngineFromPath(str(self.path)))
+        runner = TrtRunner(EngineFromBytes(engine_bytes))
         runner.activate()
+        self._running = running
         self._runner = runner
         names = self._input_spec.output_names
         self._output = "logits" if "logits" in names else names[0]
 
     def deactivate_impl(self) -> None:
-        runner, self._runner = self._runner, None
+        runner, self._runner, self._running = self._runner, None, None
         if runner is not None and runner.is_active:
             runner.deactivate()
 

@@ -1,0 +1,287 @@
+"""Contract tests: the project's real build and load path against the TensorRT Python API of each release.
+
+The plan (`engine.plan`), Polygraphy's loaders (`NetworkFromOnnxPath`, `SetLayerPrecisions`, `CreateConfig`,
+`PostprocessConfig`, `EngineBytesFromNetwork`, `EngineFromBytes`, `TrtRunner`, all unmodified), our builder
+configuration, the precision audit, the sidecar and the TensorRT runner's activation run against a stand-in
+`tensorrt` module that has exactly one release's names (tests/trt_standin.py, generated from
+tests/data/tensorrt_api_surface.json) and records every use. Releases: 8.6.1 (JetPack 6.0), 10.3 (JetPack
+6.1/6.2), 10.13.3 (JetPack 7.0/7.1), 10.14, 11.0 and 11.1; configurations: fp16, int8, int8 on DLA core 1 with
+GPU fallback, and the option set (workspace, timing cache, version compatible, optimization level, hardware
+compatibility).
+
+What this proves: every TensorRT name touched exists in that release (or is a feature probe that Polygraphy or
+we guard with `except AttributeError` / `hasattr`, listed in GUARDED_PROBES), the calls come in an order that
+works, and the configuration handed to the builder (network flags, builder flags, pinned layers, profile, DLA
+core, memory pool, timing cache, optimization and compatibility levels, strongly typed or not) is what the
+plan printed. What it does not prove: anything TensorRT computes. Parsing, kernels, precision and engine
+contents are faked by the stand-in (its docstring lists each fake); the layer precisions the audit reads here
+are the stand-in's echo of the build request. The CUDA parts are faked too (the GPU the CUDA runtime reports,
+Polygraphy's CUDA stream): they are not TensorRT API. Real engines are built and run only by
+tests/test_tensorrt_gpu.py on a GPU.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from danet_deploy import api
+from danet_deploy.engine import system
+from danet_deploy.engine.build import build_engine
+from danet_deploy.engine.plan import BuildOptions, BuildPlan, parse_version, plan_build
+from danet_deploy.engine.sidecar import read_sidecar
+from danet_deploy.engine.system import Gpu, running_system
+from danet_deploy.errors import BadInputError, CheckFailedError
+from danet_deploy.runners.tensorrt import TensorRTRunner
+
+from .fake_system import H100, ORIN, FakeCuda, FakeStream, jetson_root
+from .trt_standin import RELEASES, SURFACE, Recorder, fake_layer_information, make_tensorrt
+
+ROOT = Path(__file__).resolve().parents[1]
+VERSIONS = list(RELEASES)  # 8.6.1, 10.3.0, 10.13.3, 10.14.1, 11.0.0, 11.1.0
+CONFIGS = ["fp16", "int8", "int8-dla1-fallback", "options"]
+
+# Names absent from some releases that are touched only as feature probes, each guarded by its caller:
+GUARDED_PROBES = {
+    # ours: engine/build.py `_progress_monitor`, `hasattr(trt, "IProgressMonitor")` (added in 10.0)
+    "tensorrt.IProgressMonitor",
+    # Polygraphy CreateConfig: layers with a precision set, in `try ... except AttributeError` (gone in 11)
+    "ILayer.precision_is_set",
+    # Polygraphy try_setup_polygraphy_calibrator / str_from_config: `except AttributeError` / `hasattr` (gone in 11)
+    "IBuilderConfig.int8_calibrator",
+    # Polygraphy str_from_config: quantization flags inside `contextlib.suppress(AttributeError)` (gone in 11)
+    "tensorrt.QuantizationFlag",
+    # Polygraphy str_from_config: `hasattr(network, "get_flag")` (not in 8.6)
+    "INetworkDefinition.get_flag",
+    # Polygraphy TrtRunner.activate: `hasattr(self.context, "set_all_tensors_debug_state")` (added in 10.0)
+    "IExecutionContext.set_all_tensors_debug_state",
+}
+
+
+def _reset_polygraphy() -> None:
+    """Polygraphy's lazy `tensorrt` imports cache the module they first loaded, and its logger subclasses that
+    module's ILogger: forget both so the next stand-in is the one used."""
+    import polygraphy.backend.trt.util as trt_util
+
+    for module in [m for name, m in list(sys.modules.items()) if name.startswith("polygraphy") and m is not None]:
+        for value in list(vars(module).values()):
+            if type(value).__name__ == "LazyModule":
+                loaded = value.__dict__.get("module")
+                if loaded is not None and getattr(loaded, "__name__", None) == "tensorrt":
+                    object.__setattr__(value, "module", None)
+    trt_util.TRT_LOGGER = None
+
+
+@pytest.fixture
+def standin(monkeypatch: pytest.MonkeyPatch) -> Iterator[callable]:
+    """Install a stand-in release as `tensorrt` (and a fake CUDA device); returns its recorder."""
+    import polygraphy.cuda
+
+    def install(version: str, gpu: Gpu = H100, layer_information=fake_layer_information) -> Recorder:
+        module, recorder = make_tensorrt(version, layer_information)
+        monkeypatch.setitem(sys.modules, "tensorrt", module)
+        monkeypatch.setattr(system, "cuda_devices", lambda: FakeCuda(gpu))
+        _reset_polygraphy()
+        return recorder
+
+    monkeypatch.setattr(polygraphy.cuda, "Stream", FakeStream)
+    yield install
+    _reset_polygraphy()
+
+
+@pytest.fixture(scope="module")
+def networks(fp32_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tiny.onnx (FP32) with the FP16 and Q/DQ INT8 networks the plans parse beside it, made by the real
+    precision stage (ONNX Runtime on the CPU)."""
+    folder = tmp_path_factory.mktemp("contract")
+    shutil.copy(fp32_onnx, folder / "tiny.onnx")
+    api.quantize(folder / "tiny.onnx", folder / "tiny.fp16.onnx", "fp16")
+    calib = api.QuantizeOptions(calib=ROOT / "calibration" / "images", count=8, cache_dir=folder / "cache")
+    api.quantize(folder / "tiny.onnx", folder / "tiny.int8.onnx", "int8", calib)
+    return folder
+
+
+def _options(config: str, version: str, tmp_path: Path) -> BuildOptions:
+    calib = str(ROOT / "calibration" / "images")
+    if config == "fp16":
+        return BuildOptions(precision="fp16")
+    if config == "int8":
+        return BuildOptions(precision="int8", calib=calib)
+    if config == "int8-dla1-fallback":
+        return BuildOptions(precision="int8", calib=calib, dla_core=1, gpu_fallback=True)
+    same_cc = parse_version(version) >= (10, 9)
+    return BuildOptions(precision="fp16", workspace_mib=512, timing_cache=str(tmp_path / "timing.cache"),
+                        version_compatible=True, builder_opt_level=4,
+                        hardware_compat="same-cc" if same_cc else "ampere+")  # fmt: skip
+
+
+def _enum_names(values: object) -> list[str]:
+    return sorted(v.name for v in values)  # type: ignore[attr-defined]
+
+
+def _assert_configuration_is_the_plan(plan: BuildPlan, recorder: Recorder) -> None:
+    """The builder got exactly what the plan printed."""
+    network = recorder.last("INetworkDefinition").__dict__["_state"]
+    config = recorder.last("IBuilderConfig").__dict__["_state"]
+    # Polygraphy adds EXPLICIT_BATCH below TensorRT 10 (the only mode from 10 on).
+    explicit_batch = {"EXPLICIT_BATCH"} if parse_version(plan.tensorrt_version) < (10, 0) else set()
+    expected_network = set(plan.network_flags) | explicit_batch
+    assert set(_enum_names(network["flag_set"])) == expected_network
+    options = plan.options
+    expected = set(plan.builder_flags)
+    expected |= {"VERSION_COMPATIBLE"} if options["version_compatible"] else set()
+    expected |= {"GPU_FALLBACK"} if options["gpu_fallback"] else set()
+    assert set(_enum_names(config["flag_set"])) == expected  # one of OBEY/PREFER at most: OBEY where the plan says
+    assert "PREFER_PRECISION_CONSTRAINTS" not in _enum_names(config["flag_set"])
+    layers = [layer.__dict__["_state"] for layer in network["layers"]]
+    pinned = {layer["name"]: layer["precision"].name for layer in layers if "precision" in layer}
+    assert pinned == dict.fromkeys(plan.pinned_fp32_layers, "FLOAT")
+    (profile,) = config["profiles"]
+    assert profile.__dict__["_state"]["shapes"] == plan.profile
+    assert config["profiling_verbosity"].name == "DETAILED"
+    dla = options["dla_core"] is not None
+    assert config.get("DLA_core", -1) == (options["dla_core"] if dla else -1)
+    assert getattr(config.get("default_device_type"), "name", "GPU") == ("DLA" if dla else "GPU")
+    pools = {pool.name: size for pool, size in config["pools"].items()}
+    assert pools == ({"WORKSPACE": options["workspace_mib"] << 20} if options["workspace_mib"] else {})
+    assert config.get("builder_optimization_level", 3) == (options["builder_opt_level"] or 3)
+    level = {"ampere+": "AMPERE_PLUS", "same-cc": "SAME_COMPUTE_CAPABILITY", None: "NONE"}[options["hardware_compat"]]
+    assert getattr(config.get("hardware_compatibility_level"), "name", "NONE") == level
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("version", VERSIONS)
+def test_build_and_load_against_the_release_api(
+    version: str, config: str, networks: Path, tmp_path: Path, standin: callable
+) -> None:
+    gpu = ORIN if config == "int8-dla1-fallback" else H100
+    recorder = standin(version, gpu)
+    options = _options(config, version, tmp_path)
+    if config == "int8-dla1-fallback" and (10, 8) <= parse_version(version) < (11, 4):
+        with pytest.raises(BadInputError, match="has no DLA support"):
+            plan_build(networks / "tiny.onnx", options, version)
+        return
+    plan = plan_build(networks / "tiny.onnx", options, version)
+    assert Path(plan.network_onnx).is_file()
+    root = jetson_root(tmp_path / "orin") if gpu is ORIN else tmp_path / "x86"
+    here = running_system(root=root)
+    engine = tmp_path / "tiny.engine"
+    sidecar = build_engine(plan, engine, lambda phase, step, total: None, system=here)  # with a progress monitor
+
+    unguarded = [name for name in recorder.missing if name not in GUARDED_PROBES]
+    assert unguarded == [], f"TensorRT {version} has no {unguarded}"
+    assert recorder.gaps == []  # nothing the stand-in could not answer was swallowed by a bare `except`
+    for name in set(recorder.missing):  # each probe really is absent from this release (or the list is stale)
+        owner, _, member = name.partition(".")
+        release = SURFACE[RELEASES[version]]
+        names = set(release["classes"]) | set(release["enums"]) if owner == "tensorrt" else set(
+            release["classes"].get(owner, []))  # fmt: skip
+        assert member not in names, name
+    _assert_configuration_is_the_plan(plan, recorder)
+    assert recorder.calls("Builder.build_serialized_network")
+    (inspected,) = recorder.calls("EngineInspector.get_engine_information")
+    assert inspected[0][0].name == "JSON"
+    if config == "options":
+        assert (tmp_path / "timing.cache").read_bytes() == b"standin timing cache"  # Polygraphy saved ours
+
+    assert engine.is_file() and read_sidecar(engine) == sidecar
+    wanted = {"fp16": "FP16", "int8": "INT8"}[plan.precision]
+    assert sidecar.engine_layers["compute_layers"].get(wanted) and not sidecar.engine_layers["failures"]
+    assert sorted(sidecar.engine_layers["pinned_fp32"]) == sorted(plan.pinned_fp32_layers)
+
+    deserialized = len(recorder.calls("Runtime.deserialize_cuda_engine"))
+    runner = TensorRTRunner(engine)
+    with runner:  # sidecar check, EngineFromBytes, TrtRunner.activate against the release's names
+        assert runner.device == here.device
+    (args, _), *_ = recorder.calls("Runtime.deserialize_cuda_engine")[deserialized:]
+    assert isinstance(args[0], bytes)  # from bytes: no IStreamReader (absent in 8.6, renamed in 11)
+    assert [name for name in recorder.missing if name not in GUARDED_PROBES] == []
+    before_10 = parse_version(version) < (10, 0)  # no IProgressMonitor: our monitor is left out, nothing breaks
+    assert ("tensorrt.IProgressMonitor" in recorder.missing) == before_10
+    monitor = recorder.last("IBuilderConfig").__dict__["_state"].get("progress_monitor")
+    assert (monitor is None) == before_10 and (
+        before_10 or isinstance(monitor, sys.modules["tensorrt"].IProgressMonitor)
+    )
+
+
+def test_polygraphy_engine_from_path_cannot_load_on_8_6(tmp_path: Path, standin: callable) -> None:
+    """Why the runner loads from bytes: the stand-in shows the real incompatibility the issue reported."""
+    from polygraphy.backend.trt import EngineFromPath
+
+    recorder = standin("8.6.1")
+    path = tmp_path / "m.engine"
+    path.write_bytes(b"not read")
+    with pytest.raises(AttributeError, match="IStreamReader"):
+        EngineFromPath(str(path))()
+    assert "tensorrt.IStreamReader" in recorder.missing
+
+
+def test_polygraphy_use_dla_would_pick_core_0_and_add_prefer(tmp_path: Path, networks: Path, standin: callable) -> None:
+    """Why DLA is configured in our PostprocessConfig callback: Polygraphy's use_dla ignores the core we want."""
+    from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath
+
+    recorder = standin("10.3.0", ORIN)
+    config = CreateConfig(fp16=True, precision_constraints="obey", use_dla=True, allow_gpu_fallback=True)
+    EngineBytesFromNetwork(NetworkFromOnnxPath(str(networks / "tiny.onnx")), config=config)()
+    state = recorder.last("IBuilderConfig").__dict__["_state"]
+    assert state["DLA_core"] == 0
+    assert {"OBEY_PRECISION_CONSTRAINTS", "PREFER_PRECISION_CONSTRAINTS"} <= set(_enum_names(state["flag_set"]))
+
+
+def _silent_fp32(payload: dict) -> str:
+    """Layer information of an engine that ignored the precision request (seen with TensorRT 11 + flags)."""
+    return fake_layer_information({**payload, "builder_flags": [], "network_flags": [], "onnx_fp16": False})
+
+
+@pytest.mark.parametrize("version", ["10.3.0", "11.1.0"])
+def test_engine_that_ignored_the_precision_is_not_written(
+    version: str, networks: Path, tmp_path: Path, standin: callable
+) -> None:
+    standin(version, layer_information=_silent_fp32)
+    plan = plan_build(networks / "tiny.onnx", BuildOptions(precision="fp16"), version)
+    engine = tmp_path / "tiny.engine"
+    with pytest.raises(CheckFailedError, match="the fp16 engine has no FP16 layer"):
+        build_engine(plan, engine, system=running_system(root=tmp_path))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_dla_and_hardware_compatibility_are_refused_where_the_platform_has_none(
+    networks: Path, tmp_path: Path, standin: callable
+) -> None:
+    standin("10.3.0")
+    int8_dla = BuildOptions(precision="int8", calib="calibration/images", dla_core=0, gpu_fallback=True)
+    plan = plan_build(networks / "tiny.onnx", int8_dla, "10.3")
+    x86 = running_system(root=tmp_path / "x86")
+    with pytest.raises(BadInputError, match="DLA cores exist only on Jetson"):
+        build_engine(plan, tmp_path / "a.engine", system=x86)
+    thor_release = "# R38 (release), REVISION: 2.0, GCID: 1, BOARD: generic, EABI: aarch64"
+    thor = running_system(root=jetson_root(tmp_path / "thor", thor_release, "NVIDIA Jetson AGX Thor Developer Kit"))
+    with pytest.raises(BadInputError, match="Jetson Thor has no DLA"):
+        build_engine(plan, tmp_path / "b.engine", system=thor)
+    orin = running_system(root=jetson_root(tmp_path / "orin"))
+    compat = plan_build(networks / "tiny.onnx", BuildOptions(precision="fp16", hardware_compat="ampere+"), "10.3")
+    with pytest.raises(BadInputError, match="not supported on Jetson"):
+        build_engine(compat, tmp_path / "c.engine", system=orin)
+    core2 = plan_build(networks / "tiny.onnx", BuildOptions(precision="int8", calib="calibration/images",
+                                                            dla_core=2, gpu_fallback=True), "10.3")  # fmt: skip
+    with pytest.raises(BadInputError, match="this device has 2 DLA core"):
+        build_engine(core2, tmp_path / "d.engine", system=orin)
+    assert not list(tmp_path.glob("*.engine*"))
+
+
+def test_inspect_reads_the_engine_layers_where_tensorrt_is_present(
+    networks: Path, tmp_path: Path, standin: callable
+) -> None:
+    recorder = standin("10.3.0")
+    plan = plan_build(networks / "tiny.onnx", BuildOptions(precision="fp16"), "10.3")
+    engine = tmp_path / "tiny.engine"
+    build_engine(plan, engine, system=running_system(root=tmp_path))
+    result = api.inspect(engine)
+    assert result.notes == [] and result.live is not None
+    assert result.live.to_dict() == result.sidecar.engine_layers
+    assert len(recorder.calls("EngineInspector.get_engine_information")) == 2  # after the build, and now
+    assert [name for name in recorder.missing if name not in GUARDED_PROBES] == []
