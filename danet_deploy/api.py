@@ -17,16 +17,18 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .config import check_number
 from .errors import EXIT_BAD_INPUT, BadInputError, CheckFailedError, DeployError
 from .export.artifact import OnnxModel, Precision
 from .export.torch_export import ExportOptions, ExportRecord
-from .files import all_or_nothing, check_output, removed_on_failure, scratch_dir, write_json
+from .files import all_or_nothing, check_output, check_outputs, removed_on_failure, scratch_dir, write_json
 from .graph.pam import DEFAULT_BLOCK
 from .progress import SILENT, Progress
 
@@ -48,6 +50,22 @@ class SimplifyOptions:
     rtol: float = 1e-4
     group_norm: str | None = None
     fold_shuffle: bool = True
+
+    def check(self) -> None:
+        """Exit 2 for a value no simplify can use, before any work (also before `export --simplify` exports)."""
+        from .graph.group_norm import GROUP_NORM_FORMS
+        from .graph.simplify import ATTENTION_FORMS, get_target
+
+        if self.target is not None:
+            get_target(self.target)
+        for option, value, choices in (("--attention", self.attention, ATTENTION_FORMS),
+                                       ("--group-norm", self.group_norm, GROUP_NORM_FORMS)):  # fmt: skip
+            if value is not None and value not in choices:
+                raise BadInputError(f"{option} {value!r}: choose from {', '.join(choices)}")
+        check_number("--atol", self.atol)
+        check_number("--rtol", self.rtol)
+        if self.block < 1 or (self.heads is not None and self.heads < 1):
+            raise BadInputError("--block and --heads must be at least 1")
 
 
 @dataclass
@@ -92,19 +110,20 @@ def export(
     image: PathLike | None = None,
     simplify: SimplifyOptions | None = None,
     force: bool = False,
+    option_files: Sequence[PathLike] = (),
     progress: Progress = SILENT,
 ) -> ExportResult:
     """Checkpoint -> ONNX checked against PyTorch; with `simplify`, the graph passes run onto `output`.
-    An export whose estimated memory exceeds what is available is refused first unless `force`."""
+    An export whose estimated memory exceeds what is available is refused first unless `force`.
+    `option_files`: files the overrides were read from (class names), never written over."""
     from .data.bundled import sample_image
     from .data.images import read_image
     from .export.torch_export import check_export_memory, export_onnx
-    from .graph.simplify import get_target
 
-    out = check_output(output, [checkpoint, image])
+    out = check_output(output, [checkpoint, image, *option_files])
     options.check()
-    if simplify is not None and simplify.target is not None:
-        get_target(simplify.target)  # an unknown target fails before the export, not after it
+    if simplify is not None:
+        simplify.check()  # a bad pass option fails before the export, not after it
     size = options.input_size
     loaded = load_checkpoint(checkpoint, layout, progress, **{**(overrides or {}), "input_size": size})
     if not force:
@@ -131,6 +150,7 @@ def simplify_model_file(
     from .graph.simplify import simplify_file
 
     out = check_output(output, [model])
+    options.check()
 
     def on_pass(p: Any) -> None:
         progress.note(f"  pass {p.name}: max abs diff {p.max_abs_diff:.2e}")
@@ -196,6 +216,10 @@ def quantize(
         raise BadInputError("INT8 needs --calib DIR (calibration images); use --fp16 for an FP16 model")
     if options.max_miou_drop is not None and (precision is not Precision.INT8 or options.data is None):
         raise BadInputError("--max-miou-drop is for INT8 and needs --data (labeled images)")
+    if options.max_miou_drop is not None:
+        check_number("--max-miou-drop", options.max_miou_drop, high=100.0)
+    if options.seed < 0:
+        raise BadInputError(f"--seed {options.seed}: must be >= 0")
     from .precision.int8 import Int8Target
     from .precision.int8_ort import cpu_profile
 
@@ -206,10 +230,11 @@ def quantize(
         if target is not Int8Target.ONNXRUNTIME:
             raise BadInputError("--cpu applies to the ONNX Runtime target (--target ort)")
         cpu_profile(options.cpu)  # an unknown name fails before the model is read
-    from .precision.stage import compile_patterns
+    from .precision.stage import check_patterns_match, compile_patterns
 
     compile_patterns(list(options.exclude))
     source = model if isinstance(model, OnnxModel) else OnnxModel.load(model)  # read once, after the checks
+    check_patterns_match(source.proto, list(options.exclude), source.path)
     exclude = list(options.exclude) or None
     if precision is Precision.FP16:
         from .precision import convert_fp16
@@ -274,7 +299,8 @@ def miou_evaluator(
 
     def evaluate(path: Path) -> float:
         runner = OnnxRuntimeRunner(path)
-        miou = run_verify(dataset, [runner], runner.config).backends[0].miou
+        miou = run_verify(dataset, [runner], runner.config, ignore_unknown_labels=ignore_unknown_labels,
+                          allow_unlabeled=allow_unlabeled).backends[0].miou  # fmt: skip
         return float("nan") if miou is None else float(miou)
 
     return evaluate, len(dataset)
@@ -337,8 +363,7 @@ def build_engine(
     from .engine.build import build_engine as build
     from .engine.build import check_platform
 
-    out = check_output(output, [model])
-    check_output(f"{out}.json", [model])
+    out, _ = check_outputs([output, f"{output}.json"], [model])
     result = plan_engine(model, options, tensorrt_version)
     check_platform(result.plan, result.system.platform)
     prepare_network(result.plan, progress)
@@ -441,10 +466,9 @@ def verify(
     from .evaluate.verify import verify as run_verify
     from .runners.base import activated
 
-    inputs = [data, checkpoint, *onnx, *engines, benchmark_json]
-    outputs = [check_output(p, inputs) for p in (json_path,) if p is not None]
-    if report_dir is not None:
-        outputs += [check_output(Path(report_dir) / name, inputs) for name in ("report.html", "report.md")]
+    inputs = [data, checkpoint, *onnx, *engines, benchmark_json, options.thresholds_file]
+    reports = [Path(report_dir) / name for name in ("report.html", "report.md")] if report_dir is not None else []
+    check_outputs([json_path, *reports], inputs)
     if checkpoint is None and not onnx and not engines:
         raise BadInputError("verify needs --ckpt and/or --onnx / --engine")
     thresholds = thresholds_with(list(options.thresholds),
@@ -489,6 +513,12 @@ def _read_benchmark_json(path: PathLike) -> dict[str, Any]:
         raise BadInputError(f"{path}: not a readable benchmark JSON") from None
     if not isinstance(data, dict) or not isinstance(data.get("backends"), list):
         raise BadInputError(f"{path}: not a benchmark JSON (no 'backends' list)")
+    for i, row in enumerate(data["backends"]):  # what the report's latency chart reads, checked before the run
+        timed = isinstance(row, dict) and "error" not in row
+        if not isinstance(row, dict) or (timed and not (isinstance(row.get("name"), str) and all(
+                isinstance(row.get(k), (int, float)) and math.isfinite(row[k]) and row[k] >= 0
+                for k in ("median_ms", "p90_ms", "p99_ms")))):  # fmt: skip
+            raise BadInputError(f"{path}: backend {i} is not a benchmark row (name, median_ms, p90_ms, p99_ms)")
     return data
 
 

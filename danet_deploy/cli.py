@@ -20,12 +20,12 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeRemainingColumn
 
 from . import api
-from .config import parse_dims, parse_shape, parse_size
+from .config import check_class_names, parse_dims, parse_shape, parse_size
 from .engine.plan import BuildOptions
-from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL, CheckFailedError, DeployError
+from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, INTERRUPTED, CheckFailedError, DeployError
 from .export.artifact import Precision
 from .export.torch_export import ExportOptions
-from .files import check_output, write_json
+from .files import check_output, removed_on_failure, write_json
 from .graph.pam import DEFAULT_BLOCK
 from .progress import Progress as LibraryProgress
 from .report.text import (
@@ -56,7 +56,6 @@ err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 _sigint_seen = False  # set by the SIGINT handler: a library may turn the KeyboardInterrupt into its own error
 
 
@@ -83,7 +82,13 @@ def guarded(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            # A failed or interrupted command leaves none of the files it made; a failed check keeps its reports.
+            with removed_on_failure(keep=(CheckFailedError,)):
+                result = fn(*args, **kwargs)
+                if signal.getsignal(signal.SIGINT) is _on_sigint:
+                    # Done and written: a Ctrl-C during the interpreter's teardown must not report a failure.
+                    signal.signal(signal.SIGINT, signal.SIG_IGN)
+            return result
         except DeployError as exc:
             if _sigint_seen:
                 raise _exit_interrupted() from None
@@ -109,7 +114,7 @@ def guarded(fn: F) -> F:
 
 
 def _exit_interrupted() -> typer.Exit:
-    err.print("[red]interrupted[/] (Ctrl-C); no partial output is left")
+    err.print(f"[red]{escape(INTERRUPTED)}[/]", highlight=False)
     return typer.Exit(EXIT_INTERRUPTED)
 
 
@@ -177,17 +182,29 @@ def _floats3(text: str | None, option: str) -> tuple[float, float, float] | None
     return values  # type: ignore[return-value]
 
 
-def _class_names(text: str | None) -> tuple[str, ...] | None:
+def _class_names(text: str | None) -> tuple[tuple[str, ...] | None, Path | None]:
+    """--class-names as (names, the file they came from): a file with one name per line, or a,b,c."""
     if text is None:
-        return None
+        return None, None
     path = Path(text)
     if path.is_file():
-        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        try:
+            names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DeployError(f"--class-names {path}: not a readable UTF-8 text file ({type(exc).__name__})",
+                              EXIT_BAD_INPUT) from None  # fmt: skip
+    elif "," not in text:  # one name is no segmentation model: a mistyped file name
+        raise DeployError(f"--class-names {text}: no such file (give a file with one name per line, or a,b,c)",
+                          EXIT_BAD_INPUT)  # fmt: skip
     else:
-        names = [n.strip() for n in text.split(",") if n.strip()]
+        path, names = None, [n.strip() for n in text.split(",") if n.strip()]
+    try:
+        check_class_names(tuple(names))
+    except ValueError as exc:
+        raise DeployError(f"--class-names {text}: {exc}", EXIT_BAD_INPUT) from None
     if not names:
         raise DeployError(f"--class-names: no names in {text!r}", EXIT_BAD_INPUT)
-    return tuple(names)
+    return tuple(names), path
 
 
 TargetOpt = Annotated[
@@ -265,13 +282,14 @@ def export(
     size = parse_size(input_size) if input_size else None
     options = ExportOptions(input_size=size, batch=batch, dynamic=dynamic, opset=opset, argmax=argmax,
                             uint8_input=uint8_input, atol=atol, rtol=rtol)  # fmt: skip
+    names, names_file = _class_names(class_names)
     overrides = {"layer4_dilations": _ints(dilations, "--dilations"), "align_corners": align_corners,
-                 "class_names": _class_names(class_names), "mean": _floats3(mean, "--mean"),
-                 "std": _floats3(std, "--std")}  # fmt: skip
+                 "class_names": names, "mean": _floats3(mean, "--mean"), "std": _floats3(std, "--std")}  # fmt: skip
     passes = api.SimplifyOptions(target=target, attention=attention, block=block, atol=atol, rtol=rtol,
                                  group_norm=group_norm, fold_shuffle=fold_shuffle)  # fmt: skip
     result = api.export(ckpt, output, options, layout=layout, overrides=overrides, image=image,
-                        simplify=passes if simplify else None, force=force, progress=PROGRESS)  # fmt: skip
+                        simplify=passes if simplify else None, force=force,
+                        option_files=[names_file] if names_file else [], progress=PROGRESS)  # fmt: skip
     _lines(export_summary(result.record))
     if result.simplified:
         _print_simplified(result.simplified)

@@ -7,6 +7,7 @@ any stage can start from a file a user already has.
 from __future__ import annotations
 
 import json
+import math
 import numbers
 import unicodedata
 from dataclasses import asdict, dataclass, fields, replace
@@ -107,11 +108,13 @@ class ModelConfig:
             raise ValueError(f"unsupported ResNet depth {self.depth}; choose from {sorted(BLOCKS_PER_DEPTH)}")
         if len(self.stem_channels) not in (1, 3):
             raise ValueError(f"stem_channels must have 1 (7x7) or 3 (deep stem) entries, got {self.stem_channels}")
-        _check_class_names(self.class_names)
+        check_class_names(self.class_names)
         if len(self.class_names) != self.num_classes:
             raise ValueError(f"{len(self.class_names)} class names for {self.num_classes} classes")
         object.__setattr__(self, "palette", _checked_palette(self.palette))
         if len(self.palette) < self.num_classes:
+            if self.palette != CITYSCAPES_PALETTE:  # a palette someone gave must colour every class
+                raise ValueError(f"palette has {len(self.palette)} colours for {self.num_classes} classes")
             object.__setattr__(self, "palette", default_palette(self.num_classes))
         if self.position_attention not in POSITION_ATTENTIONS:
             raise ValueError(
@@ -195,7 +198,7 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _check_class_names(names: Any) -> None:
+def check_class_names(names: Any) -> None:
     """Names are shown in reports and terminals: plain, short, one-line, distinct strings."""
     if not isinstance(names, tuple):
         raise ValueError(f"class_names must be a list of strings, got {type(names).__name__} {_shown(names)}")
@@ -273,6 +276,14 @@ def parse_shape(text: str, option: str) -> tuple[int, ...]:
     return parse_dims(text, 4, option, "4 positive dims like 1x3x512x1024")
 
 
+def check_number(option: str, value: float, low: float = 0.0, high: float = math.inf, strict_low: bool = False) -> None:
+    """One-line BadInputError (exit 2) for an option value that is NaN, infinite or out of range."""
+    if not math.isfinite(value) or value < low or (strict_low and value == low) or value > high:
+        bound = f"> {low:g}" if strict_low else f">= {low:g}"
+        upper = f" and <= {high:g}" if math.isfinite(high) else ""
+        raise BadInputError(f"{option} {value}: must be a finite number {bound}{upper}")
+
+
 __all__ = [
     "BLOCKS_PER_DEPTH",
     "CHANNEL_ATTENTIONS",
@@ -280,6 +291,8 @@ __all__ = [
     "CITYSCAPES_PALETTE",
     "POSITION_ATTENTIONS",
     "ModelConfig",
+    "check_class_names",
+    "check_number",
     "default_class_names",
     "default_palette",
     "parse_dims",

@@ -7,6 +7,8 @@ EXIT_CHECK_FAILED = 1  # parity / mIoU outside tolerance
 EXIT_BAD_INPUT = 2  # unreadable or invalid file, bad option value, unsafe checkpoint
 EXIT_MISSING_DEPENDENCY = 3  # an optional dependency (e.g. TensorRT) or device is not available
 EXIT_INTERNAL = 4  # a bug: the CLI prints one line and DANET_DEPLOY_DEBUG=1 shows the traceback
+EXIT_INTERRUPTED = 130  # Ctrl-C: 128 + SIGINT, as shells report it
+INTERRUPTED = "interrupted (Ctrl-C); no partial output is left"
 
 
 class DeployError(Exception):

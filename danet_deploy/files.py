@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import errno
 import hashlib
 import json
 import os
@@ -80,16 +81,59 @@ def remove_stale_temporaries(folder: PathLike) -> list[Path]:
     return removed
 
 
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def onnx_external_data(model: Path) -> list[Path]:
+    """The external-data files an ONNX model's tensors point at (read from the graph, no tensor loaded)."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(model), load_external_data=False)
+    except Exception:  # not an ONNX file: it has no external data
+        return []
+    locations: set[str] = set()
+
+    def visit(graph: Any) -> None:
+        tensors = [*graph.initializer, *(a.t for n in graph.node for a in n.attribute if a.HasField("t"))]
+        for tensor in tensors:
+            if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                locations.update(e.value for e in tensor.external_data if e.key == "location")
+        for node in graph.node:
+            for attribute in node.attribute:
+                for sub in [attribute.g] if attribute.HasField("g") else list(attribute.graphs):
+                    visit(sub)
+
+    visit(proto.graph)
+    return [model.parent / location for location in sorted(locations)]
+
+
 def check_output(path: PathLike, inputs: Iterable[PathLike | None] = ()) -> Path:
     """Refuse, before any work, an output that is an input or that cannot be written; returns the path.
 
+    An output is an input when it names the same file (path, symlink or hard link), a file inside an input
+    folder (a data set, calibration images), or an external-data file of an input ONNX model. Only regular
+    files are ever replaced: a device, FIFO or socket at the output path (or behind a symlink) is refused.
     Also removes what killed earlier runs left in the destination folder (`remove_stale_temporaries`)."""
     target = Path(path)
+    resolved = target.resolve()
     for source in inputs:
-        if source is not None and same_file(target, source):
+        if source is None:
+            continue
+        source_path = Path(source)
+        if same_file(target, source_path):
             raise BadInputError(f"{target}: is also an input of this command; write the output to another path")
+        if resolved.exists() and source_path.is_dir() and _inside(resolved, source_path.resolve()):
+            raise BadInputError(f"{target}: is a file of the input folder {source_path}; write the output elsewhere")
+        if (resolved.is_file() and source_path.suffix == ".onnx" and source_path.is_file()
+                and any(same_file(target, data) for data in onnx_external_data(source_path))):  # fmt: skip
+            raise BadInputError(f"{target}: holds the external data of the input {source_path}; write elsewhere")
     if target.is_dir():
         raise BadInputError(f"{target}: is a folder; give a file path for the output")
+    if (target.exists() or target.is_symlink()) and not resolved.is_file():
+        raise BadInputError(f"{target}: is not a regular file (a device, FIFO, socket or dangling link); "
+                            "outputs only replace files")  # fmt: skip
     folder = target.parent
     while not folder.exists():  # the writer creates missing folders; the nearest existing one must be writable
         folder = folder.parent
@@ -102,6 +146,19 @@ def check_output(path: PathLike, inputs: Iterable[PathLike | None] = ()) -> Path
         raise BadInputError(f"{target}: cannot write to folder {folder} ({exc.strerror})") from None
     remove_stale_temporaries(folder)
     return target
+
+
+def check_outputs(outputs: Iterable[PathLike | None], inputs: Iterable[PathLike | None] = ()) -> list[Path]:
+    """`check_output` for each of a command's outputs, and that no two of them are one file or one lies
+    inside another (`--json rep/report.md --report rep`)."""
+    inputs = list(inputs)
+    checked = [check_output(p, inputs) for p in outputs if p is not None]
+    for i, a in enumerate(checked):
+        for b in checked[i + 1 :]:
+            ra, rb = a.resolve(), b.resolve()
+            if ra == rb or _inside(ra, rb) or _inside(rb, ra):
+                raise BadInputError(f"{b}: collides with another output of this command ({a}); give distinct paths")
+    return checked
 
 
 def _umask() -> int:
@@ -119,8 +176,19 @@ def _umask() -> int:
 
 # Renames deferred by `all_or_nothing` (temporary, destination), None outside such a block.
 _pending: contextvars.ContextVar[list[tuple[Path, Path]] | None] = contextvars.ContextVar("pending", default=None)
-# Files created inside `removed_on_failure`, None outside such a block.
+# Files and folders created inside `removed_on_failure`, None outside such a block (or inside `kept`).
 _created: contextvars.ContextVar[list[Path] | None] = contextvars.ContextVar("created", default=None)
+
+
+def make_dirs(folder: PathLike) -> Path:
+    """mkdir -p, noting each folder it creates for `removed_on_failure`."""
+    folder = Path(folder)
+    missing = [f for f in [folder, *folder.parents] if not f.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    created = _created.get()
+    if created is not None:
+        created.extend(reversed(missing))
+    return folder
 
 
 def _place(tmp: Path, target: Path) -> None:
@@ -132,19 +200,42 @@ def _place(tmp: Path, target: Path) -> None:
 
 
 @contextlib.contextmanager
-def removed_on_failure() -> Iterator[None]:
-    """Files written in the block that did not exist before it are removed if the block raises (Ctrl-C
-    included); files it overwrote keep their new, complete content."""
+def removed_on_failure(keep: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
+    """Files and folders written in the block that did not exist before it are removed if the block raises
+    (Ctrl-C included; folders only when left empty), unless the exception is one of `keep` (a check that ran
+    and failed: its reports are the result); files it overwrote keep their new, complete content.
+    Every CLI command runs inside one, so a failed or interrupted command leaves none of its outputs."""
+    if _created.get() is not None:  # nested: the outermost block decides
+        yield
+        return
     created: list[Path] = []
     token = _created.set(created)
     try:
         yield
+    except keep:
+        raise
     except BaseException:
         for path in reversed(created):
-            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                path.rmdir() if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
         raise
     finally:
         _created.reset(token)
+
+
+@contextlib.contextmanager
+def kept() -> Iterator[None]:
+    """Files written in the block survive a failure of the command around it (cache entries: valid results
+    that a rerun would otherwise recompute)."""
+    token = _created.set(None)
+    try:
+        yield
+    finally:
+        _created.reset(token)
+
+
+# Errors of a write that are about the destination, not the data: the file is named, exit code 2.
+_DESTINATION_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
 
 
 @contextlib.contextmanager
@@ -171,7 +262,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     """Yield a hidden temporary path beside `path`; rename it onto `path` only if the block succeeds (and,
     inside `all_or_nothing`, only when that block succeeds)."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(target.parent)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
@@ -184,6 +275,10 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
         else:
             pending.append((tmp, target))
             tmp = None  # type: ignore[assignment]  # all_or_nothing renames or removes it
+    except OSError as exc:
+        if exc.errno not in _DESTINATION_ERRORS:
+            raise
+        raise BadInputError(f"{target}: cannot be written ({exc.strerror})") from None
     finally:
         if tmp is not None:
             tmp.unlink(missing_ok=True)
@@ -192,8 +287,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
 @contextlib.contextmanager
 def scratch_dir(near: PathLike) -> Iterator[Path]:
     """A hidden temporary folder beside `near` (same file system, so results can be renamed out of it)."""
-    folder = Path(near).parent
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = make_dirs(Path(near).parent)
     with tempfile.TemporaryDirectory(prefix=f".danet-deploy-{os.getpid()}-", dir=folder) as tmp:
         yield Path(tmp)
 

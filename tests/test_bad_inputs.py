@@ -112,6 +112,30 @@ def _bomb_in_data(w: Workspace) -> Path:
     return root
 
 
+def _external_data_kept(w: Workspace) -> Path:
+    """A model saved with its weights in `ext.onnx.data` (both present)."""
+    path = w.tmp / "ext.onnx"
+    if not path.exists():
+        onnx.save(onnx.load(str(w.onnx)), str(path), save_as_external_data=True, location="ext.onnx.data",
+                  size_threshold=0)  # fmt: skip
+    return path
+
+
+def _fifo(w: Workspace) -> Path:
+    path = w.tmp / "pipe"
+    if not path.exists():
+        os.mkfifo(path)
+    return path
+
+
+def _unknown_op(w: Workspace) -> Path:
+    model = onnx.load(str(w.onnx))
+    model.graph.node[0].op_type = "NoSuchOp"
+    path = w.tmp / "unknown_op.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
 CASES = [
     # 1. never over an input
     Case("export-over-checkpoint", lambda w: ["export", w.ckpt, "-o", w.ckpt], 2, "is also an input",
@@ -126,6 +150,23 @@ CASES = [
          unchanged=lambda w: [w.onnx]),
     Case("benchmark-json-over-model", lambda w: ["benchmark", "--onnx", w.onnx, "--json", w.onnx], 2,
          "is also an input", unchanged=lambda w: [w.onnx]),
+    Case("verify-json-over-a-data-image",
+         lambda w: ["verify", "--onnx", w.onnx, "--data", w.data, "--json",
+                    next(w.data.rglob("*_leftImg8bit.png"))], 2, "is a file of the input folder"),
+    Case("quantize-over-a-calibration-image", lambda w: ["quantize", w.onnx, "--fp16", "--calib", w.calib, "-o",
+                                                         w.calib / "c0.png"], 2, "is a file of the input folder"),
+    Case("verify-json-over-thresholds-file",
+         lambda w: ["verify", "--onnx", w.onnx, "--data", w.data, "--thresholds-file", w.file("th.json", "{}"),
+                    "--json", w.tmp / "th.json"], 2, "th.json: is also an input"),
+    Case("export-over-class-names-file",
+         lambda w: ["export", w.ckpt, "--class-names", w.file("names.txt", "\n".join(f"c{i}" for i in range(19))),
+                    "-o", w.tmp / "names.txt"], 2, "names.txt: is also an input"),
+    Case("output-over-external-data", lambda w: ["inspect", _external_data_kept(w), "--json", w.tmp / "ext.onnx.data"],
+         2, "holds the external data of the input"),
+    Case("output-is-a-fifo", lambda w: ["inspect", w.onnx, "--json", _fifo(w)], 2, "is not a regular file"),
+    Case("two-outputs-collide", lambda w: ["verify", "--onnx", w.onnx, "--data", w.data, "--report", w.tmp / "rep",
+                                           "--json", w.tmp / "rep" / "report.md"], 2, "collides with another output",
+         absent=lambda w: [w.tmp / "rep"]),
     # 2. outputs checked before the work
     Case("unwritable-output", lambda w: ["export", w.ckpt, "-o", "/proc/danet.onnx"], 2, "cannot write"),
     Case("output-under-a-file", lambda w: ["export", w.ckpt, "-o", w.ckpt / "x.onnx"], 2, "is not a folder"),
@@ -186,6 +227,37 @@ CASES = [
                     "-o", w.tmp / "q.onnx"], 2, "masks/b.png: mask values 42", absent=lambda w: [w.tmp / "q.onnx"]),
     Case("scales-on-static-model", lambda w: ["verify", "--onnx", w.onnx, "--data", w.data, "--scales", "0.5,1"], 2,
          "fixed at 64x128"),
+    Case("simplify-atol-nan", lambda w: ["simplify", w.onnx, "-o", w.tmp / "s.onnx", "--target", "ort", "--atol",
+                                         "nan"], 2, "--atol nan"),
+    Case("simplify-rtol-negative", lambda w: ["simplify", w.onnx, "-o", w.tmp / "s.onnx", "--rtol", "-1"], 2,
+         "--rtol -1"),
+    Case("export-bad-attention-before-export", lambda w: ["export", w.ckpt, "-o", w.tmp / "o.onnx", "--simplify",
+                                                          "--attention", "banana"], 2, "--attention 'banana'",
+         absent=lambda w: [w.tmp / "o.onnx"]),
+    Case("max-miou-drop-nan", lambda w: ["quantize", w.onnx, "--calib", w.calib, "--max-miou-drop", "nan", "--data",
+                                         w.data, "-o", w.tmp / "q.onnx"], 2, "--max-miou-drop nan"),
+    Case("negative-seed", lambda w: ["quantize", w.onnx, "--calib", w.calib, "--seed", "-5", "-o", w.tmp / "q.onnx"],
+         2, "--seed -5"),
+    Case("exclude-overflowing-regex", lambda w: ["quantize", w.onnx, "--calib", w.calib, "--exclude", "a{99999999999}",
+                                                 "-o", w.tmp / "q.onnx"], 2, "not a valid regular expression"),
+    Case("exclude-matching-nothing", lambda w: ["quantize", w.onnx, "--fp16", "--exclude", "zzz_no_such_node", "-o",
+                                                w.tmp / "q.onnx"], 2, "matches no node"),
+    Case("scales-nan", lambda w: ["verify", "--onnx", w.onnx, "--data", w.data, "--scales", "nan"], 2, "--scales nan"),
+    Case("scales-too-large", lambda w: ["verify", "--onnx", w.onnx, "--data", w.data, "--scales", "100"], 2,
+         "(0, 4]"),
+    Case("unknown-op-simplify", lambda w: ["simplify", _unknown_op(w), "-o", w.tmp / "s.onnx"], 2, "'NoSuchOp'"),
+    Case("unknown-op-quantize", lambda w: ["quantize", _unknown_op(w), "--fp16", "-o", w.tmp / "s.onnx"], 2,
+         "'NoSuchOp'"),
+    Case("unknown-op-verify", lambda w: ["verify", "--onnx", _unknown_op(w), "--data", w.data], 2, "'NoSuchOp'"),
+    Case("benchmark-json-without-timings",
+         lambda w: ["verify", "--onnx", w.onnx, "--data", w.data, "--report", w.tmp / "r", "--benchmark-json",
+                    w.file("bj.json", json.dumps({"backends": [{"name": "x"}]}))], 2, "bj.json: backend 0"),
+    Case("class-names-not-utf8", lambda w: ["export", w.ckpt, "--class-names", w.file("latin.txt", b"caf\xe9\n"),
+                                            "-o", w.tmp / "o.onnx"], 2, "not a readable UTF-8 text file"),
+    Case("class-names-missing-file", lambda w: ["export", w.ckpt, "--class-names", "nonexist.txt", "-o",
+                                                w.tmp / "o.onnx"], 2, "--class-names nonexist.txt: no such file"),
+    Case("class-names-repeat", lambda w: ["export", w.ckpt, "--class-names", "road,road," + ",".join(
+        f"c{i}" for i in range(17)), "-o", w.tmp / "o.onnx"], 2, "--class-names road,road"),
     Case("tensorrt-version-9", lambda w: ["build-engine", w.onnx, "--fp16", "--dry-run", "--tensorrt-version", "9.0"],
          2, "TensorRT 9.0: danet-deploy builds with TensorRT 8.6, 10.x and 11.x"),
     Case("ort-int8-to-tensorrt", lambda w: ["build-engine", w.made["ort_int8"], "--int8", "--dry-run", "-o",
@@ -347,6 +419,12 @@ def test_label_opt_ins_evaluate_and_say_so_in_every_report(workspace: Workspace)
     note = "2 of 3 images have no label file and were left out"
     assert note in result.stdout and note in (out / "p" / "report.md").read_text()
     assert note in (out / "p" / "report.html").read_text()
+    # The same opt-in reaches the mIoU budget's evaluations in quantize.
+    result = run("quantize", w.onnx, "--calib", w.calib, "--method", "max", "--max-miou-drop", "100", "--data",
+                 _unknown_values(w), "--ignore-unknown-labels", "--cache-dir", out / "cache", "-o", out / "q.onnx",
+                 cwd=w.tmp)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "counted as ignored" in result.stderr and (out / "q.onnx").is_file()
 
 
 @pytest.mark.slow
@@ -387,9 +465,21 @@ if where == "onnxruntime":
 elif where == "trace":
     from danet_deploy.model import danet
     danet.PositionAttention.forward = _hold(danet.PositionAttention.forward)
+elif where == "import":  # while the command is still importing torch: before the CLI's own code runs
+    import sys
+
+    class HoldTorchImport:
+        def find_spec(self, name, path=None, target=None):
+            if name == "torch":
+                sys.meta_path.remove(self)
+                _hold(lambda: None)()
+            return None
+
+    sys.meta_path.insert(0, HoldTorchImport())
 """
 
 INTERRUPT_STAGES = {
+    "loading-libraries": ("import", lambda w, o: ["export", w.ckpt, "-o", o / "m.onnx"]),
     "export-tracing": ("trace", lambda w, o: ["export", w.ckpt, "-o", o / "m.onnx"]),
     "export-parity": ("onnxruntime", lambda w, o: ["export", w.ckpt, "-o", o / "m.onnx"]),
     "simplify-pass-check": ("onnxruntime", lambda w, o: ["simplify", w.onnx, "-o", o / "s.onnx", "--target", "ort"]),
@@ -442,7 +532,7 @@ def test_ctrl_c_in_every_stage(stage: str, workspace: Workspace, tmp_path: Path)
     after = [line for line in stderr[printed_before:].splitlines() if line.strip()]
     assert len(after) == 1 and after[0].startswith("interrupted"), stderr  # one line, nothing else
     assert "Traceback" not in stderr + stdout
-    left = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    left = sorted(str(p.relative_to(out)) for p in out.rglob("*"))  # files and folders
     assert left == [], left
     for _ in range(50):  # the benchmark's worker got the signal too and is gone
         try:

@@ -15,7 +15,7 @@ from onnx import numpy_helper
 
 from danet_deploy.data.bundled import DEMO_CHECKPOINT
 
-CLI = [sys.executable, "-m", "danet_deploy.cli"]
+CLI = [sys.executable, "-m", "danet_deploy"]
 
 
 def run(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

@@ -93,3 +93,16 @@ def test_precision_comes_from_our_metadata_before_the_graph(tmp_path: Path) -> N
     (tmp_path / "bad.onnx").write_bytes(b"not onnx")
     with pytest.raises(BadInputError, match=r"bad\.onnx: not a readable ONNX model"):
         OnnxModel.load(tmp_path / "bad.onnx")
+
+
+def test_a_full_disk_names_the_file_as_bad_input(tmp_path: Path) -> None:
+    import errno
+
+    from danet_deploy import files
+    from danet_deploy.errors import BadInputError
+
+    full = r"out\.onnx: cannot be written \(No space left on device\)"
+    with pytest.raises(BadInputError, match=full), files.atomic_path(tmp_path / "out.onnx") as tmp:
+        tmp.write_bytes(b"half")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    assert list(tmp_path.iterdir()) == []

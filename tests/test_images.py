@@ -232,3 +232,26 @@ def test_decoding_adds_no_warning_lines(tmp_path: Path) -> None:
         with pytest.raises(ImageTooLargeError):
             read_image(bomb)
     assert [str(w.message) for w in caught] == []
+
+
+def test_truncated_images_fail_the_check_before_inference_and_are_skipped_in_calibration(tmp_path: Path) -> None:
+    full = io.BytesIO()
+    Image.fromarray(RGB).save(full, "JPEG", quality=95)
+    cut = full.getvalue()[: len(full.getvalue()) // 2]  # the header is intact: only decoding finds the damage
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.jpg").write_bytes(full.getvalue())
+    (tmp_path / "images" / "b.jpg").write_bytes(cut)
+    with pytest.raises(BadInputError, match=r"b\.jpg: not a readable image"):
+        open_dataset(tmp_path).checked(LabelRules(num_classes=19))
+    assert probe_image(tmp_path / "images" / "b.jpg") == "not an image"
+    assert probe_image(tmp_path / "images" / "a.jpg") is None
+
+
+def test_every_raster_format_pillow_opens_is_found(tmp_path: Path) -> None:
+    for suffix in (".png", ".gif", ".pgm", ".tif", ".bmp", ".webp"):
+        image = Image.fromarray(RGB).convert("L") if suffix == ".pgm" else Image.fromarray(RGB)
+        image.save(tmp_path / f"x{suffix}")
+    (tmp_path / "notes.txt").write_text("not an image")
+    dataset = open_dataset(tmp_path)
+    assert sorted(p.suffix for p, _ in dataset.items) == [".bmp", ".gif", ".pgm", ".png", ".tif", ".webp"]
+    assert all(sample.image.shape == (24, 40, 3) for sample in dataset)

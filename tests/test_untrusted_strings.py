@@ -50,6 +50,7 @@ def test_html_and_markdown_escape_model_and_data_strings(tmp_path: Path) -> None
         ("palette", [[256, 0, 0]] * 19, "0-255"),
         ("palette", [[True, 0, 0]] * 19, "three integers"),
         ("palette", "<script>alert(1)</script>", "palette must be"),
+        ("palette", [[1, 2, 3]] * 5, "5 colours for 19 classes"),  # not swapped for a default
         ("class_names", ["road\x1b[31m", *TINY.class_names[1:]], "control"),
         ("class_names", [7, *TINY.class_names[1:]], "must be a string"),
         ("class_names", ["a" * 500, *TINY.class_names[1:]], "characters long"),

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BadInputError
-from .images import image_size, read_image, read_label_values
+from .images import image_suffixes, read_image, read_label_values
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_SUFFIXES = image_suffixes()  # every raster format Pillow opens: .png, .jpg, .tif, .gif, .pgm, ...
 IGNORE_INDEX = 255
 
 # Cityscapes label id -> train id (public label table); everything not listed is ignored.
@@ -188,9 +188,10 @@ class Dataset:
     def checked(
         self, rules: LabelRules, allow_unlabeled: bool = False, on_file: Callable[[], None] | None = None
     ) -> Dataset:
-        """This data set under `rules`, checked before any long work: every image header (decompression bombs),
-        every mask's values and size. A partly labeled set is an error naming the unlabeled images unless
-        `allow_unlabeled`, which keeps the labeled ones (the check records what was left out)."""
+        """This data set under `rules`, checked before any long work: every image decoded (one at a time;
+        decompression bombs refused from the header), every mask's values and size. A partly labeled set is an
+        error naming the unlabeled images unless `allow_unlabeled`, which keeps the labeled ones (the check records
+        what was left out)."""
         unlabeled = [self.name(image) for image, label in self.items if label is None]
         items = self.items
         check = LabelCheck(images=len(self.items))
@@ -203,7 +204,7 @@ class Dataset:
             items = [item for item in self.items if item[1] is not None]
             check.unlabeled_skipped = unlabeled
         for image, label in items:
-            size = image_size(image)
+            size = read_image(image).shape[:2]  # decoded, not just the header: a truncated file fails here, not later
             if label is not None:
                 ids, unknown = class_ids(read_label_values(label.path), label, rules)
                 if ids.shape != size:
@@ -260,7 +261,7 @@ def image_folder(root: Path) -> Dataset:
     """Any folder of images, unlabeled (e.g. calibration data)."""
     images = _images_under(root)
     if not images:
-        raise BadInputError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES)})")
+        raise BadInputError(f"{root}: no images (files of an image format Pillow opens: .png, .jpg, .tif, ...)")
     return Dataset(root, [(p, None) for p in images], "images")
 
 

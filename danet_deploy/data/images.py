@@ -16,6 +16,7 @@ What "right" means, mode by mode (Pillow names):
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +28,21 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ..errors import BadInputError
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+# Pillow registers these but only as stubs (scientific formats needing a handler), or needs an external program
+# (Ghostscript) or reads a video's first frame: not images of a data set.
+NOT_IMAGES = ("BUFR", "GRIB", "HDF5", "WMF", "EPS", "MPEG", "FITS")
+
+
+@functools.cache
+def image_suffixes() -> tuple[str, ...]:
+    """File suffixes of every raster format Pillow opens here (PNG, JPEG, TIFF, WebP, BMP, GIF, PGM/PPM, ...)."""
+    Image.init()
+    registered = Image.registered_extensions().items()
+    return tuple(sorted(ext for ext, fmt in registered if fmt in Image.OPEN and fmt not in NOT_IMAGES))
+
+
 LABEL_MODES = ("L", "P", "1", "I", *SIXTEEN_BIT_MODES)
 
 
@@ -37,6 +53,10 @@ def max_pixels() -> int:
 
 class ImageTooLargeError(BadInputError):
     """A decompression bomb: the header promises more pixels than the limit."""
+
+
+class UnsupportedImageError(BadInputError):
+    """A decodable image without a defined 8-bit RGB reading (floating point, beyond 16 bits)."""
 
 
 @contextmanager
@@ -77,14 +97,14 @@ def _reason(exc: BaseException) -> str:
 
 def probe_image(path: Path) -> str | None:
     """Why `path` cannot be used as an image ("not an image", "too large", "unsupported mode"), or None.
-    Reads the header only: cheap enough to run over a whole calibration folder."""
+    A decompression bomb is found from the header; anything else is decoded (a truncated JPEG has a fine
+    header), so what passes here decodes later."""
     try:
-        with open_image(path) as img:
-            img.verify()
-            if img.mode == "F":
-                return "unsupported mode"
+        read_image(path)
     except ImageTooLargeError:
         return "too large"
+    except UnsupportedImageError:
+        return "unsupported mode"
     except BadInputError:
         return "not an image"
     return None
@@ -97,7 +117,9 @@ def image_to_rgb(img: Image.Image, path: Path) -> np.ndarray:
     if mode in SIXTEEN_BIT_MODES or mode == "I":
         return np.repeat(_sixteen_to_eight(img, path)[..., None], 3, axis=2)
     if mode == "F":
-        raise BadInputError(f"{path}: floating-point image (mode F) has no defined value range; save it as 8 or 16 bit")
+        raise UnsupportedImageError(
+            f"{path}: floating-point image (mode F) has no defined value range; save it as 8 or 16 bit"
+        )
     if mode in ("CMYK", "LAB"):
         return np.asarray(_through_icc(img))
     return np.asarray(img.convert("RGB"))
@@ -106,7 +128,7 @@ def image_to_rgb(img: Image.Image, path: Path) -> np.ndarray:
 def _sixteen_to_eight(img: Image.Image, path: Path) -> np.ndarray:
     values = np.asarray(img).astype(np.int64)
     if values.size and (values.min() < 0 or values.max() > 0xFFFF):
-        raise BadInputError(f"{path}: {img.mode}-mode values {values.min()}..{values.max()} exceed 16 bits")
+        raise UnsupportedImageError(f"{path}: {img.mode}-mode values {values.min()}..{values.max()} exceed 16 bits")
     return ((values * 255 + 0x7FFF) // 0xFFFF).astype(np.uint8)  # round(v * 255 / 65535)
 
 
@@ -132,14 +154,6 @@ def read_image(path: Path) -> np.ndarray:
     """H x W x 3 uint8 RGB; one-line BadInputError naming the file when it cannot be decoded or is too large."""
     with open_image(path) as img:
         return image_to_rgb(img, path)
-
-
-def image_size(path: Path) -> tuple[int, int]:
-    """(H, W) as displayed (EXIF orientation applied), from the header; checks the decompression-bomb limit."""
-    with open_image(path) as img:
-        w, h = img.size
-        orientation = img.getexif().get(0x0112, 1) if hasattr(img, "getexif") else 1
-        return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
 
 
 def read_label_values(path: Path) -> np.ndarray:

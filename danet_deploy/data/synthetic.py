@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..files import atomic_path
+from ..files import atomic_path, make_dirs
 
 IGNORE = 255
 ROAD, SIDEWALK, BUILDING, WALL, FENCE, POLE, LIGHT, SIGN, VEGETATION, TERRAIN, SKY = range(11)
@@ -382,7 +382,7 @@ def write_cityscapes_split(
 def write_calibration_images(folder: str | Path, count: int, height: int = 256, width: int = 512) -> Path:
     """The calibration split of the generator as PNG files (`calibration/images` ships the same scenes as JPEG)."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    make_dirs(folder)
     for i in range(count):
         path = folder / f"calib_{i:04d}.png"
         if not path.exists():  # written whole or not at all: an interrupted run leaves no half image to reuse

@@ -20,6 +20,7 @@ from PIL import Image
 
 from ..errors import BadInputError
 
+MAX_SCALE = 4.0
 Infer = Callable[[np.ndarray], np.ndarray]  # H x W x 3 uint8 -> 1 x C x H x W logits
 
 
@@ -35,8 +36,10 @@ class EvalProtocol:
             raise BadInputError("--crop and --stride go together")
         if self.crop is not None and self.stride is not None and not 0 < self.stride <= self.crop:
             raise BadInputError(f"--stride must be in 1..crop ({self.crop}), got {self.stride}")
-        if not self.scales or any(s <= 0 for s in self.scales):
-            raise BadInputError(f"--scales must be positive, got {self.scales}")
+        # DANet's multi-scale protocols use 0.5-2.0; beyond 4 an image's attention map grows by the 4th power.
+        if not self.scales or not all(math.isfinite(s) and 0 < s <= MAX_SCALE for s in self.scales):
+            shown = ",".join(f"{s:g}" for s in self.scales)
+            raise BadInputError(f"--scales {shown}: each scale must be a number in (0, {MAX_SCALE:g}]")
 
     @property
     def name(self) -> str:

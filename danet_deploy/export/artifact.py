@@ -175,6 +175,10 @@ def onnxruntime_session(
     return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
 
 
+# Operator domains ONNX Runtime implements besides the default one (its contrib ops, classical ML).
+ORT_DOMAINS = ("com.microsoft", "ai.onnx.ml", "com.microsoft.nchwc")
+
+
 @dataclass
 class OnnxModel:
     """An ONNX file and what danet-deploy knows about it, read once."""
@@ -224,6 +228,19 @@ class OnnxModel:
             return None
         target = entry.get("target", "tensorrt")
         return target if target in INT8_TARGETS else None
+
+    def require_runnable(self) -> None:
+        """One-line BadInputError when a node's operator is in no domain ONNX Runtime runs (ONNX's registry for the
+        default domain; Microsoft's contrib and ai.onnx.ml are left to ONNX Runtime): a custom or misspelled op
+        would otherwise fail deep inside a stage as an internal error."""
+        for node in self.proto.graph.node:
+            domain = node.domain or ""
+            if domain in ORT_DOMAINS:
+                continue
+            if domain not in ("", "ai.onnx") or not onnx.defs.has(node.op_type, ""):
+                op = f"{domain}::{node.op_type}" if domain else node.op_type
+                raise BadInputError(f"{self.path}: node {node.name!r} uses operator {op!r}, which ONNX Runtime does "
+                                    "not have (a custom or unknown op); this stage runs the model")  # fmt: skip
 
     @property
     def has_config(self) -> bool:

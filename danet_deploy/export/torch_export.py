@@ -8,7 +8,6 @@ leaves the model at opset 18.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -21,7 +20,7 @@ import onnx
 import torch
 from torch import nn
 
-from ..config import ModelConfig
+from ..config import ModelConfig, check_number
 from ..errors import BadInputError, CheckFailedError
 from ..files import atomic_path, sha256_file
 from ..quiet import quiet_torch_export
@@ -51,9 +50,8 @@ class ExportOptions:
         newest = onnx.defs.onnx_opset_version()
         if not MIN_OPSET <= self.opset <= newest:
             raise BadInputError(f"--opset {self.opset}: DANet exports at opset {MIN_OPSET} to {newest} (this onnx)")
-        for name, value in (("--atol", self.atol), ("--rtol", self.rtol)):
-            if not math.isfinite(value) or value < 0:
-                raise BadInputError(f"{name} {value}: a tolerance must be a finite number >= 0")
+        check_number("--atol", self.atol)
+        check_number("--rtol", self.rtol)
         if self.batch < 1:
             raise BadInputError(f"--batch {self.batch}: must be at least 1")
 

@@ -245,6 +245,7 @@ def simplify_file(
 ) -> tuple[SimplifyReport, dict[str, Any]]:
     """File to file; nothing is written unless every pass passes its check."""
     source = OnnxModel.load(in_path)
+    source.require_runnable()
     try:
         simplified, report = simplify_model(source.proto, **kwargs)
     except DeployError as exc:  # name the file, as every user-facing error does

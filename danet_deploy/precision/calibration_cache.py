@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from ..errors import BadInputError
 from ..export.artifact import OnnxModel
-from ..files import write_bytes, write_json
+from ..files import kept, write_bytes, write_json
 from ..versions import onnxruntime_package, package_version
 from .calibration_data import CalibrationSet, CalibrationWarning
 
@@ -140,7 +141,8 @@ class CalibrationCache:
             "key_material": material,
         }
         try:
-            write_bytes(self.path(key), data)
-            write_json(self.record_path(key), record)
-        except OSError as exc:
+            with kept():  # a valid entry outlives a later failure of the command (a rerun would recalibrate)
+                write_bytes(self.path(key), data)
+                write_json(self.record_path(key), record)
+        except (OSError, BadInputError) as exc:  # the writer names a full or read-only destination as bad input
             log.warning("calibration cache: cannot write to %s (%s)", self.directory, exc)

@@ -184,7 +184,7 @@ def calibration_set(
     candidates, non_image = _candidates(root, split)
     notes: list[str] = []
     if non_image:
-        _warn(f"{root}: skipped {non_image} non-image file(s) (suffixes {', '.join(IMAGE_SUFFIXES)})", notes)
+        _warn(f"{root}: skipped {non_image} non-image file(s) (no image format Pillow opens)", notes)
     chosen, skipped = _sample(candidates, count or default_count, seed)
     unreadable = skipped.get("not an image", 0) + skipped.get("unsupported mode", 0)
     too_large = skipped.get("too large", 0)

@@ -33,7 +33,7 @@ from ..export.artifact import OnnxModel, onnxruntime_session
 from ..files import atomic_path, sha256_file
 from ..graph.editor import GraphEditor
 from ..graph.sites import find_light_sites, find_sites
-from ..quiet import quiet_modelopt
+from ..quiet import interrupts_held, quiet_modelopt
 from .calibration_cache import key_tool_versions
 from .calibration_data import CalibrationInfo, CalibrationSet, calibration_set
 from .probes import ActivationProbe, Agreement, activation_tensors, compare_models, tensor_types
@@ -129,7 +129,8 @@ def cam_protected_nodes(model: onnx.ModelProto) -> list[str]:
 
 def _range_rule(amax: dict[str, float], data_max: float) -> Any:
     """An AutoCast rule: keep a node FP32 when any of its inputs or outputs measured above `data_max`."""
-    from modelopt.onnx.autocast.nodeclassifier import NodeRuleBase
+    with interrupts_held():
+        from modelopt.onnx.autocast.nodeclassifier import NodeRuleBase
 
     class MeasuredRangeRule(NodeRuleBase):
         def _check_inner(self, node: onnx.NodeProto) -> bool:
@@ -222,7 +223,8 @@ def fp16_session(model: OnnxModel | onnx.ModelProto | str | os.PathLike[str]) ->
 
 def _autocast(model: onnx.ModelProto, patterns: list[str], rule: Any) -> onnx.ModelProto:
     """ModelOpt AutoCast with FP32 I/O; `data_max=inf` skips its own reference run (ranges come from `rule`)."""
-    from modelopt.onnx.autocast import convert_to_mixed_precision
+    with interrupts_held():
+        from modelopt.onnx.autocast import convert_to_mixed_precision
 
     with tempfile.TemporaryDirectory(prefix="danet-fp16-") as tmp:
         src = Path(tmp) / "model.onnx"

@@ -39,7 +39,7 @@ from ..errors import BadInputError, CheckFailedError
 from ..export.artifact import META_PRECISION, OnnxModel, onnxruntime_session, write_metadata
 from ..files import save_onnx, sha256_file
 from ..graph.editor import opset_of
-from ..quiet import quiet_modelopt
+from ..quiet import interrupts_held, quiet_modelopt
 from .calibration_cache import CalibrationCache, cache_key, cache_key_material, key_tool_versions
 from .calibration_data import CalibrationInfo, CalibrationReader, CalibrationSet, calibration_set
 from .int8_ort import (
@@ -240,7 +240,8 @@ def _run_modelopt(
     model: onnx.ModelProto, calib: CalibrationSet, method: str, patterns: list[str], percentile: float
 ) -> bytes:
     """Quantize in a private temp folder (ModelOpt writes intermediate files beside its input)."""
-    from modelopt.onnx.quantization import quantize
+    with interrupts_held():
+        from modelopt.onnx.quantization import quantize
 
     with tempfile.TemporaryDirectory(prefix="danet-int8-") as tmp:
         src, out = Path(tmp) / "model.onnx", Path(tmp) / "model.int8.onnx"

@@ -21,6 +21,7 @@ def fp32_source(model: OnnxModel | str | os.PathLike[str]) -> OnnxModel:
     if not isinstance(model, OnnxModel):
         model = OnnxModel.load(model)
     _ = model.config  # raises when not exported by danet-deploy
+    model.require_runnable()
     if model.precision is Precision.INT8:
         raise BadInputError(f"{model.path}: already quantized (INT8); start from the FP32 ONNX")
     if model.precision is not Precision.FP32:
@@ -46,9 +47,18 @@ def compile_patterns(patterns: list[str]) -> list[re.Pattern[str]]:
     for pattern in patterns:
         try:
             compiled.append(re.compile(pattern))
-        except re.error as exc:
+        except (re.error, OverflowError, RecursionError) as exc:
             raise BadInputError(f"--exclude {pattern!r}: not a valid regular expression ({exc})") from None
     return compiled
+
+
+def check_patterns_match(model: onnx.ModelProto, patterns: list[str], path: object) -> None:
+    """Each `--exclude` pattern must select a node (`re.match` on node names, as ModelOpt applies them): one that
+    selects none would be reported as kept in higher precision while nothing was."""
+    names = [node.name for node in model.graph.node]
+    for pattern, compiled in zip(patterns, compile_patterns(patterns)):
+        if not any(compiled.match(name) for name in names):
+            raise BadInputError(f"--exclude {pattern!r}: matches no node of {path} (`inspect --json` lists them)")
 
 
 def exact_names(names: list[str]) -> list[str]:

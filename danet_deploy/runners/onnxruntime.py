@@ -42,6 +42,7 @@ class OnnxRuntimeRunner(Runner):
     def __init__(self, path: str | os.PathLike[str], name: str | None = None, threads: int | None = None):
         # Read the graph's metadata once and keep only the small parts (not the proto).
         model = OnnxModel.load(path, external_data=False)
+        model.require_runnable()
         self.path: Path = model.path
         self.metadata = model.metadata  # the danet-deploy metadata (config, provenance, io): small JSON
         self._threads = threads
