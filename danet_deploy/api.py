@@ -48,6 +48,7 @@ class SimplifyOptions:
     rtol: float = 1e-4
     group_norm: str | None = None
     fold_shuffle: bool = True
+    force: bool = False  # go on when the memory plan's peak exceeds the available memory
 
 
 @dataclass
@@ -98,7 +99,7 @@ def export(
     An export whose estimated memory exceeds what is available is refused first unless `force`."""
     from .data.bundled import sample_image
     from .data.datasets import read_image
-    from .export.torch_export import check_export_memory, export_onnx
+    from .export.torch_export import export_onnx
     from .graph.simplify import get_target
 
     out = check_output(output, [checkpoint, image])
@@ -107,8 +108,12 @@ def export(
         get_target(simplify.target)  # an unknown target fails before the export, not after it
     size = options.input_size
     loaded = load_checkpoint(checkpoint, layout, progress, **{**(overrides or {}), "input_size": size})
-    if not force:
-        check_export_memory(loaded.config, options)
+    from .memory import export_plan
+
+    state = [*loaded.model.parameters(), *loaded.model.buffers()]
+    plan = export_plan(sum(t.numel() * t.element_size() for t in state), options.batch, options.size(loaded.config),
+                       loaded.config.position_attention == "pam", loaded.config.num_classes)  # fmt: skip
+    _show_plan(plan, force, progress)
     parity_image = read_image(Path(image)) if image else sample_image()
     with contextlib.ExitStack() as stack:
         raw = out
@@ -116,30 +121,59 @@ def export(
             raw = stack.enter_context(scratch_dir(out)) / "raw.onnx"
         what = f"exporting {loaded.config.arch} ({options.exporter} exporter, opset {options.opset}), checking parity"
         with progress.task(what):
-            record = export_onnx(loaded.model, loaded.config, raw, options, parity_image, loaded.provenance())
+            record = export_onnx(loaded.model, loaded.config, raw, options, parity_image, loaded.provenance(),
+                                 check_session=_check_session)  # fmt: skip
         record.onnx_path = str(out)
         result = ExportResult(record, str(checkpoint), out)
+        del loaded  # the PyTorch weights are not needed by the graph passes
         if simplify is not None:
             result.simplified = simplify_model_file(raw, out, simplify, progress)
     return result
 
 
+def _show_plan(plan: Any, force: bool, progress: Progress) -> None:
+    """Print the memory plan (before long work) and stop with exit 2 when it does not fit, unless `force`."""
+    for line in plan.lines():
+        progress.note(line)
+    plan.check(force)
+
+
+def _check_session(path: Path, input_shape: list[int]) -> tuple[Any, str]:
+    """The export parity check's ONNX Runtime session: large attention evaluated in query blocks (exact)."""
+    from .graph.bounded import bounded_session
+
+    session, evaluation = bounded_session(path, input_shape)
+    return session, evaluation.describe()
+
+
 def simplify_model_file(
     model: PathLike, output: PathLike, options: SimplifyOptions = SimplifyOptions(), progress: Progress = SILENT
 ) -> SimplifyResult:
-    """The attention graph rewritten for a target; every pass is checked against the graph before it."""
-    from .graph.simplify import simplify_file
+    """The attention graph rewritten for a target; every pass is checked against the graph before it. A memory plan
+    is shown first; one that does not fit stops here (exit 2) unless `options.force`."""
+    from .graph.pam import value_heads
+    from .graph.simplify import choose_attention, get_target, simplify_file
+    from .memory import onnx_file_facts, simplify_plan
 
     out = check_output(output, [model])
+    facts, size = onnx_file_facts(model)
+    form = options.attention or (choose_attention(get_target(options.target), True)[0] if options.target else "naive")
+    heads = (options.heads or value_heads(512)) if form in ("mha", "onnx-attention") else 1
+    _show_plan(simplify_plan(facts, size, heads), options.force, progress)
 
     def on_pass(p: Any) -> None:
-        progress.note(f"  pass {p.name}: max abs diff {p.max_abs_diff:.2e}")
+        how = "" if p.evaluated == "as written" else f" (evaluated: {p.evaluated})"
+        progress.note(f"  pass {p.name}: max abs diff {p.max_abs_diff:.2e}, {p.seconds:.0f} s{how}")
 
-    with progress.task("simplifying the graph, checking every pass with ONNX Runtime"):
+    with progress.task("simplify: checking every pass with ONNX Runtime (model runs)", total=0) as update:
+
+        def on_check(done: int, total: int, what: str) -> None:
+            update(1 if done else 0, description=f"simplify: {what}", total=total)
+
         report, info = simplify_file(
             model, out, target=options.target, attention=options.attention, block=options.block,
             heads=options.heads, atol=options.atol, rtol=options.rtol, group_norm=options.group_norm,
-            fold_shuffle=options.fold_shuffle, on_pass=on_pass,
+            fold_shuffle=options.fold_shuffle, on_pass=on_pass, on_check=on_check,
         )  # fmt: skip
     return SimplifyResult(report, out, info["size_bytes"], info["onnx_sha256"])
 
@@ -164,6 +198,7 @@ class QuantizeOptions:
     cache_dir: PathLike | None = None
     target: str = "tensorrt"  # INT8: "tensorrt" / "trt" or "onnxruntime" / "ort"
     cpu: str | None = None  # INT8 for ONNX Runtime: CPU profile (None / "auto": this machine's)
+    force: bool = False  # go on when the memory plan's peak exceeds the available memory
 
 
 @dataclass
@@ -209,12 +244,22 @@ def quantize(
     compile_patterns(list(options.exclude))
     source = model if isinstance(model, OnnxModel) else OnnxModel.load(model)  # read once, after the checks
     exclude = list(options.exclude) or None
+    from .memory import onnx_facts, quantize_plan
+
+    size = source.input_size
+    facts = onnx_facts(source.proto, source.input_spec.shape(source.input_spec.batch or 1, size),
+                       source.config.num_classes)  # fmt: skip
+    _show_plan(quantize_plan(facts, size, precision.value, target.value, options.method,
+                             budget=options.max_miou_drop is not None), options.force, progress)  # fmt: skip
     if precision is Precision.FP16:
         from .precision import convert_fp16
 
-        with progress.task("FP16: converting and checking against FP32"):
+        what = "FP16: measuring magnitudes (images)" if options.calib else "FP16: converting"
+        with progress.task(what, total=0 if options.calib else None) as update:
             _, record = convert_fp16(source, out, calib_path=options.calib, plain=options.plain, count=options.count,
-                                     seed=options.seed, split=options.split, nodes_to_exclude=exclude)  # fmt: skip
+                                     seed=options.seed, split=options.split, nodes_to_exclude=exclude,
+                                     on_image=_counted(update, "FP16: converting (AutoCast) and checking against "
+                                                       "FP32"))  # fmt: skip
         return QuantizeResult(precision, out, record)
     common = dict(method=options.method, count=options.count, seed=options.seed, nodes_to_exclude=exclude,
                   recalibrate=options.recalibrate, cache_dir=options.cache_dir, split=options.split, target=target,
@@ -222,13 +267,10 @@ def quantize(
     if options.max_miou_drop is None:
         from .precision import quantize_int8
 
-        if target is Int8Target.ONNXRUNTIME:
-            with progress.task("INT8 for ONNX Runtime: calibrating", total=options.count or 0) as update:
-                _, record = quantize_int8(source, options.calib, out, on_image=lambda done, total: update(total=total),
-                                          **common)  # fmt: skip
-        else:
-            with progress.task("INT8: calibrating and checking against FP32"):
-                _, record = quantize_int8(source, options.calib, out, **common)
+        who = "for ONNX Runtime" if target is Int8Target.ONNXRUNTIME else "Q/DQ for TensorRT (ModelOpt)"
+        with progress.task(f"INT8 {who}: calibrating ({options.method}, images)", total=0) as update:
+            on_image = _counted(update, f"INT8 {who}: placing Q/DQ and checking against FP32")
+            _, record = quantize_int8(source, options.calib, out, on_image=on_image, **common)
         return QuantizeResult(precision, out, record)
     from .precision import quantize_with_budget
 
@@ -239,6 +281,17 @@ def quantize(
         _, budget = quantize_with_budget(source, options.calib, out, evaluate=evaluate, eval_data=str(options.data),
                                          eval_images=images, max_miou_drop=options.max_miou_drop, **common)  # fmt: skip
     return QuantizeResult(precision, out, budget.int8, budget)
+
+
+def _counted(update: Any, after: str) -> Any:
+    """An `on_image(done, total)` callback that advances a progress task and names the step that follows."""
+    seen = [0]
+
+    def on_image(done: int, total: int) -> None:
+        update(done - seen[0], total=total, description=after if done >= total else None)
+        seen[0] = done
+
+    return on_image
 
 
 def miou_evaluator(data: PathLike, split: str = "val") -> tuple[Any, int]:
@@ -252,7 +305,7 @@ def miou_evaluator(data: PathLike, split: str = "val") -> tuple[Any, int]:
         raise BadInputError(f"{data}: the mIoU budget needs labeled images (some have no label file)")
 
     def evaluate(path: Path) -> float:
-        runner = OnnxRuntimeRunner(path)
+        runner = OnnxRuntimeRunner(path, bounded=True)
         miou = run_verify(dataset, [runner], runner.config).backends[0].miou
         return float("nan") if miou is None else float(miou)
 
@@ -332,6 +385,7 @@ class VerifyOptions:
     threads: int | None = None
     layout: str | None = None
     pytorch_fp16: bool = False
+    force: bool = False  # go on when the memory plan's peak exceeds the available memory
 
 
 @dataclass
@@ -363,8 +417,8 @@ def _runners(
     from .runners.onnxruntime import OnnxRuntimeRunner
     from .runners.pytorch import PyTorchRunner
 
-    runners: list[Any] = [OnnxRuntimeRunner(p, name=f"onnxruntime:{Path(p).name}", threads=options.threads)
-                          for p in onnx]  # fmt: skip
+    runners: list[Any] = [OnnxRuntimeRunner(p, name=f"onnxruntime:{Path(p).name}", threads=options.threads,
+                                            bounded=True) for p in onnx]  # fmt: skip
     runners += _engine_runners(engines)
     config = runners[0].config if runners else None
     if checkpoint is not None:
@@ -416,6 +470,7 @@ def verify(
                                  str(options.thresholds_file) if options.thresholds_file else None)  # fmt: skip
     benchmark_results = _read_benchmark_json(benchmark_json) if benchmark_json else None
     protocol = EvalProtocol(crop=options.crop, stride=options.stride, flip=options.flip, scales=options.scales)
+    _show_plan(_backends_plan("verify", checkpoint, onnx), options.force, progress)
     warnings: list[str] = []
     runners, config = _runners(checkpoint, onnx, engines, options, progress, warnings)
     dataset = open_dataset(data, options.split).head(options.limit)
@@ -443,6 +498,19 @@ def verify(
                     write_markdown(result.report, Path(report_dir) / "report.md", html.name)
                 result.html_path = html
     return result
+
+
+def _backends_plan(command: str, checkpoint: PathLike | None, onnx: Sequence[PathLike]) -> Any:
+    """The memory plan of verify or benchmark for these backends (at the ONNX models' size)."""
+    from .memory import benchmark_plan, onnx_file_facts, verify_plan
+
+    facts = [onnx_file_facts(path) for path in onnx if Path(path).is_file()]
+    size = facts[0][1] if facts else (512, 1024)
+    torch_weights = Path(checkpoint).stat().st_size if checkpoint is not None and Path(checkpoint).is_file() else None
+    if command == "verify":
+        return verify_plan(torch_weights, [f for f, _ in facts], size)
+    return benchmark_plan(torch_weights, [(f"onnxruntime:{Path(p).name}", f) for p, (f, _) in zip(onnx, facts)],
+                          size)  # fmt: skip
 
 
 def _read_benchmark_json(path: PathLike) -> dict[str, Any]:
@@ -479,9 +547,12 @@ def benchmark(
     iterations: int = 20,
     threads: int | None = None,
     json_path: PathLike | None = None,
+    force: bool = False,
     progress: Progress = SILENT,
 ) -> BenchmarkResult:
-    """Latency of each backend in its own process on one real image; failures are rows with an error."""
+    """Latency of each backend in its own process on one real image; failures are rows with an error. A memory
+    plan (each backend runs its model as written) is shown first; one that does not fit stops (exit 2) unless
+    `force`."""
     from .data.bundled import sample_image
     from .data.datasets import read_image
     from .evaluate.benchmark import benchmark as run_benchmark
@@ -496,6 +567,7 @@ def benchmark(
     for path in paths:
         if not Path(path).is_file():
             raise BadInputError(f"{path}: no such file")
+    _show_plan(_backends_plan("benchmark", checkpoint, onnx), force, progress)
     runners: list[Any] = [PyTorchRunner(checkpoint, threads=threads)] if checkpoint is not None else []
     runners += [OnnxRuntimeRunner(p, name=f"onnxruntime:{Path(p).name}", threads=threads) for p in onnx]
     runners += _engine_runners(engines)

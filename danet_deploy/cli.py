@@ -27,6 +27,8 @@ from .export.artifact import Precision
 from .export.torch_export import ExportOptions
 from .files import check_output, write_json
 from .graph.pam import DEFAULT_BLOCK
+from .memory import return_large_allocations
+from .progress import PeriodicLines
 from .progress import Progress as LibraryProgress
 from .report.text import (
     benchmark_table,
@@ -112,7 +114,8 @@ def _exit_interrupted() -> typer.Exit:
 
 
 class RichProgress(LibraryProgress):
-    """The library's progress as Rich: a bar with ETA for counted tasks, a spinner otherwise; notes on stderr."""
+    """The library's progress as Rich: in a terminal a bar with ETA for counted tasks, a spinner otherwise; in logs
+    (stderr not a terminal) plain periodic lines; notes on stderr."""
 
     def note(self, message: str) -> None:
         err.print(escape(message), highlight=False, soft_wrap=True)
@@ -122,6 +125,11 @@ class RichProgress(LibraryProgress):
 
     @contextlib.contextmanager
     def task(self, description: str, total: int | None = None) -> Iterator[Callable[..., None]]:
+        if not err.is_terminal:
+            lines = PeriodicLines(description, total, self.note)
+            yield lines.update
+            lines.finish()
+            return
         columns: list[Any] = [SpinnerColumn(), TextColumn("{task.description}")]
         if total is not None:  # counted (0: the step sets the total once it knows it)
             columns += [BarColumn(), MofNCompleteColumn(), TextColumn("ETA"), TimeRemainingColumn()]
@@ -217,6 +225,9 @@ AlignOpt = Annotated[
 ClassNamesOpt = Annotated[str | None, typer.Option(help="Class names: a file with one per line, or a,b,c.")]
 MeanOpt = Annotated[str | None, typer.Option(help="Normalization mean of RGB in [0,1], e.g. 0.485,0.456,0.406.")]
 StdOpt = Annotated[str | None, typer.Option(help="Normalization std of RGB in [0,1], e.g. 0.229,0.224,0.225.")]
+ForceOpt = Annotated[
+    bool, typer.Option("--force", help="Go on when the memory plan's estimated peak exceeds the available memory.")
+]
 
 
 @app.command()
@@ -247,9 +258,7 @@ def export(
     block: BlockOpt = DEFAULT_BLOCK,
     group_norm: GroupNormOpt = None,
     fold_shuffle: FoldShuffleOpt = True,
-    force: Annotated[
-        bool, typer.Option("--force", help="Export even when the estimated memory exceeds what is available.")
-    ] = False,
+    force: ForceOpt = False,
 ) -> None:
     """Export a checkpoint to ONNX, then check it with onnx.checker and ONNX Runtime vs PyTorch."""
     if (target or attention or group_norm) and not simplify:
@@ -261,7 +270,7 @@ def export(
                  "class_names": _class_names(class_names), "mean": _floats3(mean, "--mean"),
                  "std": _floats3(std, "--std")}  # fmt: skip
     passes = api.SimplifyOptions(target=target, attention=attention, block=block, atol=atol, rtol=rtol,
-                                 group_norm=group_norm, fold_shuffle=fold_shuffle)  # fmt: skip
+                                 group_norm=group_norm, fold_shuffle=fold_shuffle, force=force)  # fmt: skip
     result = api.export(ckpt, output, options, layout=layout, overrides=overrides, image=image,
                         simplify=passes if simplify else None, force=force, progress=PROGRESS)  # fmt: skip
     _lines(export_summary(result.record))
@@ -288,10 +297,11 @@ def simplify(
     rtol: Annotated[float, typer.Option(help="Per-pass tolerance, relative part.")] = 1e-4,
     group_norm: GroupNormOpt = None,
     fold_shuffle: FoldShuffleOpt = True,
+    force: ForceOpt = False,
 ) -> None:
     """Simplify the attention graph for a target; every pass is checked against the previous graph."""
     passes = api.SimplifyOptions(target=target, attention=attention, block=block, heads=heads, atol=atol, rtol=rtol,
-                                 group_norm=group_norm, fold_shuffle=fold_shuffle)  # fmt: skip
+                                 group_norm=group_norm, fold_shuffle=fold_shuffle, force=force)  # fmt: skip
     _print_simplified(api.simplify_model_file(model, output, passes, PROGRESS))
 
 
@@ -343,12 +353,14 @@ def quantize(
         str | None,
         typer.Option(help="With --target ort: CPU to quantize for, auto (this one), x86-vnni, x86 or arm64."),
     ] = None,
+    force: ForceOpt = False,
 ) -> None:
     """FP16 or INT8 ONNX from an FP32 ONNX, measured against it on calibration images. INT8 is a Q/DQ model for
     TensorRT by default, or with --target ort one that ONNX Runtime's CPU provider runs with integer kernels."""
     options = api.QuantizeOptions(calib=calib, plain=plain, method=method, count=count, seed=seed, split=split,
                                   max_miou_drop=max_miou_drop, data=data, exclude=tuple(exclude or ()),
-                                  recalibrate=recalibrate, cache_dir=cache_dir, target=target, cpu=cpu)  # fmt: skip
+                                  recalibrate=recalibrate, cache_dir=cache_dir, target=target, cpu=cpu,
+                                  force=force)  # fmt: skip
     with warnings_as_lines():
         result = api.quantize(model, output, Precision.FP16 if fp16 else Precision.INT8, options, PROGRESS)
     _lines(fp16_lines(result.record) if fp16 else int8_lines(result.record, result.budget))
@@ -439,6 +451,7 @@ def verify(
     benchmark_json: Annotated[
         Path | None, typer.Option(help="Benchmark results (`benchmark --json`) to chart in the report.")
     ] = None,
+    force: ForceOpt = False,
 ) -> None:
     """Evaluate backends (PyTorch, ONNX Runtime, TensorRT) on the same images: mIoU, per-class IoU, parity, NaN/Inf.
 
@@ -451,7 +464,7 @@ def verify(
     options = api.VerifyOptions(split=split, limit=limit, thresholds=tuple(threshold or ()),
                                 thresholds_file=thresholds_file, crop=crop, stride=stride, flip=flip,
                                 scales=scale_values, threads=threads, layout=layout,
-                                pytorch_fp16=pytorch_fp16)  # fmt: skip
+                                pytorch_fp16=pytorch_fp16, force=force)  # fmt: skip
     result = api.verify(data, ckpt, onnx or [], engine or [], options, json_path=json_path, report_dir=report_dir,
                         benchmark_json=benchmark_json, progress=PROGRESS)  # fmt: skip
     _print_verify(result)
@@ -479,10 +492,11 @@ def benchmark(
     iterations: Annotated[int, typer.Option(min=1, help="Timed runs per backend.")] = 20,
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads (PyTorch, ONNX Runtime).")] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON.")] = None,
+    force: ForceOpt = False,
 ) -> None:
     """Latency per backend: median/p90/p99, throughput, end-to-end vs compute, peak memory, each in its own process."""
     result = api.benchmark(ckpt, onnx or [], engine or [], image=image, warmup=warmup, iterations=iterations,
-                           threads=threads, json_path=json_path, progress=PROGRESS)  # fmt: skip
+                           threads=threads, json_path=json_path, force=force, progress=PROGRESS)  # fmt: skip
     _print_benchmark(result)
 
 
@@ -518,6 +532,7 @@ def demo(
 def main() -> None:
     """The `danet-deploy` entry point: usage errors as one line (exit 2), Ctrl-C as exit 130 in every stage."""
     signal.signal(signal.SIGINT, _on_sigint)
+    return_large_allocations()
     try:
         code = app(standalone_mode=False)
     except (typer.Exit, typer.Abort) as exc:

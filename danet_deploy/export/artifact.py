@@ -153,16 +153,19 @@ def graph_precision(model: onnx.ModelProto) -> Precision:
 
 def onnxruntime_session(
     model: str | os.PathLike[str] | bytes | onnx.ModelProto, threads: int | None = None, optimize: bool = True,
-    flush_denormals: bool = False,
+    flush_denormals: bool = False, arena: bool = True,
 ) -> Any:  # fmt: skip
     """An ONNX Runtime CPU session from a path, serialized bytes or a ModelProto; quiet logging.
 
     `flush_denormals`: the session's pool threads treat denormal floats as zero (the calling thread needs the
-    same: `runners.onnxruntime.denormals_flushed`)."""
+    same: `runners.onnxruntime.denormals_flushed`). `arena` False: activations go back to the system after each
+    run (ONNX Runtime's CPU arena keeps a session's peak for its lifetime, which adds up when several sessions
+    are open, as in checks and verify)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 4  # fatal only: failures arrive as exceptions, reported as one line by the caller
+    opts.enable_cpu_mem_arena = arena
     if threads:
         opts.intra_op_num_threads = threads
     if flush_denormals:
