@@ -153,14 +153,14 @@ def graph_precision(model: onnx.ModelProto) -> Precision:
 
 def onnxruntime_session(
     model: str | os.PathLike[str] | bytes | onnx.ModelProto, threads: int | None = None, optimize: bool = True,
-    flush_denormals: bool = False, arena: bool = True,
+    flush_denormals: bool = False, arena: bool = True, disabled_optimizers: list[str] | None = None,
 ) -> Any:  # fmt: skip
     """An ONNX Runtime CPU session from a path, serialized bytes or a ModelProto; quiet logging.
 
     `flush_denormals`: the session's pool threads treat denormal floats as zero (the calling thread needs the
     same: `runners.onnxruntime.denormals_flushed`). `arena` False: activations go back to the system after each
     run (ONNX Runtime's CPU arena keeps a session's peak for its lifetime, which adds up when several sessions
-    are open, as in checks and verify)."""
+    are open, as in checks and verify). `disabled_optimizers`: ONNX Runtime graph transformers not to run."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -175,7 +175,8 @@ def onnxruntime_session(
     if isinstance(model, onnx.ModelProto):
         model = model.SerializeToString()
     source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
+    extra = {"disabled_optimizers": disabled_optimizers} if disabled_optimizers else {}
+    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"], **extra)
 
 
 @dataclass

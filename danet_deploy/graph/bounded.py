@@ -37,6 +37,7 @@ MAP_OPS = ("Cast", "Identity", "QuantizeLinear", "DequantizeLinear")  # elementw
 ITEMSIZE = {onnx.TensorProto.FLOAT: 4, onnx.TensorProto.FLOAT16: 2, onnx.TensorProto.BFLOAT16: 2,
             onnx.TensorProto.DOUBLE: 8, onnx.TensorProto.INT8: 1, onnx.TensorProto.UINT8: 1}  # fmt: skip
 AMAX_SUFFIX = "__absmax"
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 
 
 @dataclass
@@ -67,11 +68,14 @@ class Evaluation:
     bytes_as_written: int  # estimated attention memory of the graph as written
     bytes_evaluated: int  # ... as evaluated
 
+    quantized: bool = False  # Q/DQ model: ONNX Runtime's QDQ propagation is off (see `bounded_session`)
+
     def describe(self) -> str:
         if not self.blocked:
             return "as written"
+        note = "; Q/DQ not propagated by ONNX Runtime" if self.quantized else ""
         return (f"attention in query blocks of {self.block} (exact; as written it needs "
-                f"~{format_bytes(self.bytes_as_written)})")  # fmt: skip
+                f"~{format_bytes(self.bytes_as_written)}{note})")  # fmt: skip
 
 
 def format_bytes(value: float) -> str:
@@ -390,6 +394,11 @@ def bounded_session(
     if not evaluation.blocked and path is not None and checked is model:
         del model, checked  # (an OnnxModel keeps its proto: no copy was made)
         return onnxruntime_session(path, threads, optimize, flush_denormals, arena=False), evaluation
+    # ONNX Runtime 1.24's QDQ propagation (moving DequantizeLinear past Reshape / Transpose, an exact rewrite that
+    # only changes which kernels run) aborts the process when the tensors it moves feed a Scan; leave it out there.
+    evaluation.quantized = evaluation.blocked > 0 and any(n.op_type in QDQ_OPS for n in checked.graph.node)
+    disabled = ["QDQPropagationTransformer"] if evaluation.quantized else None
     data = checked.SerializeToString()
     del model, checked
-    return onnxruntime_session(data, threads, optimize, flush_denormals, arena=False), evaluation
+    return onnxruntime_session(data, threads, optimize, flush_denormals, arena=False,
+                               disabled_optimizers=disabled), evaluation  # fmt: skip

@@ -78,10 +78,12 @@ def query_chunk(positions: int, itemsize: int = 4, max_bytes: int = QUERY_CHUNK_
 
 
 @contextlib.contextmanager
-def memory_efficient_attention(model: nn.Module, max_bytes: int = QUERY_CHUNK_BYTES) -> Iterator[nn.Module]:
-    """Evaluate every PAM of `model` in query blocks for the block (exact: see `PositionAttention`); the
-    module's parameters and its exported graph are unchanged. Used by the export parity check and verify's
-    PyTorch reference, where the map as trained would need 8 GiB at 1024x2048."""
+def memory_efficient_attention(model: nn.Module, max_bytes: int | None = None) -> Iterator[nn.Module]:
+    """Evaluate every PAM of `model` in query blocks for the block (exact: see `PositionAttention`), each block's
+    map about `max_bytes` (default `QUERY_CHUNK_BYTES`); the module's parameters and its exported graph are
+    unchanged. Used by the export parity check and verify's PyTorch reference, where the map as trained would
+    need 8 GiB at 1024x2048."""
+    max_bytes = QUERY_CHUNK_BYTES if max_bytes is None else max_bytes
     pams = [m for m in model.modules() if isinstance(m, PositionAttention)]
     before = [m.block_bytes for m in pams]
     for m in pams:

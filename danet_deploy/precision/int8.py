@@ -484,17 +484,35 @@ def layer_sensitivity(
     """Rank quantized layers by how much relative error they add (output error minus input error).
 
     Both models are probed at the original tensor names (Q/DQ is inserted between tensors, so the FP32
-    tensors keep their names in the Q/DQ model). Using the growth rather than the output error alone keeps
+    tensors keep their names in the Q/DQ model). ONNX Runtime's quantizer fuses a Relu into the Conv before it
+    (the Conv then writes the Relu's tensor), so a tensor missing from the INT8 model is followed through such
+    Relu / Clip to the one both models have. Using the growth rather than the output error alone keeps
     late layers from ranking high only because error accumulated upstream.
     """
     nodes = {n.name: n for n in fp32.graph.node}
     inits = {i.name for i in fp32.graph.initializer}
     produced = {o for n in fp32.graph.node for o in n.output}
+    in_both = {o for n in int8.graph.node for o in n.output} & produced
+    users: dict[str, list[onnx.NodeProto]] = {}
+    for n in fp32.graph.node:
+        for i in n.input:
+            users.setdefault(i, []).append(n)
+
+    def shared(tensor: str) -> str | None:
+        while tensor not in in_both:
+            after = users.get(tensor, [])
+            if len(after) != 1 or after[0].op_type not in ("Relu", "Clip"):
+                return None
+            tensor = after[0].output[0]
+        return tensor
+
     io: dict[str, tuple[list[str], str]] = {}
     for name in layers:
         node = nodes.get(name)
-        if node is not None:
-            io[name] = ([i for i in node.input if i in produced and i not in inits], node.output[0])
+        out = shared(node.output[0]) if node is not None else None
+        if node is not None and out is not None:
+            ins = [shared(i) for i in node.input if i in produced and i not in inits]
+            io[name] = ([i for i in ins if i is not None], out)
     tensors = sorted({t for ins, out in io.values() for t in [*ins, out]})
     probes = ActivationProbe(fp32, tensors), ActivationProbe(int8, tensors)
     sq_diff = dict.fromkeys(tensors, 0.0)

@@ -139,16 +139,23 @@ def onnxruntime_quantization_restored() -> Iterator[None]:
     ModelOpt's `quantize` monkeypatches ONNX Runtime's calibrators and quantizers for the rest of the process
     (`modelopt.onnx.quantization.ort_patching.patch_ort_modules`); ONNX Runtime's own `quantize_static` then
     fails ("Histogram has not been collected") when both targets are quantized in one process, as the demo does.
+    It also edits ONNX Runtime's operator registries in place (`configure_ort` drops Relu, MaxPool, ... from
+    `QDQRegistry`), which changed what the ONNX Runtime target quantized after a TensorRT one; they are restored too.
     """
-    from onnxruntime.quantization import base_quantizer, calibrate, qdq_quantizer, quantize
+    from onnxruntime.quantization import base_quantizer, calibrate, qdq_quantizer, quantize, registry
 
     owners: list[Any] = [calibrate, quantize, calibrate.CalibraterBase, calibrate.MinMaxCalibrater,
                          calibrate.HistogramCalibrater, calibrate.HistogramCollector, qdq_quantizer.QDQQuantizer,
                          base_quantizer.BaseQuantizer]  # fmt: skip
     saved = [(owner, dict(vars(owner))) for owner in owners]
+    tables = [registry.QLinearOpsRegistry, registry.QDQRegistry, registry.IntegerOpsRegistry]
+    saved_tables = [(table, dict(table)) for table in tables]
     try:
         yield
     finally:
+        for table, contents in saved_tables:
+            table.clear()
+            table.update(contents)
         for owner, before in saved:
             for name in set(vars(owner)) - set(before):
                 delattr(owner, name)
