@@ -474,6 +474,9 @@ def verify(
 
 def _print_verify(result: api.VerifyResult) -> None:
     out.print(verify_table(result.report))
+    for b in result.report.backends:
+        if b.evaluated not in ("as written", "as trained"):
+            out.print(escape(f"{b.name} evaluated with {b.evaluated}"), highlight=False, soft_wrap=True)
     if result.report.labeled:
         out.print(per_class_table(result.report))
     for path in (result.json_path, result.html_path):

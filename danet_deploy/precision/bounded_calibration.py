@@ -25,6 +25,7 @@ from typing import Any
 
 import onnx
 
+from ..export.artifact import onnxruntime_session
 from ..graph.bounded import bounded_model
 from ..graph.segments import SegmentedRun
 
@@ -51,11 +52,13 @@ def _install(budget: int) -> None:
         saved = self.augmented_model_path
         self.augmented_model_path = _bounded_copy(saved)
         try:
-            library_session(self, *args, **kwargs)
+            library_session(self, *args, **kwargs)  # and whatever else the library records (ModelOpt's groups)
+            self.infer_session = None
+            if not isinstance(self, HistogramCalibrater):  # those collect segment by segment instead
+                # MinMax's ReduceMin / ReduceMax probes run right after each tensor's producer (`in_order`).
+                self.infer_session = onnxruntime_session(self.augmented_model_path, arena=False, in_order=True)
         finally:
             self.augmented_model_path = saved
-        if isinstance(self, HistogramCalibrater):
-            self.infer_session = None  # collection runs the segments instead; free the weights
 
     def collect_data(self: Any, data_reader: Any) -> None:
         run = getattr(self, "_danet_segments", None)

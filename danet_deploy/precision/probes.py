@@ -71,18 +71,24 @@ class MagnitudeProbe:
         graph = probed.graph
         types = tensor_types(model)
         self.outputs: dict[str, list[str]] = {t: [maps[t]] for t in self.tensors if t in maps}
-        produced = {o for n in graph.node for o in n.output} | {i.name for i in graph.input}
-        for tensor in self.tensors:
-            if tensor in self.outputs or tensor not in produced:
-                continue
-            pair = [f"{tensor}__max", f"{tensor}__min"]
-            kind = types.get(tensor, onnx.TensorProto.FLOAT)
-            for op, out in zip(("ReduceMax", "ReduceMin"), pair):
-                graph.node.append(onnx.helper.make_node(op, [tensor], [out], name=f"{out}__probe", keepdims=0))
-                graph.output.append(onnx.helper.make_tensor_value_info(out, kind, []))
-            self.outputs[tensor] = pair
+        wanted = set(self.tensors) - set(self.outputs)
+        # Each pair right after its producer, and a session that runs nodes in that order (`in_order`).
+        nodes: list[onnx.NodeProto] = []
+        for node in graph.node:
+            nodes.append(node)
+            for tensor in node.output:
+                if tensor not in wanted:
+                    continue
+                pair = [f"{tensor}__max", f"{tensor}__min"]
+                kind = types.get(tensor, onnx.TensorProto.FLOAT)
+                for op, out in zip(("ReduceMax", "ReduceMin"), pair):
+                    nodes.append(onnx.helper.make_node(op, [tensor], [out], name=f"{out}__probe", keepdims=0))
+                    graph.output.append(onnx.helper.make_tensor_value_info(out, kind, []))
+                self.outputs[tensor] = pair
+        del graph.node[:]
+        graph.node.extend(nodes)
         self.names = [name for pair in self.outputs.values() for name in pair]
-        self.session = onnxruntime_session(probed, threads, arena=False)
+        self.session = onnxruntime_session(probed, threads, arena=False, in_order=True)
 
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, float]:
         """{tensor: max |value|} on one input (inf where the tensor holds NaN or inf)."""
