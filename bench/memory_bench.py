@@ -69,8 +69,7 @@ def run(args: list[str], log: Path) -> dict:
     seconds = time.perf_counter() - started
     log.write_text(result.stdout + "\n--- stderr ---\n" + result.stderr)
     peak = re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr)
-    planned = [float(v) * {"MiB": 1 / 1024, "GiB": 1.0}[u]
-               for v, u in re.findall(r"^  [^:\n]+: ([\d.]+) (MiB|GiB)", result.stderr, re.M)]  # fmt: skip
+    planned = planned_peaks(result.stderr)
     lines = [line.strip() for line in (result.stdout + result.stderr).splitlines()]
     evaluated = sorted(
         {
@@ -87,6 +86,21 @@ def run(args: list[str], log: Path) -> dict:
         "evaluated": evaluated[:3],
         "error": next((line for line in reversed(lines) if line.startswith(("error:", "internal error:"))), None),
     }
+
+
+def planned_peaks(text: str) -> list[float]:
+    """GiB of every step of the memory plans a command printed ("memory plan for ...:" then "  step: 1.2 GiB")."""
+    peaks, in_plan = [], False
+    for line in text.splitlines():
+        if line.startswith("memory plan for"):
+            in_plan = True
+        elif in_plan and line.startswith("  "):
+            found = re.search(r": ([\d.]+) (MiB|GiB)", line)
+            if found:
+                peaks.append(float(found.group(1)) * {"MiB": 1 / 1024, "GiB": 1.0}[found.group(2)])
+        else:
+            in_plan = False
+    return peaks
 
 
 def checkpoint(depth: int, work: Path) -> Path:
@@ -138,8 +152,8 @@ def main() -> None:
                 if args.only and name not in args.only:
                     continue
                 print(f"R{depth} {size}: danet-deploy {' '.join(command)}", flush=True)
-                entries[name] = {"command": "danet-deploy " + " ".join(command),
-                                 **run(command, work / f"{name.split()[0]}.{len(entries)}.log")}  # fmt: skip
+                log = work / f"{len(entries)}.{name.split()[0]}.log"
+                entries[name] = {"command": "danet-deploy " + " ".join(command), "log": str(log), **run(command, log)}
                 print(f"  -> {entries[name]}", flush=True)
                 RESULTS.write_text(json.dumps(results, indent=1))
             write(results, args.images)

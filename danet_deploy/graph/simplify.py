@@ -120,13 +120,26 @@ def _input_feed(model: onnx.ModelProto, config: ModelConfig | None, images: list
     return [np.repeat(spec.prepare(resize_image(image, size), config), batch, axis=0) for image in images]
 
 
-def _run(model: onnx.ModelProto, feeds: list[np.ndarray]) -> tuple[list[np.ndarray], str]:
-    """Logits of `model` on each feed, and how the check evaluated it: at the feed's size, as written, or with
-    large attention in query blocks (exact; `graph.bounded`): the N x N maps of a 1024x2048 input need
-    8 GiB as written, per head in the multi-head forms."""
+def _run(model: onnx.ModelProto, feeds: list[np.ndarray], logits: list[np.ndarray]) -> tuple[float, float, str]:
+    """Run `model` on each feed and replace `logits` (the graph before's, on the same feeds) by its own, one image
+    at a time; returns the max abs difference, the max |logit| before, and how the check evaluated the model: at
+    the feed's size, as written, or with large attention in query blocks (exact; `graph.bounded`): the N x N
+    maps of a 1024x2048 input need 8 GiB as written, per head in the multi-head forms. An empty `logits` is
+    filled (the input model's run)."""
     session, evaluation = bounded_session(model, list(feeds[0].shape))
     name = session.get_inputs()[0].name
-    return [session.run(["logits"], {name: f})[0] for f in feeds], evaluation.describe()
+    diff = peak = 0.0
+    for i, feed in enumerate(feeds):
+        out = session.run(["logits"], {name: feed})[0]
+        if i < len(logits):
+            before = logits[i]
+            peak = max(peak, float(np.abs(before).max()))
+            planes = zip(out.reshape(-1, *out.shape[2:]), before.reshape(-1, *before.shape[2:]))  # one at a time
+            diff = max(diff, max(float(np.abs(o.astype(np.float64) - b).max()) for o, b in planes))
+            logits[i] = out
+        else:
+            logits.append(out)
+    return diff, peak, evaluation.describe()
 
 
 def simplify_model(
@@ -218,7 +231,8 @@ def simplify_model(
     runs = len(passes) + 1
     if on_check:
         on_check(0, runs, "running the input model")
-    before, report.input_evaluated = _run(model, feeds)
+    logits: list[np.ndarray] = []  # the latest graph's, per image
+    report.input_evaluated = _run(model, feeds, logits)[2]
     for done, (name, apply) in enumerate(passes, start=1):
         started = time.perf_counter()
         nodes_before = len(model.graph.node)
@@ -226,11 +240,11 @@ def simplify_model(
             candidate, detail = apply(onnx.ModelProto.FromString(model.SerializeToString()))
         except RewriteError as exc:
             raise BadInputError(str(exc)) from None
+        del model  # the graph before lives on in `logits`; its weights are not needed during the check
         if on_check:
             on_check(done, runs, f"checking pass {name}")
-        after, evaluated = _run(candidate, feeds)
-        diff = max(float(np.abs(a.astype(np.float64) - b).max()) for a, b in zip(after, before))
-        tolerance = atol + rtol * max(float(np.abs(b).max()) for b in before)
+        diff, peak, evaluated = _run(candidate, feeds, logits)
+        tolerance = atol + rtol * peak
         result = PassReport(name, detail, nodes_before, len(candidate.graph.node), diff, tolerance,
                             round(time.perf_counter() - started, 2), evaluated)  # fmt: skip
         if on_pass:
@@ -238,7 +252,7 @@ def simplify_model(
         if not np.isfinite(diff) or diff > tolerance:
             raise CheckFailedError(f"pass {name}: max abs diff {diff:.3g} vs before exceeds tolerance {tolerance:.3g}")
         report.passes.append(result)
-        model, before = candidate, after
+        model = candidate
     if on_check:
         on_check(runs, runs, "checked")
     if not model.metadata_props:  # a rewrite rebuilt the model; carry the config and provenance over
@@ -261,11 +275,12 @@ def simplify_file(
     in_path: str | os.PathLike[str], out_path: str | os.PathLike[str], **kwargs: Any
 ) -> tuple[SimplifyReport, dict[str, Any]]:
     """File to file; nothing is written unless every pass passes its check."""
-    source = OnnxModel.load(in_path)
+    where = Path(in_path)
     try:
-        simplified, report = simplify_model(source.proto, **kwargs)
+        # Only simplify_model holds the input model, so it is freed once the first pass has copied it.
+        simplified, report = simplify_model(OnnxModel.load(in_path).proto, **kwargs)
     except DeployError as exc:  # name the file, as every user-facing error does
-        raise type(exc)(f"{source.path}: {exc}", exc.exit_code) from None
+        raise type(exc)(f"{where}: {exc}", exc.exit_code) from None
     with atomic_path(out_path) as tmp:
         check_model(simplified)
         onnx.save(simplified, str(tmp))
