@@ -57,3 +57,25 @@ def active_attention(model: DANet, pam: float = 0.5, cam: float = 0.3) -> DANet:
         model.head.pam.gamma.fill_(pam)
         model.head.cam.gamma.fill_(cam)
     return model
+
+
+def trained_statistics(model: DANet, images: int = 8, size: tuple[int, int] = (256, 512)) -> DANet:
+    """Random weights with BatchNorm statistics measured on synthetic scenes (cumulative average over `images`), so
+    activations have the scale of a trained network's. With the initial statistics (mean 0, variance 1) every
+    residual block multiplies the activations' scale, and CAM's energy X X^T reaches 1e8 at 1024x2048, where a
+    float32 softmax(rowmax(E) - E) loses a third of a unit: no trained DANet looks like that."""
+    from danet_deploy.data.preprocess import normalize
+    from danet_deploy.data.synthetic import generate_scene
+
+    batch_norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for bn in batch_norms:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average
+    model.train()
+    with torch.no_grad():
+        for seed in range(images):
+            scene = generate_scene(10_000 + seed, *size).image
+            model(torch.from_numpy(normalize(scene, model.config)))
+    for bn in batch_norms:
+        bn.momentum = 0.1
+    return model.eval()

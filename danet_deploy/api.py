@@ -50,6 +50,7 @@ class SimplifyOptions:
     rtol: float = 1e-4
     group_norm: str | None = None
     fold_shuffle: bool = True
+    force: bool = False  # go on when the memory plan's peak exceeds the available memory
 
     def check(self) -> None:
         """Exit 2 for a value no simplify can use, before any work (also before `export --simplify` exports)."""
@@ -118,7 +119,7 @@ def export(
     `option_files`: files the overrides were read from (class names), never written over."""
     from .data.bundled import sample_image
     from .data.images import read_image
-    from .export.torch_export import check_export_memory, export_onnx
+    from .export.torch_export import export_onnx
 
     out = check_output(output, [checkpoint, image, *option_files])
     options.check()
@@ -126,8 +127,12 @@ def export(
         simplify.check()  # a bad pass option fails before the export, not after it
     size = options.input_size
     loaded = load_checkpoint(checkpoint, layout, progress, **{**(overrides or {}), "input_size": size})
-    if not force:
-        check_export_memory(loaded.config, options)
+    from .memory import export_plan
+
+    state = [*loaded.model.parameters(), *loaded.model.buffers()]
+    plan = export_plan(sum(t.numel() * t.element_size() for t in state), options.batch, options.size(loaded.config),
+                       loaded.config.position_attention == "pam", loaded.config.num_classes)  # fmt: skip
+    _show_plan(plan, force, progress)
     parity_image = read_image(Path(image)) if image else sample_image()
     with contextlib.ExitStack() as stack:
         raw = out
@@ -135,31 +140,60 @@ def export(
             raw = stack.enter_context(scratch_dir(out)) / "raw.onnx"
         what = f"exporting {loaded.config.arch} ({options.exporter} exporter, opset {options.opset}), checking parity"
         with progress.task(what):
-            record = export_onnx(loaded.model, loaded.config, raw, options, parity_image, loaded.provenance())
+            record = export_onnx(loaded.model, loaded.config, raw, options, parity_image, loaded.provenance(),
+                                 check_session=_check_session)  # fmt: skip
         record.onnx_path = str(out)
         result = ExportResult(record, str(checkpoint), out)
+        del loaded  # the PyTorch weights are not needed by the graph passes
         if simplify is not None:
             result.simplified = simplify_model_file(raw, out, simplify, progress)
     return result
 
 
+def _show_plan(plan: Any, force: bool, progress: Progress) -> None:
+    """Print the memory plan (before long work) and stop with exit 2 when it does not fit, unless `force`."""
+    for line in plan.lines():
+        progress.note(line)
+    plan.check(force)
+
+
+def _check_session(path: Path, input_shape: list[int]) -> tuple[Any, str]:
+    """The export parity check's ONNX Runtime session: large attention evaluated in query blocks (exact)."""
+    from .graph.bounded import bounded_session
+
+    session, evaluation = bounded_session(path, input_shape)
+    return session, evaluation.describe()
+
+
 def simplify_model_file(
     model: PathLike, output: PathLike, options: SimplifyOptions = SimplifyOptions(), progress: Progress = SILENT
 ) -> SimplifyResult:
-    """The attention graph rewritten for a target; every pass is checked against the graph before it."""
-    from .graph.simplify import simplify_file
+    """The attention graph rewritten for a target; every pass is checked against the graph before it. A memory plan
+    is shown first; one that does not fit stops here (exit 2) unless `options.force`."""
+    from .graph.pam import value_heads
+    from .graph.simplify import choose_attention, get_target, simplify_file
+    from .memory import onnx_file_facts, simplify_plan
 
     out = check_output(output, [model])
     options.check()
+    facts, size = onnx_file_facts(model)
+    form = options.attention or (choose_attention(get_target(options.target), True)[0] if options.target else "naive")
+    heads = (options.heads or value_heads(512)) if form in ("mha", "onnx-attention") else 1
+    _show_plan(simplify_plan(facts, size, heads), options.force, progress)
 
     def on_pass(p: Any) -> None:
-        progress.note(f"  pass {p.name}: max abs diff {p.max_abs_diff:.2e}")
+        how = "" if p.evaluated == "as written" else f" (evaluated: {p.evaluated})"
+        progress.note(f"  pass {p.name}: max abs diff {p.max_abs_diff:.2e}, {p.seconds:.0f} s{how}")
 
-    with progress.task("simplifying the graph, checking every pass with ONNX Runtime"):
+    with progress.task("simplify: checking every pass with ONNX Runtime (model runs)", total=0) as update:
+
+        def on_check(done: int, total: int, what: str) -> None:
+            update(1 if done else 0, description=f"simplify: {what}", total=total)
+
         report, info = simplify_file(
             model, out, target=options.target, attention=options.attention, block=options.block,
             heads=options.heads, atol=options.atol, rtol=options.rtol, group_norm=options.group_norm,
-            fold_shuffle=options.fold_shuffle, on_pass=on_pass,
+            fold_shuffle=options.fold_shuffle, on_pass=on_pass, on_check=on_check,
         )  # fmt: skip
     return SimplifyResult(report, out, info["size_bytes"], info["onnx_sha256"])
 
@@ -186,6 +220,7 @@ class QuantizeOptions:
     cpu: str | None = None  # INT8 for ONNX Runtime: CPU profile (None / "auto": this machine's)
     ignore_unknown_labels: bool = False  # --data: mask values that are not class ids count as ignored
     allow_unlabeled: bool = False  # --data: evaluate the labeled images of a partly labeled set
+    force: bool = False  # go on when the memory plan's peak exceeds the available memory
 
 
 @dataclass
@@ -236,12 +271,22 @@ def quantize(
     source = model if isinstance(model, OnnxModel) else OnnxModel.load(model)  # read once, after the checks
     check_patterns_match(source.proto, list(options.exclude), source.path)
     exclude = list(options.exclude) or None
+    from .memory import onnx_facts, quantize_plan
+
+    size = source.input_size
+    facts = onnx_facts(source.proto, source.input_spec.shape(source.input_spec.batch or 1, size),
+                       source.config.num_classes)  # fmt: skip
+    _show_plan(quantize_plan(facts, size, precision.value, target.value, options.method,
+                             budget=options.max_miou_drop is not None), options.force, progress)  # fmt: skip
     if precision is Precision.FP16:
         from .precision import convert_fp16
 
-        with progress.task("FP16: converting and checking against FP32"):
+        what = "FP16: measuring magnitudes (images)" if options.calib else "FP16: converting"
+        with progress.task(what, total=0 if options.calib else None) as update:
             _, record = convert_fp16(source, out, calib_path=options.calib, plain=options.plain, count=options.count,
-                                     seed=options.seed, split=options.split, nodes_to_exclude=exclude)  # fmt: skip
+                                     seed=options.seed, split=options.split, nodes_to_exclude=exclude,
+                                     on_image=_counted(update, "FP16: converting (AutoCast) and checking against "
+                                                       "FP32"))  # fmt: skip
         return QuantizeResult(precision, out, record)
     common = dict(method=options.method, count=options.count, seed=options.seed, nodes_to_exclude=exclude,
                   recalibrate=options.recalibrate, cache_dir=options.cache_dir, split=options.split, target=target,
@@ -249,13 +294,10 @@ def quantize(
     if options.max_miou_drop is None:
         from .precision import quantize_int8
 
-        if target is Int8Target.ONNXRUNTIME:
-            with progress.task("INT8 for ONNX Runtime: calibrating", total=options.count or 0) as update:
-                _, record = quantize_int8(source, options.calib, out, on_image=lambda done, total: update(total=total),
-                                          **common)  # fmt: skip
-        else:
-            with progress.task("INT8: calibrating and checking against FP32"):
-                _, record = quantize_int8(source, options.calib, out, **common)
+        who = "for ONNX Runtime" if target is Int8Target.ONNXRUNTIME else "Q/DQ for TensorRT (ModelOpt)"
+        with progress.task(f"INT8 {who}: calibrating ({options.method}, images)", total=0) as update:
+            on_image = _counted(update, f"INT8 {who}: placing Q/DQ and checking against FP32")
+            _, record = quantize_int8(source, options.calib, out, on_image=on_image, **common)
         return QuantizeResult(precision, out, record)
     from .precision import quantize_with_budget
 
@@ -267,6 +309,17 @@ def quantize(
         _, budget = quantize_with_budget(source, options.calib, out, evaluate=evaluate, eval_data=str(options.data),
                                          eval_images=images, max_miou_drop=options.max_miou_drop, **common)  # fmt: skip
     return QuantizeResult(precision, out, budget.int8, budget)
+
+
+def _counted(update: Any, after: str) -> Any:
+    """An `on_image(done, total)` callback that advances a progress task and names the step that follows."""
+    seen = [0]
+
+    def on_image(done: int, total: int) -> None:
+        update(done - seen[0], total=total, description=after if done >= total else None)
+        seen[0] = done
+
+    return on_image
 
 
 def checked_dataset(
@@ -298,7 +351,7 @@ def miou_evaluator(
         progress.note(f"note: {note}")
 
     def evaluate(path: Path) -> float:
-        runner = OnnxRuntimeRunner(path)
+        runner = OnnxRuntimeRunner(path, bounded=True)
         miou = run_verify(dataset, [runner], runner.config, ignore_unknown_labels=ignore_unknown_labels,
                           allow_unlabeled=allow_unlabeled).backends[0].miou  # fmt: skip
         return float("nan") if miou is None else float(miou)
@@ -392,6 +445,7 @@ class VerifyOptions:
     pytorch_fp16: bool = False
     ignore_unknown_labels: bool = False  # opt-in: mask values that are not class ids count as ignored
     allow_unlabeled: bool = False  # opt-in: a partly labeled set is evaluated on its labeled images
+    force: bool = False  # go on when the memory plan's peak exceeds the available memory
 
 
 @dataclass
@@ -424,8 +478,8 @@ def _runners(
     from .runners.onnxruntime import OnnxRuntimeRunner
     from .runners.pytorch import PyTorchRunner
 
-    runners: list[Any] = [OnnxRuntimeRunner(p, name=f"onnxruntime:{Path(p).name}", threads=options.threads)
-                          for p in onnx]  # fmt: skip
+    runners: list[Any] = [OnnxRuntimeRunner(p, name=f"onnxruntime:{Path(p).name}", threads=options.threads,
+                                            bounded=True) for p in onnx]  # fmt: skip
     runners += _engine_runners(engines)
     config = runners[0].config if runners else None
     if checkpoint is not None:
@@ -479,6 +533,8 @@ def verify(
     runners, config = _runners(checkpoint, onnx, engines, options, progress, warnings)
     dataset = checked_dataset(data, options.split, config, options.ignore_unknown_labels, options.allow_unlabeled,
                               progress, options.limit)  # fmt: skip
+    _show_plan(_backends_plan("verify", checkpoint, onnx, protocol.largest_run(dataset.label_check.largest_image)),
+               options.force, progress)  # fmt: skip
     if not dataset.labeled:
         warnings.append(f"{data} has no label files; parity only, mIoU is not computed")
     result = VerifyResult(None, warnings, engines=[(r.name, r.sidecar) for r in runners if r.kind == "tensorrt"])
@@ -504,6 +560,24 @@ def verify(
                     write_markdown(result.report, Path(report_dir) / "report.md", html.name)
                 result.html_path = html
     return result
+
+
+def _backends_plan(
+    command: str, checkpoint: PathLike | None, onnx: Sequence[PathLike], run_size: tuple[int, int] | None
+) -> Any:  # fmt: skip
+    """The memory plan of verify or benchmark for these backends: at a static ONNX model's size, else at
+    `run_size`, the largest size the images will run at (dynamic models and the checkpoint run at the image's)."""
+    from .memory import benchmark_plan, onnx_file_facts, verify_plan
+
+    static = [OnnxModel.load(p, external_data=False).input_spec.static_size for p in onnx if Path(p).is_file()]
+    size = next((s for s in static if s), None) or run_size
+    facts = [onnx_file_facts(path, size) for path in onnx if Path(path).is_file()]
+    size = size or (facts[0][1] if facts else (512, 1024))
+    torch_weights = Path(checkpoint).stat().st_size if checkpoint is not None and Path(checkpoint).is_file() else None
+    if command == "verify":
+        return verify_plan(torch_weights, [f for f, _ in facts], size)
+    return benchmark_plan(torch_weights, [(f"onnxruntime:{Path(p).name}", f) for p, (f, _) in zip(onnx, facts)],
+                          size)  # fmt: skip
 
 
 def _read_benchmark_json(path: PathLike) -> dict[str, Any]:
@@ -546,9 +620,12 @@ def benchmark(
     iterations: int = 20,
     threads: int | None = None,
     json_path: PathLike | None = None,
+    force: bool = False,
     progress: Progress = SILENT,
 ) -> BenchmarkResult:
-    """Latency of each backend in its own process on one real image; failures are rows with an error."""
+    """Latency of each backend in its own process on one real image; failures are rows with an error. A memory
+    plan (each backend runs its model as written) is shown first; one that does not fit stops (exit 2) unless
+    `force`."""
     from .data.bundled import sample_image
     from .data.images import read_image
     from .evaluate.benchmark import benchmark as run_benchmark
@@ -563,10 +640,11 @@ def benchmark(
     for path in paths:
         if not Path(path).is_file():
             raise BadInputError(f"{path}: no such file")
+    picture = read_image(Path(image)) if image else sample_image()
+    _show_plan(_backends_plan("benchmark", checkpoint, onnx, picture.shape[:2]), force, progress)
     runners: list[Any] = [PyTorchRunner(checkpoint, threads=threads)] if checkpoint is not None else []
     runners += [OnnxRuntimeRunner(p, name=f"onnxruntime:{Path(p).name}", threads=threads) for p in onnx]
     runners += _engine_runners(engines)
-    picture = read_image(Path(image)) if image else sample_image()
     what = f"benchmarking {len(runners)} backend(s): {warmup} warm-up + {iterations} timed runs each"
     with progress.task(what):
         result = BenchmarkResult(run_benchmark(runners, picture, warmup, iterations))

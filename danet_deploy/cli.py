@@ -27,6 +27,8 @@ from .export.artifact import Precision
 from .export.torch_export import ExportOptions
 from .files import check_output, removed_on_failure, write_json
 from .graph.pam import DEFAULT_BLOCK
+from .memory import return_large_allocations
+from .progress import PeriodicLines
 from .progress import Progress as LibraryProgress
 from .report.text import (
     benchmark_table,
@@ -119,7 +121,8 @@ def _exit_interrupted() -> typer.Exit:
 
 
 class RichProgress(LibraryProgress):
-    """The library's progress as Rich: a bar with ETA for counted tasks, a spinner otherwise; notes on stderr."""
+    """The library's progress as Rich: in a terminal a bar with ETA for counted tasks, a spinner otherwise; in logs
+    (stderr not a terminal) plain periodic lines; notes on stderr."""
 
     def note(self, message: str) -> None:
         err.print(escape(message), highlight=False, soft_wrap=True)
@@ -129,6 +132,11 @@ class RichProgress(LibraryProgress):
 
     @contextlib.contextmanager
     def task(self, description: str, total: int | None = None) -> Iterator[Callable[..., None]]:
+        if not err.is_terminal:
+            lines = PeriodicLines(description, total, self.note)
+            yield lines.update
+            lines.finish()
+            return
         columns: list[Any] = [SpinnerColumn(), TextColumn("{task.description}")]
         if total is not None:  # counted (0: the step sets the total once it knows it)
             columns += [BarColumn(), MofNCompleteColumn(), TextColumn("ETA"), TimeRemainingColumn()]
@@ -242,6 +250,9 @@ AlignOpt = Annotated[
 ClassNamesOpt = Annotated[str | None, typer.Option(help="Class names: a file with one per line, or a,b,c.")]
 MeanOpt = Annotated[str | None, typer.Option(help="Normalization mean of RGB in [0,1], e.g. 0.485,0.456,0.406.")]
 StdOpt = Annotated[str | None, typer.Option(help="Normalization std of RGB in [0,1], e.g. 0.229,0.224,0.225.")]
+ForceOpt = Annotated[
+    bool, typer.Option("--force", help="Go on when the memory plan's estimated peak exceeds the available memory.")
+]
 
 
 @app.command()
@@ -272,9 +283,7 @@ def export(
     block: BlockOpt = DEFAULT_BLOCK,
     group_norm: GroupNormOpt = None,
     fold_shuffle: FoldShuffleOpt = True,
-    force: Annotated[
-        bool, typer.Option("--force", help="Export even when the estimated memory exceeds what is available.")
-    ] = False,
+    force: ForceOpt = False,
 ) -> None:
     """Export a checkpoint to ONNX, then check it with onnx.checker and ONNX Runtime vs PyTorch."""
     if (target or attention or group_norm) and not simplify:
@@ -286,7 +295,7 @@ def export(
     overrides = {"layer4_dilations": _ints(dilations, "--dilations"), "align_corners": align_corners,
                  "class_names": names, "mean": _floats3(mean, "--mean"), "std": _floats3(std, "--std")}  # fmt: skip
     passes = api.SimplifyOptions(target=target, attention=attention, block=block, atol=atol, rtol=rtol,
-                                 group_norm=group_norm, fold_shuffle=fold_shuffle)  # fmt: skip
+                                 group_norm=group_norm, fold_shuffle=fold_shuffle, force=force)  # fmt: skip
     result = api.export(ckpt, output, options, layout=layout, overrides=overrides, image=image,
                         simplify=passes if simplify else None, force=force,
                         option_files=[names_file] if names_file else [], progress=PROGRESS)  # fmt: skip
@@ -314,10 +323,11 @@ def simplify(
     rtol: Annotated[float, typer.Option(help="Per-pass tolerance, relative part.")] = 1e-4,
     group_norm: GroupNormOpt = None,
     fold_shuffle: FoldShuffleOpt = True,
+    force: ForceOpt = False,
 ) -> None:
     """Simplify the attention graph for a target; every pass is checked against the previous graph."""
     passes = api.SimplifyOptions(target=target, attention=attention, block=block, heads=heads, atol=atol, rtol=rtol,
-                                 group_norm=group_norm, fold_shuffle=fold_shuffle)  # fmt: skip
+                                 group_norm=group_norm, fold_shuffle=fold_shuffle, force=force)  # fmt: skip
     _print_simplified(api.simplify_model_file(model, output, passes, PROGRESS))
 
 
@@ -377,6 +387,7 @@ def quantize(
     ] = None,
     ignore_unknown_labels: IgnoreUnknownLabelsOpt = False,
     allow_unlabeled: AllowUnlabeledOpt = False,
+    force: ForceOpt = False,
 ) -> None:
     """FP16 or INT8 ONNX from an FP32 ONNX, measured against it on calibration images. INT8 is a Q/DQ model for
     TensorRT by default, or with --target ort one that ONNX Runtime's CPU provider runs with integer kernels."""
@@ -384,7 +395,7 @@ def quantize(
                                   max_miou_drop=max_miou_drop, data=data, exclude=tuple(exclude or ()),
                                   recalibrate=recalibrate, cache_dir=cache_dir, target=target, cpu=cpu,
                                   ignore_unknown_labels=ignore_unknown_labels,
-                                  allow_unlabeled=allow_unlabeled)  # fmt: skip
+                                  allow_unlabeled=allow_unlabeled, force=force)  # fmt: skip
     with warnings_as_lines():
         result = api.quantize(model, output, Precision.FP16 if fp16 else Precision.INT8, options, PROGRESS)
     _lines(fp16_lines(result.record) if fp16 else int8_lines(result.record, result.budget))
@@ -477,6 +488,7 @@ def verify(
     ] = None,
     ignore_unknown_labels: IgnoreUnknownLabelsOpt = False,
     allow_unlabeled: AllowUnlabeledOpt = False,
+    force: ForceOpt = False,
 ) -> None:
     """Evaluate backends (PyTorch, ONNX Runtime, TensorRT) on the same images: mIoU, per-class IoU, parity, NaN/Inf.
 
@@ -490,7 +502,7 @@ def verify(
                                 thresholds_file=thresholds_file, crop=crop, stride=stride, flip=flip,
                                 scales=scale_values, threads=threads, layout=layout,
                                 pytorch_fp16=pytorch_fp16, ignore_unknown_labels=ignore_unknown_labels,
-                                allow_unlabeled=allow_unlabeled)  # fmt: skip
+                                allow_unlabeled=allow_unlabeled, force=force)  # fmt: skip
     result = api.verify(data, ckpt, onnx or [], engine or [], options, json_path=json_path, report_dir=report_dir,
                         benchmark_json=benchmark_json, progress=PROGRESS)  # fmt: skip
     _print_verify(result)
@@ -501,6 +513,9 @@ def verify(
 def _print_verify(result: api.VerifyResult) -> None:
     out.print(verify_table(result.report))
     _lines([engine_audit_line(name, sidecar) for name, sidecar in result.engines])
+    for b in result.report.backends:
+        if b.evaluated not in ("as written", "as trained"):
+            out.print(escape(f"{b.name} evaluated with {b.evaluated}"), highlight=False, soft_wrap=True)
     if result.report.labeled:
         out.print(per_class_table(result.report))
     for note in result.report.notes:
@@ -521,10 +536,11 @@ def benchmark(
     iterations: Annotated[int, typer.Option(min=1, help="Timed runs per backend.")] = 20,
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads (PyTorch, ONNX Runtime).")] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON.")] = None,
+    force: ForceOpt = False,
 ) -> None:
     """Latency per backend: median/p90/p99, throughput, end-to-end vs compute, peak memory, each in its own process."""
     result = api.benchmark(ckpt, onnx or [], engine or [], image=image, warmup=warmup, iterations=iterations,
-                           threads=threads, json_path=json_path, progress=PROGRESS)  # fmt: skip
+                           threads=threads, json_path=json_path, force=force, progress=PROGRESS)  # fmt: skip
     _print_benchmark(result)
 
 
@@ -560,6 +576,7 @@ def demo(
 def main() -> None:
     """The `danet-deploy` entry point: usage errors as one line (exit 2), Ctrl-C as exit 130 in every stage."""
     signal.signal(signal.SIGINT, _on_sigint)
+    return_large_allocations()
     try:
         code = app(standalone_mode=False)
     except (typer.Exit, typer.Abort) as exc:

@@ -1,8 +1,10 @@
-"""How a long step talks to its caller: notes and counted tasks. Silent by default; the CLI renders it with Rich."""
+"""How a long step talks to its caller: notes and counted tasks. Silent by default; the CLI renders it with Rich in a
+terminal and as plain periodic lines (`PeriodicLines`) in logs."""
 
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator
 
 
@@ -23,3 +25,54 @@ class Progress:
 
 
 SILENT = Progress()
+
+
+def duration(seconds: float) -> str:
+    """'45s', '3m05s', '1h02m'."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+class PeriodicLines:
+    """One task as plain lines for logs (no bar, no cursor movement): a line when it starts, when its description
+    changes, at most every `interval` seconds while it advances (done of total, percent, elapsed, ETA from the
+    average so far), and when it ends."""
+
+    def __init__(
+        self, description: str, total: int | None, write: Callable[[str], None], interval: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:  # fmt: skip
+        self.description, self.total, self.write, self.interval, self.clock = description, total, write, interval, clock
+        self.done = 0
+        self.started = self.last = clock()
+        self.write(f"{description}: started" + (f" (0/{total})" if total else ""))
+
+    def status(self) -> str:
+        elapsed = self.clock() - self.started
+        if not self.total:
+            return f"{self.description}: {duration(elapsed)} elapsed"
+        line = (
+            f"{self.description}: {self.done}/{self.total} ({self.done / self.total:.0%}), {duration(elapsed)} elapsed"
+        )
+        if 0 < self.done < self.total:
+            line += f", ETA {duration(elapsed / self.done * (self.total - self.done))}"
+        return line
+
+    def update(self, advance: int = 1, description: str | None = None, total: int | None = None) -> None:
+        self.done += advance
+        if total:
+            self.total = total
+        now = self.clock()
+        if description and description != self.description:
+            self.description = description
+        elif now - self.last < self.interval:
+            return
+        self.last = now
+        self.write(self.status())
+
+    def finish(self) -> None:
+        self.write(f"{self.status()}; finished")

@@ -220,3 +220,18 @@ def test_cli_quantize_inspect_verify_and_benchmark_label_the_onnxruntime_model(
     assert bench.returncode == 0, bench.stderr
     assert "int8 (ONNX Runtime)" in bench.stdout
     assert json.loads((tmp_path / "b.json").read_text())["backends"][0]["quantized_for"] == "onnxruntime"
+
+
+def test_a_tensorrt_quantization_leaves_onnx_runtime_quantizer_as_it_was(
+    fp32_onnx: Path, calib_dir: Path, tmp_path: Path
+) -> None:
+    """ModelOpt edits ONNX Runtime's operator registries; left edited, the ONNX Runtime target quantized Relu and
+    MaxPool differently after a TensorRT quantization in the same process (as the demo runs them)."""
+    from onnxruntime.quantization import registry
+
+    before = [dict(t) for t in (registry.QLinearOpsRegistry, registry.QDQRegistry, registry.IntegerOpsRegistry)]
+    quantize_int8(
+        fp32_onnx, calib_dir, tmp_path / "t.onnx", method="max", cache_dir=tmp_path / "cache", recalibrate=True
+    )
+    after = [dict(t) for t in (registry.QLinearOpsRegistry, registry.QDQRegistry, registry.IntegerOpsRegistry)]
+    assert after == before

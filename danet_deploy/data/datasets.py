@@ -123,6 +123,7 @@ class LabelCheck:
     unlabeled_skipped: list[str] = field(default_factory=list)  # with allow_unlabeled: images left out
     unknown_values: dict[int, int] = field(default_factory=dict)  # with ignore_unknown: value -> pixels ignored
     masks_with_unknown: int = 0
+    largest_image: tuple[int, int] | None = None  # (H, W) of the image with the most pixels: what a run must fit
 
     def notes(self) -> list[str]:
         lines = []
@@ -205,6 +206,8 @@ class Dataset:
             check.unlabeled_skipped = unlabeled
         for image, label in items:
             size = read_image(image).shape[:2]  # decoded, not just the header: a truncated file fails here, not later
+            if check.largest_image is None or size[0] * size[1] > check.largest_image[0] * check.largest_image[1]:
+                check.largest_image = (int(size[0]), int(size[1]))
             if label is not None:
                 ids, unknown = class_ids(read_label_values(label.path), label, rules)
                 if ids.shape != size:

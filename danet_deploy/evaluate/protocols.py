@@ -50,6 +50,16 @@ class EvalProtocol:
             parts.append("scales " + ",".join(f"{s:g}" for s in self.scales))
         return " + ".join(parts)
 
+    def largest_run(self, image: tuple[int, int] | None) -> tuple[int, int] | None:
+        """The largest (H, W) a model runs at under this protocol for images up to `image` (a window's size when
+        sliding, else the image at its largest scale)."""
+        if self.crop is not None:
+            return self.crop, self.crop
+        if image is None:
+            return None
+        scale = max(self.scales)
+        return max(8, round(image[0] * scale)), max(8, round(image[1] * scale))
+
     @property
     def is_plain(self) -> bool:
         return self.crop is None and not self.flip and self.scales == (1.0,)

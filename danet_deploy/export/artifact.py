@@ -153,26 +153,39 @@ def graph_precision(model: onnx.ModelProto) -> Precision:
 
 def onnxruntime_session(
     model: str | os.PathLike[str] | bytes | onnx.ModelProto, threads: int | None = None, optimize: bool = True,
-    flush_denormals: bool = False,
+    flush_denormals: bool = False, arena: bool = True, disabled_optimizers: list[str] | None = None,
+    in_order: bool = False,
 ) -> Any:  # fmt: skip
     """An ONNX Runtime CPU session from a path, serialized bytes or a ModelProto; quiet logging.
 
     `flush_denormals`: the session's pool threads treat denormal floats as zero (the calling thread needs the
-    same: `runners.onnxruntime.denormals_flushed`)."""
+    same: `runners.onnxruntime.denormals_flushed`). `arena` False: activations go back to the system after each
+    run (ONNX Runtime's CPU arena keeps a session's peak for its lifetime, which adds up when several sessions
+    are open, as in checks and verify). `disabled_optimizers`: ONNX Runtime graph transformers not to run.
+    `in_order`: run nodes in graph order when their inputs are ready (ONNX Runtime's priority-based order, and no
+    NCHWc layout pass, which appends its nodes): a model whose every tensor also feeds a small probe node (a
+    ReduceMin, say) otherwise runs the probes last and holds every tensor until then (4 GiB for DANet-R50 at
+    512x1024 instead of 1)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 4  # fatal only: failures arrive as exceptions, reported as one line by the caller
+    opts.enable_cpu_mem_arena = arena
     if threads:
         opts.intra_op_num_threads = threads
     if flush_denormals:
         opts.add_session_config_entry("session.set_denormal_as_zero", "1")
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    elif in_order:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    if in_order:
+        opts.execution_order = ort.ExecutionOrder.PRIORITY_BASED
     if isinstance(model, onnx.ModelProto):
         model = model.SerializeToString()
     source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
+    extra = {"disabled_optimizers": disabled_optimizers} if disabled_optimizers else {}
+    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"], **extra)
 
 
 # Operator domains ONNX Runtime implements besides the default one (its contrib ops, classical ML).

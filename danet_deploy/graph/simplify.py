@@ -21,8 +21,9 @@ import onnx
 from ..config import ModelConfig
 from ..data.preprocess import resize_image
 from ..errors import BadInputError, CheckFailedError, DeployError
-from ..export.artifact import META_GRAPH, InputSpec, OnnxModel, onnxruntime_session, read_metadata, write_metadata
+from ..export.artifact import META_GRAPH, InputSpec, OnnxModel, read_metadata, write_metadata
 from ..files import atomic_path, sha256_file
+from .bounded import bounded_session
 from .cam import simplify_cam
 from .cleanup import cleanup
 from .editor import opset_of
@@ -92,6 +93,7 @@ class PassReport:
     max_abs_diff: float
     tolerance: float
     seconds: float
+    evaluated: str = "as written"  # how the check ran the graph after the pass (`graph.bounded`)
 
 
 @dataclass
@@ -103,6 +105,8 @@ class SimplifyReport:
     passes: list[PassReport] = field(default_factory=list)
     group_norm: str | None = None  # light variants only
     group_norm_reason: str | None = None
+    check_images: int = 0
+    input_evaluated: str = "as written"  # how the checks ran the input graph
 
 
 def _input_feed(model: onnx.ModelProto, config: ModelConfig | None, images: list[np.ndarray]) -> list[np.ndarray]:
@@ -116,10 +120,26 @@ def _input_feed(model: onnx.ModelProto, config: ModelConfig | None, images: list
     return [np.repeat(spec.prepare(resize_image(image, size), config), batch, axis=0) for image in images]
 
 
-def _run(model: onnx.ModelProto, feeds: list[np.ndarray]) -> list[np.ndarray]:
-    session = onnxruntime_session(model)
+def _run(model: onnx.ModelProto, feeds: list[np.ndarray], logits: list[np.ndarray]) -> tuple[float, float, str]:
+    """Run `model` on each feed and replace `logits` (the graph before's, on the same feeds) by its own, one image
+    at a time; returns the max abs difference, the max |logit| before, and how the check evaluated the model: at
+    the feed's size, as written, or with large attention in query blocks (exact; `graph.bounded`): the N x N
+    maps of a 1024x2048 input need 8 GiB as written, per head in the multi-head forms. An empty `logits` is
+    filled (the input model's run)."""
+    session, evaluation = bounded_session(model, list(feeds[0].shape))
     name = session.get_inputs()[0].name
-    return [session.run(["logits"], {name: f})[0] for f in feeds]
+    diff = peak = 0.0
+    for i, feed in enumerate(feeds):
+        out = session.run(["logits"], {name: feed})[0]
+        if i < len(logits):
+            before = logits[i]
+            peak = max(peak, float(np.abs(before).max()))
+            planes = zip(out.reshape(-1, *out.shape[2:]), before.reshape(-1, *before.shape[2:]))  # one at a time
+            diff = max(diff, max(float(np.abs(o.astype(np.float64) - b).max()) for o, b in planes))
+            logits[i] = out
+        else:
+            logits.append(out)
+    return diff, peak, evaluation.describe()
 
 
 def simplify_model(
@@ -134,12 +154,15 @@ def simplify_model(
     on_pass: Callable[[PassReport], None] | None = None,
     group_norm: str | None = None,
     fold_shuffle: bool = True,
+    on_check: Callable[[int, int, str], None] | None = None,
 ) -> tuple[onnx.ModelProto, SimplifyReport]:
     """Run the passes for `target` (PAM form `attention`, GroupNorm form `group_norm` or the target's defaults),
     checking each one.
 
     Without a target and explicit forms, PAM and GroupNorm stay as exported (cleanup, CAM and shuffle only).
-    Channel shuffles fold into the Conv that reads them unless `fold_shuffle` is False.
+    Channel shuffles fold into the Conv that reads them unless `fold_shuffle` is False. Every check runs at the
+    model's own size; attention too large to hold as written is evaluated in query blocks (exact), and each
+    report line says how. `on_check(done, total, what)` is called before each check run.
     """
     tgt = get_target(target) if target else None
     meta = read_metadata(model)
@@ -203,27 +226,35 @@ def simplify_model(
 
     feeds = _input_feed(model, config, images if images is not None else sample_images(2))
     report = SimplifyReport(
-        tgt.name if tgt else "any", attention, reason, list(feeds[0].shape), [], group_norm, gn_reason
+        tgt.name if tgt else "any", attention, reason, list(feeds[0].shape), [], group_norm, gn_reason, len(feeds)
     )
-    before = _run(model, feeds)
-    for name, apply in passes:
+    runs = len(passes) + 1
+    if on_check:
+        on_check(0, runs, "running the input model")
+    logits: list[np.ndarray] = []  # the latest graph's, per image
+    report.input_evaluated = _run(model, feeds, logits)[2]
+    for done, (name, apply) in enumerate(passes, start=1):
         started = time.perf_counter()
         nodes_before = len(model.graph.node)
         try:
             candidate, detail = apply(onnx.ModelProto.FromString(model.SerializeToString()))
         except RewriteError as exc:
             raise BadInputError(str(exc)) from None
-        after = _run(candidate, feeds)
-        diff = max(float(np.abs(a.astype(np.float64) - b).max()) for a, b in zip(after, before))
-        tolerance = atol + rtol * max(float(np.abs(b).max()) for b in before)
+        del model  # the graph before lives on in `logits`; its weights are not needed during the check
+        if on_check:
+            on_check(done, runs, f"checking pass {name}")
+        diff, peak, evaluated = _run(candidate, feeds, logits)
+        tolerance = atol + rtol * peak
         result = PassReport(name, detail, nodes_before, len(candidate.graph.node), diff, tolerance,
-                            round(time.perf_counter() - started, 2))  # fmt: skip
+                            round(time.perf_counter() - started, 2), evaluated)  # fmt: skip
         if on_pass:
             on_pass(result)
         if not np.isfinite(diff) or diff > tolerance:
             raise CheckFailedError(f"pass {name}: max abs diff {diff:.3g} vs before exceeds tolerance {tolerance:.3g}")
         report.passes.append(result)
-        model, before = candidate, after
+        model = candidate
+    if on_check:
+        on_check(runs, runs, "checked")
     if not model.metadata_props:  # a rewrite rebuilt the model; carry the config and provenance over
         model.metadata_props.extend(original_props)
     write_metadata(model, {META_GRAPH: json.dumps(asdict(report))})
@@ -244,12 +275,16 @@ def simplify_file(
     in_path: str | os.PathLike[str], out_path: str | os.PathLike[str], **kwargs: Any
 ) -> tuple[SimplifyReport, dict[str, Any]]:
     """File to file; nothing is written unless every pass passes its check."""
+    where = Path(in_path)
     source = OnnxModel.load(in_path)
     source.require_runnable()
+    protos = [source.proto]
+    del source
     try:
-        simplified, report = simplify_model(source.proto, **kwargs)
+        # Only simplify_model holds the input model, so it is freed once the first pass has copied it.
+        simplified, report = simplify_model(protos.pop(), **kwargs)
     except DeployError as exc:  # name the file, as every user-facing error does
-        raise type(exc)(f"{source.path}: {exc}", exc.exit_code) from None
+        raise type(exc)(f"{where}: {exc}", exc.exit_code) from None
     with atomic_path(out_path) as tmp:
         check_model(simplified)
         onnx.save(simplified, str(tmp))

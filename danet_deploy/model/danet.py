@@ -6,6 +6,9 @@ MMSegmentation's `DAHead` (the descriptive ones), checkpoint mapping lives in `c
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -26,8 +29,20 @@ class ConvBNReLU(nn.Module):
         return self.relu(self.bn(self.conv(x)))
 
 
+# The exact memory-efficient PAM evaluation keeps each query block's attention map at about this many bytes.
+QUERY_CHUNK_BYTES = 64 << 20
+
+
 class PositionAttention(nn.Module):
-    """PAM: out = gamma * V softmax(Q^T K)^T + x over all N = H*W positions (no 1/sqrt(d) scaling)."""
+    """PAM: out = gamma * V softmax(Q^T K)^T + x over all N = H*W positions (no 1/sqrt(d) scaling).
+
+    As trained (and exported) the N x N map is computed at once: 4 GiB per map at 1024x2048. With
+    `block_bytes` set (see `memory_efficient_attention`) the same attention is evaluated one block of
+    queries at a time: softmax is over the keys of each query row, so the rows are independent and the
+    result equals the full computation up to float rounding, with block x N maps of about that size.
+    torch's `scaled_dot_product_attention(scale=1)` is no help on the CPU: its memory-efficient kernels need
+    the value head size to equal the query/key one (PAM: 512 vs 64), and its fallback builds the N x N map.
+    """
 
     def __init__(self, channels: int):
         super().__init__()
@@ -35,14 +50,49 @@ class PositionAttention(nn.Module):
         self.key_project = nn.Conv2d(channels, channels // 8, 1)
         self.value_project = nn.Conv2d(channels, channels, 1)
         self.gamma = nn.Parameter(torch.zeros(1))
+        self.block_bytes: int | None = None  # None: the whole map at once, as trained
+        self.last_block: int | None = None  # queries per block in the last forward (None: all at once)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         query = self.query_project(x).flatten(2).transpose(1, 2)  # B, N, C/8
         key = self.key_project(x).flatten(2)  # B, C/8, N
-        attention = torch.softmax(torch.bmm(query, key), dim=-1)  # B, N, N
         value = self.value_project(x).flatten(2)  # B, C, N
-        out = torch.bmm(value, attention.transpose(1, 2)).reshape(x.shape)
-        return self.gamma * out + x
+        n = query.shape[1]
+        chunk = n if self.block_bytes is None else query_chunk(n, query.element_size(), self.block_bytes)
+        self.last_block = None
+        if chunk >= n or torch.onnx.is_in_onnx_export():
+            attention = torch.softmax(torch.bmm(query, key), dim=-1)  # B, N, N
+            out = torch.bmm(value, attention.transpose(1, 2))
+        else:
+            out = value.new_empty(value.shape)
+            self.last_block = chunk
+            for start in range(0, n, chunk):
+                attention = torch.softmax(torch.bmm(query[:, start : start + chunk], key), dim=-1)  # B, chunk, N
+                out[:, :, start : start + chunk] = torch.bmm(value, attention.transpose(1, 2))
+        return self.gamma * out.reshape(x.shape) + x
+
+
+def query_chunk(positions: int, itemsize: int = 4, max_bytes: int = QUERY_CHUNK_BYTES) -> int:
+    """Queries per block so that one block's attention map (block x N) stays within `max_bytes`."""
+    return max(1, min(positions, max_bytes // (positions * itemsize)))
+
+
+@contextlib.contextmanager
+def memory_efficient_attention(model: nn.Module, max_bytes: int | None = None) -> Iterator[nn.Module]:
+    """Evaluate every PAM of `model` in query blocks for the block (exact: see `PositionAttention`), each block's
+    map about `max_bytes` (default `QUERY_CHUNK_BYTES`); the module's parameters and its exported graph are
+    unchanged. Used by the export parity check and verify's PyTorch reference, where the map as trained would
+    need 8 GiB at 1024x2048."""
+    max_bytes = QUERY_CHUNK_BYTES if max_bytes is None else max_bytes
+    pams = [m for m in model.modules() if isinstance(m, PositionAttention)]
+    before = [m.block_bytes for m in pams]
+    for m in pams:
+        m.block_bytes = max_bytes
+    try:
+        yield model
+    finally:
+        for m, saved in zip(pams, before):
+            m.block_bytes = saved
 
 
 class ChannelAttention(nn.Module):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -229,20 +229,30 @@ class CalibrationReader:
     """ONNX Runtime / ModelOpt calibration data reader that decodes images batch by batch.
 
     Only one batch is in memory at a time (500 images at 512x1024 would be 3 GiB as one array).
-    Implements the reader protocol ModelOpt uses: `get_next`, `get_first`, `rewind`.
+    Implements the reader protocol ModelOpt uses: `get_next`, `get_first`, `rewind`. `on_batch(images)` is called
+    with the images of a batch once the consumer asks for the next one (or learns there is none): calibrators ask
+    after processing a batch, so it counts finished work.
     """
 
-    def __init__(self, calib: CalibrationSet):
+    def __init__(self, calib: CalibrationSet, on_batch: Callable[[int], None] | None = None):
         self.calib = calib
+        self.on_batch = on_batch
         self._first: dict[str, np.ndarray] | None = None
+        self._pending = 0
         self.rewind()
 
     def rewind(self) -> None:
         self._batches = self.calib.batches()
 
     def get_next(self) -> dict[str, np.ndarray] | None:
+        if self._pending and self.on_batch is not None:
+            self.on_batch(self._pending)
+        self._pending = 0
         batch = next(self._batches, None)
-        return None if batch is None else {self.calib.input_name: batch}
+        if batch is None:
+            return None
+        self._pending = batch.shape[0]
+        return {self.calib.input_name: batch}
 
     def get_first(self) -> dict[str, np.ndarray]:
         if self._first is None:

@@ -20,6 +20,7 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,12 +32,13 @@ import onnx
 from ..errors import BadInputError, CheckFailedError
 from ..export.artifact import OnnxModel, onnxruntime_session
 from ..files import atomic_path, sha256_file
+from ..graph.bounded import Evaluation, bounded_session
 from ..graph.editor import GraphEditor
 from ..graph.sites import find_light_sites, find_sites
 from ..quiet import interrupts_held, quiet_modelopt
 from .calibration_cache import key_tool_versions
 from .calibration_data import CalibrationInfo, CalibrationSet, calibration_set
-from .probes import ActivationProbe, Agreement, activation_tensors, compare_models, tensor_types
+from .probes import Agreement, MagnitudeProbe, compare_models, tensor_types
 from .stage import exact_names, finish_model, fp32_source
 
 log = logging.getLogger(__name__)
@@ -96,15 +98,21 @@ class Fp16Record:
 # measurement ----------------------------------------------------------------------------------------------
 
 
-def tensor_absmax(model: onnx.ModelProto, calib: CalibrationSet) -> dict[str, float]:
-    """max |value| of every intermediate float tensor over the calibration batches (streamed)."""
-    probe = ActivationProbe(model, activation_tensors(model))
+def tensor_absmax(
+    model: onnx.ModelProto, calib: CalibrationSet, on_image: Callable[[int, int], None] | None = None
+) -> dict[str, float]:
+    """max |value| of every intermediate float tensor over the calibration batches: one image at a time, each
+    tensor reduced inside ONNX Runtime (`MagnitudeProbe`), so memory stays that of one inference.
+    `on_image(done, total)` after each batch."""
+    probe = MagnitudeProbe(model)
     amax: dict[str, float] = {}
+    done = 0
     for batch in calib.batches():
-        for name, value in probe.run({calib.input_name: batch}).items():
-            value = np.abs(value.astype(np.float32, copy=False))
-            peak = float(np.nan_to_num(value, nan=np.inf).max(initial=0.0))
+        for name, peak in probe.run({calib.input_name: batch}).items():
             amax[name] = max(amax.get(name, 0.0), peak)
+        done += batch.shape[0]
+        if on_image is not None:
+            on_image(done, len(calib))
     return amax
 
 
@@ -209,13 +217,24 @@ def fp16_rounding_model(model: onnx.ModelProto) -> onnx.ModelProto:
     return copy
 
 
-def fp16_session(model: OnnxModel | onnx.ModelProto | str | os.PathLike[str]) -> Any:
-    """An ONNX Runtime CPU session that computes an FP16 model with FP16 rounding (see `fp16_rounding_model`)."""
+def fp16_check_session(
+    model: OnnxModel | onnx.ModelProto | str | os.PathLike[str], bounded: bool = True
+) -> tuple[Any, Evaluation | None]:
+    """An ONNX Runtime CPU session that computes an FP16 model with FP16 rounding (see `fp16_rounding_model`), and
+    how it evaluates the model: attention too large to hold as written runs in query blocks (`graph.bounded`;
+    the rounding Identities move into the blocks with the attention ops). `bounded` False: as written."""
     if isinstance(model, OnnxModel):
         model = model.proto
     elif not isinstance(model, onnx.ModelProto):
         model = onnx.load(str(model))
-    return onnxruntime_session(fp16_rounding_model(model), optimize=False)
+    if not bounded:
+        return onnxruntime_session(fp16_rounding_model(model), optimize=False), None
+    return bounded_session(fp16_rounding_model(model), optimize=False, owned=True)
+
+
+def fp16_session(model: OnnxModel | onnx.ModelProto | str | os.PathLike[str], bounded: bool = True) -> Any:
+    """The session of `fp16_check_session` alone."""
+    return fp16_check_session(model, bounded)[0]
 
 
 # conversion -----------------------------------------------------------------------------------------------
@@ -286,6 +305,7 @@ def convert_fp16(
     data_max: float = DEFAULT_DATA_MAX,
     nodes_to_exclude: list[str] | None = None,
     check_images: int = 4,
+    on_image: Callable[[int, int], None] | None = None,
 ) -> tuple[Path, Fp16Record]:
     """Write an FP16 ONNX with FP32 I/O from `model` (the FP32 OnnxModel, or its path). Protected by default
     (see the module doc); `plain` casts everything.
@@ -294,7 +314,8 @@ def convert_fp16(
     up to 32. Without it only the CAM rule protects and there is no range report. `nodes_to_exclude`:
     extra node names or regular expressions (`re.match`) kept FP32 (protected mode only). Logits are
     compared with FP16 rounding emulated (`fp16_session`). A protected model that gives NaN/Inf raises
-    CheckFailedError and writes nothing; a plain one only warns.
+    CheckFailedError and writes nothing; a plain one only warns. `on_image(done, total)` as magnitudes are measured.
+    Every model run is bounded in memory (`MagnitudeProbe`, `graph.bounded`).
     """
     started = time.perf_counter()
     if not 0 < data_max <= FP16_MAX:
@@ -306,7 +327,7 @@ def convert_fp16(
         calib = calibration_set(
             calib_path, source, count, seed, split, min_recommended=None, default_count=DEFAULT_RANGE_COUNT
         )
-    amax = tensor_absmax(source.proto, calib) if calib else None
+    amax = tensor_absmax(source.proto, calib, on_image) if calib else None
     cam = [] if plain else cam_protected_nodes(source.proto)
     patterns = [] if plain else exact_names(cam) + list(nodes_to_exclude or [])
     rule = _range_rule(amax, data_max) if amax is not None and not plain else None
@@ -315,7 +336,9 @@ def convert_fp16(
     fp32_nodes, fp16_count = _precision_split(source.proto, converted)
     report = range_report(amax, source.proto, converted, len(calib)) if amax is not None and calib else None
     # Judged with FP16 rounding emulated: ONNX Runtime's CPU provider would otherwise hide overflows.
-    agreement = compare_models(source.session(), fp16_session(converted), calib, check_images) if calib else None
+    agreement = None
+    if calib:
+        agreement = compare_models(bounded_session(source)[0], fp16_session(converted), calib, check_images)
     nonfinite = agreement.nonfinite if agreement else _smoke_test(converted, out)
     if nonfinite and not plain:
         raise CheckFailedError(f"{out}: protected FP16 model gives {nonfinite} NaN/Inf logits; file not written")

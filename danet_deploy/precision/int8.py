@@ -36,10 +36,14 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import BadInputError, CheckFailedError
-from ..export.artifact import META_PRECISION, OnnxModel, onnxruntime_session, write_metadata
+from ..export.artifact import META_PRECISION, OnnxModel, write_metadata
 from ..files import save_onnx, sha256_file
+from ..graph.bounded import bounded_model, bounded_session
 from ..graph.editor import opset_of
+from ..graph.segments import SegmentedRun
 from ..quiet import interrupts_held, quiet_modelopt
+from . import bounded_calibration
+from .bounded_calibration import bounded_calibrators
 from .calibration_cache import CalibrationCache, cache_key, cache_key_material, key_tool_versions
 from .calibration_data import CalibrationInfo, CalibrationReader, CalibrationSet, calibration_set
 from .int8_ort import (
@@ -52,7 +56,7 @@ from .int8_ort import (
     onnxruntime_quantization_restored,
     run_onnxruntime_quantizer,
 )
-from .probes import ActivationProbe, Agreement, activation_tensors, compare_models, first_batches
+from .probes import ActivationProbe, Agreement, MagnitudeProbe, activation_tensors, compare_models, first_batches
 from .stage import compile_patterns, exact_names, finish_model, fp32_source
 
 log = logging.getLogger(__name__)
@@ -201,24 +205,37 @@ def check_qdq(model: onnx.ModelProto, where: str) -> QdqSummary:
 # percentile ranges ----------------------------------------------------------------------------------------
 
 
-def percentile_amax(model: onnx.ModelProto, calib: CalibrationSet, percentile: float) -> dict[str, float]:
-    """Symmetric percentile of |x| per activation tensor: pass 1 finds max |x|, pass 2 fills 2048-bin histograms."""
-    names = [calib.input_name, *activation_tensors(model)]
-    probe = ActivationProbe(model, [n for n in names if n != calib.input_name])
+def percentile_amax(
+    model: onnx.ModelProto, calib: CalibrationSet, percentile: float, on_batch: Callable[[int], None] | None = None
+) -> dict[str, float]:
+    """Symmetric percentile of |x| per activation tensor: pass 1 finds max |x| (reduced in-graph, `MagnitudeProbe`),
+    pass 2 fills 2048-bin histograms segment by segment (`graph.segments`), so memory stays bounded."""
+    tensors = [calib.input_name, *activation_tensors(model)]
+    probe = MagnitudeProbe(model, tensors[1:])
     amax: dict[str, float] = {}
     for batch in calib.batches():
-        values = {calib.input_name: batch, **probe.run({calib.input_name: batch})}
-        for name, value in values.items():
-            amax[name] = max(amax.get(name, 0.0), float(np.abs(value.astype(np.float32)).max(initial=0.0)))
+        peaks = {calib.input_name: float(np.abs(batch.astype(np.float32)).max(initial=0.0)),
+                 **probe.run({calib.input_name: batch})}  # fmt: skip
+        for name, peak in peaks.items():
+            amax[name] = max(amax.get(name, 0.0), peak)
+        if on_batch is not None:
+            on_batch(batch.shape[0])
+    del probe
     hists = {name: np.zeros(PERCENTILE_BINS, np.int64) for name in amax}
+    bounded, _, _ = bounded_model(model)
+    run = SegmentedRun(bounded, tensors, bounded_calibration.CALIBRATION_SEGMENT_BYTES)
+    del bounded
     for batch in calib.batches():
-        values = {calib.input_name: batch, **probe.run({calib.input_name: batch})}
-        for name, value in values.items():
-            if amax[name] > 0:
-                hists[name] += np.histogram(np.abs(value.astype(np.float32)), PERCENTILE_BINS, (0, amax[name]))[0]
+        for values in run.run({calib.input_name: batch}):
+            for name, value in values.items():
+                if 0 < amax[name] < np.inf:
+                    hists[name] += np.histogram(np.abs(value.astype(np.float32)), PERCENTILE_BINS, (0, amax[name]))[0]
+            del values
+        if on_batch is not None:
+            on_batch(batch.shape[0])
     result = {}
     for name, hist in hists.items():
-        if amax[name] <= 0 or not hist.sum():
+        if not 0 < amax[name] < np.inf or not hist.sum():
             continue
         cdf = np.cumsum(hist) / hist.sum()
         edge = int(np.searchsorted(cdf, percentile / 100.0)) + 1
@@ -236,10 +253,19 @@ def write_trt_cache(amax: dict[str, float], path: Path) -> None:
 # quantization ---------------------------------------------------------------------------------------------
 
 
+def calibration_passes(method: str, target: Int8Target) -> int:
+    """How often calibration reads the images: percentile for TensorRT is computed here (2 passes) and handed to
+    ModelOpt, which still runs its cheapest pass."""
+    return 3 if method == "percentile" and target is Int8Target.TENSORRT else 1
+
+
 def _run_modelopt(
-    model: onnx.ModelProto, calib: CalibrationSet, method: str, patterns: list[str], percentile: float
-) -> bytes:
-    """Quantize in a private temp folder (ModelOpt writes intermediate files beside its input)."""
+    model: onnx.ModelProto, calib: CalibrationSet, method: str, patterns: list[str], percentile: float,
+    on_batch: Callable[[int], None] | None = None,
+) -> bytes:  # fmt: skip
+    """Quantize in a private temp folder (ModelOpt writes intermediate files beside its input). Every model run
+    ModelOpt makes (attention shapes, calibration) is bounded in memory (`bounded_calibrators`); a static model's
+    MatMul shapes come from shape inference instead of a run."""
     with interrupts_held():
         from modelopt.onnx.quantization import quantize
 
@@ -249,12 +275,15 @@ def _run_modelopt(
         cache_path = None
         if method == "percentile":
             cache_path = Path(tmp) / "percentile.cache"
-            write_trt_cache(percentile_amax(model, calib, percentile), cache_path)
-        with quiet_modelopt(), onnxruntime_quantization_restored():
+            write_trt_cache(percentile_amax(model, calib, percentile, on_batch), cache_path)
+        shape = calib.input.shape(calib.batch, calib.size)
+        static = all(d.HasField("dim_value") for d in model.graph.input[0].type.tensor_type.shape.dim)
+        with quiet_modelopt(), onnxruntime_quantization_restored(), bounded_calibrators(modelopt=True):
             quantize(
                 onnx_path=str(src),
                 quantize_mode="int8",
-                calibration_data_reader=CalibrationReader(calib),
+                calibration_data_reader=CalibrationReader(calib, on_batch),
+                calibration_shapes={calib.input_name: shape} if static else None,
                 # With a cache ModelOpt still runs a pass; "max" is its cheapest, and the cache overrides the scales.
                 calibration_method="max" if method == "percentile" else method,
                 calibration_cache_path=str(cache_path) if cache_path else None,
@@ -299,8 +328,9 @@ def quantize_int8(
     `nodes_to_exclude`: node names or regular expressions (`re.match`) kept FP32. `count` None takes up to
     500 images. A cached result (same model bytes, image bytes, settings and tool versions) is reused unless
     `recalibrate`. The output is checked (TensorRT: INT8 zero points 0; runs in ONNX Runtime, finite logits)
-    before it is written; nothing is left at `out_path` on failure. `on_image(done, total)` is called after
-    each calibration image (ONNX Runtime target).
+    before it is written; nothing is left at `out_path` on failure. `on_image(done, total)` is called as
+    calibration images are processed (`total` counts every pass: `calibration_passes`). Calibration runs in
+    bounded memory (`bounded_calibrators`).
     """
     started = time.perf_counter()
     target = Int8Target.parse(target)
@@ -328,13 +358,22 @@ def quantize_int8(
     data = None if recalibrate else cache.get(key)
     hit = data is not None
     if data is None:
+        total = len(calib) * calibration_passes(method, target)
+        done = 0
+
+        def on_batch(images: int) -> None:
+            nonlocal done
+            done += images
+            if on_image is not None:
+                on_image(min(done, total), total)
+
         if profile is None:
-            data = _run_modelopt(source.proto, calib, method, patterns, percentile)
+            data = _run_modelopt(source.proto, calib, method, patterns, percentile, on_batch)
         else:
             # ONNX Runtime takes exact node names; ModelOpt (above) takes the patterns themselves.
             excluded = {*resolve_patterns(source.proto, patterns), *(n for names in kept.values() for n in names)}
             data = run_onnxruntime_quantizer(source.proto, calib, method, sorted(excluded), percentile, profile,
-                                             on_image)  # fmt: skip
+                                             on_batch)  # fmt: skip
         cache.put(key, data, material)
     log.info("int8: calibration cache %s (%s)", "hit" if hit else "miss", key[:12])
 
@@ -354,7 +393,7 @@ def quantize_int8(
         notes.append(f"ModelOpt raised the opset from {opsets[0]} to {opsets[1]}; TensorRT 8.6 parses up to 17")
     for note in notes[shown:]:
         log.warning("int8: %s", note)
-    agreement = compare_models(source.session(), onnxruntime_session(data), calib, check_images)
+    agreement = compare_models(bounded_session(source)[0], bounded_session(data)[0], calib, check_images)
     if agreement.nonfinite:
         raise CheckFailedError(f"{out}: INT8 model gives {agreement.nonfinite} NaN/Inf logits on calibration images")
     entry = {
@@ -446,17 +485,35 @@ def layer_sensitivity(
     """Rank quantized layers by how much relative error they add (output error minus input error).
 
     Both models are probed at the original tensor names (Q/DQ is inserted between tensors, so the FP32
-    tensors keep their names in the Q/DQ model). Using the growth rather than the output error alone keeps
+    tensors keep their names in the Q/DQ model). ONNX Runtime's quantizer fuses a Relu into the Conv before it
+    (the Conv then writes the Relu's tensor), so a tensor missing from the INT8 model is followed through such
+    Relu / Clip to the one both models have. Using the growth rather than the output error alone keeps
     late layers from ranking high only because error accumulated upstream.
     """
     nodes = {n.name: n for n in fp32.graph.node}
     inits = {i.name for i in fp32.graph.initializer}
     produced = {o for n in fp32.graph.node for o in n.output}
+    in_both = {o for n in int8.graph.node for o in n.output} & produced
+    users: dict[str, list[onnx.NodeProto]] = {}
+    for n in fp32.graph.node:
+        for i in n.input:
+            users.setdefault(i, []).append(n)
+
+    def shared(tensor: str) -> str | None:
+        while tensor not in in_both:
+            after = users.get(tensor, [])
+            if len(after) != 1 or after[0].op_type not in ("Relu", "Clip"):
+                return None
+            tensor = after[0].output[0]
+        return tensor
+
     io: dict[str, tuple[list[str], str]] = {}
     for name in layers:
         node = nodes.get(name)
-        if node is not None:
-            io[name] = ([i for i in node.input if i in produced and i not in inits], node.output[0])
+        out = shared(node.output[0]) if node is not None else None
+        if node is not None and out is not None:
+            ins = [shared(i) for i in node.input if i in produced and i not in inits]
+            io[name] = ([i for i in ins if i is not None], out)
     tensors = sorted({t for ins, out in io.values() for t in [*ins, out]})
     probes = ActivationProbe(fp32, tensors), ActivationProbe(int8, tensors)
     sq_diff = dict.fromkeys(tensors, 0.0)

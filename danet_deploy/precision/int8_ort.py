@@ -36,6 +36,7 @@ from ..errors import BadInputError
 from ..graph.sites import find_sites
 from ..quiet import quiet
 from ..versions import cpu_model
+from .bounded_calibration import bounded_calibrators
 from .calibration_data import CalibrationSet
 
 log = logging.getLogger(__name__)
@@ -138,16 +139,23 @@ def onnxruntime_quantization_restored() -> Iterator[None]:
     ModelOpt's `quantize` monkeypatches ONNX Runtime's calibrators and quantizers for the rest of the process
     (`modelopt.onnx.quantization.ort_patching.patch_ort_modules`); ONNX Runtime's own `quantize_static` then
     fails ("Histogram has not been collected") when both targets are quantized in one process, as the demo does.
+    It also edits ONNX Runtime's operator registries in place (`configure_ort` drops Relu, MaxPool, ... from
+    `QDQRegistry`), which changed what the ONNX Runtime target quantized after a TensorRT one; they are restored too.
     """
-    from onnxruntime.quantization import base_quantizer, calibrate, qdq_quantizer, quantize
+    from onnxruntime.quantization import base_quantizer, calibrate, qdq_quantizer, quantize, registry
 
     owners: list[Any] = [calibrate, quantize, calibrate.CalibraterBase, calibrate.MinMaxCalibrater,
                          calibrate.HistogramCalibrater, calibrate.HistogramCollector, qdq_quantizer.QDQQuantizer,
                          base_quantizer.BaseQuantizer]  # fmt: skip
     saved = [(owner, dict(vars(owner))) for owner in owners]
+    tables = [registry.QLinearOpsRegistry, registry.QDQRegistry, registry.IntegerOpsRegistry]
+    saved_tables = [(table, dict(table)) for table in tables]
     try:
         yield
     finally:
+        for table, contents in saved_tables:
+            table.clear()
+            table.update(contents)
         for owner, before in saved:
             for name in set(vars(owner)) - set(before):
                 delattr(owner, name)
@@ -160,10 +168,9 @@ class _ChunkedReader:
     """ONNX Runtime's calibration reader protocol plus `len` / `set_range`, so `quantize_static` collects ranges
     one image at a time (`CalibStridedMinMax`) instead of holding every image's activations at once."""
 
-    def __init__(self, calib: CalibrationSet, on_image: Callable[[int, int], None] | None):
+    def __init__(self, calib: CalibrationSet, on_batch: Callable[[int], None] | None):
         self.calib = calib
-        self.on_image = on_image
-        self.done = 0
+        self.on_batch = on_batch
         self.set_range(0, len(self))
 
     def __len__(self) -> int:
@@ -181,9 +188,8 @@ class _ChunkedReader:
             if len(pending) == b:
                 yield np.concatenate(pending)
                 pending = []
-                self.done += b
-                if self.on_image is not None:
-                    self.on_image(self.done, len(self.calib))
+                if self.on_batch is not None:  # the consumer asked for more: this batch is done
+                    self.on_batch(b)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         batch = next(self._batches, None)
@@ -197,9 +203,10 @@ def run_onnxruntime_quantizer(
     exclude: list[str],
     percentile: float,
     profile: CpuProfile,
-    on_image: Callable[[int, int], None] | None = None,
+    on_batch: Callable[[int], None] | None = None,
 ) -> bytes:
-    """ONNX Runtime's static QDQ quantization of `model` (nodes named in `exclude` stay float) -> model bytes."""
+    """ONNX Runtime's static QDQ quantization of `model` (nodes named in `exclude` stay float) -> model bytes.
+    Calibration runs in bounded memory (`bounded_calibrators`); `on_batch(images)` as batches finish."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
@@ -218,11 +225,12 @@ def run_onnxruntime_quantizer(
         # the caller's initializers into references to a file in its (deleted) temp folder.
         src, out = Path(tmp) / "model.onnx", Path(tmp) / "model.int8.onnx"
         onnx.save(model, str(src))
-        with quiet(ORT_QUANT_LOGGERS, capture_stdout=True, capture_stderr=True, ignore_warnings=True):
+        with quiet(ORT_QUANT_LOGGERS, capture_stdout=True, capture_stderr=True, ignore_warnings=True), \
+                onnxruntime_quantization_restored(), bounded_calibrators():  # fmt: skip
             quantize_static(
                 str(src),
                 str(out),
-                _ChunkedReader(calib, on_image),
+                _ChunkedReader(calib, on_batch),
                 quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=op_types,
                 per_channel=True,

@@ -61,6 +61,7 @@ def export_summary(record: ExportRecord) -> list[str]:
             f"parity ONNX Runtime vs PyTorch at {list(p.shape)}: max abs diff {p.max_abs_diff:.3g} "
             f"(tolerance {p.tolerance:.3g}), mean {p.mean_abs_diff:.3g}, label agreement {p.label_agreement:.4%}"
         )
+        lines.append(f"  evaluated: ONNX Runtime: {p.onnx_evaluation}; PyTorch: {p.reference}")
     return lines
 
 
@@ -68,10 +69,16 @@ def simplify_lines(report: SimplifyReport) -> list[str]:
     lines = [f"target {report.target}: PAM form '{report.attention}' ({report.reason})"]
     if report.group_norm:
         lines.append(f"  GroupNorm form '{report.group_norm}' ({report.group_norm_reason})")
+    if report.passes:
+        size = "x".join(str(d) for d in report.check_input[-2:])
+        lines.append(f"  every pass checked with ONNX Runtime on {report.check_images} bundled image(s) at {size} "
+                     f"(the model's size), each against the graph before it; input graph evaluated "
+                     f"{report.input_evaluated}")  # fmt: skip
     for p in report.passes:
+        how = "" if p.evaluated == "as written" else f"  [evaluated: {p.evaluated}]"
         lines.append(
             f"  {p.name:<20} {p.nodes_before:>4} -> {p.nodes_after:<4} nodes  max abs diff {p.max_abs_diff:.2e} "
-            f"(tolerance {p.tolerance:.1e})  {p.detail}"
+            f"(tolerance {p.tolerance:.1e})  {p.detail}{how}"
         )
     return lines
 

@@ -77,6 +77,12 @@ class Runner(abc.ABC):
         """Where it runs: 'CPU: <model> (N cores)' or 'GPU: <name>'."""
 
     @property
+    def evaluated(self) -> str:
+        """How the backend evaluates the model: 'as written', or e.g. with large attention in query blocks
+        (exact, to bound memory: see `graph.bounded`)."""
+        return "as written"
+
+    @property
     def input_spec(self) -> InputSpec:
         """The model input (layout, dtype, static or dynamic size) and outputs."""
         return self._input_spec

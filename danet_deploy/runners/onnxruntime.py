@@ -35,17 +35,25 @@ def denormals_flushed() -> Iterator[None]:
 
 class OnnxRuntimeRunner(Runner):
     """An ONNX file on ONNX Runtime's CPU provider; the session is created at activation. FP32 and INT8 models
-    run with denormals flushed to zero (`denormals_flushed`)."""
+    run with denormals flushed to zero (`denormals_flushed`).
+
+    `bounded`: evaluate attention too large to hold as written in query blocks (exact; `graph.bounded`), with
+    activations returned to the system after each run, for checks such as verify, where every backend is open
+    at once. Benchmarks time the graph as written (the default)."""
 
     kind = "onnxruntime"
 
-    def __init__(self, path: str | os.PathLike[str], name: str | None = None, threads: int | None = None):
+    def __init__(
+        self, path: str | os.PathLike[str], name: str | None = None, threads: int | None = None, bounded: bool = False
+    ):
         # Read the graph's metadata once and keep only the small parts (not the proto).
         model = OnnxModel.load(path, external_data=False)
         model.require_runnable()
         self.path: Path = model.path
         self.metadata = model.metadata  # the danet-deploy metadata (config, provenance, io): small JSON
         self._threads = threads
+        self._bounded = bounded
+        self._evaluated = "as written"
         self._session: Any = None
         super().__init__(name or f"onnxruntime:{self.path.name}", model.precision, model.input_spec, model.config,
                          model.quantized_for)  # fmt: skip
@@ -59,6 +67,10 @@ class OnnxRuntimeRunner(Runner):
         return self._threads or os.cpu_count()
 
     @property
+    def evaluated(self) -> str:
+        return self._evaluated
+
+    @property
     def session(self) -> Any:
         """The ONNX Runtime session while active, else None."""
         return self._session
@@ -68,9 +80,18 @@ class OnnxRuntimeRunner(Runner):
             if self._precision == Precision.FP16:
                 # ORT's CPU provider runs most FP16 ops in FP32 and never rounds between them, which hides
                 # FP16 overflow; this session stores every FP16 intermediate in FP16, as a GPU would.
-                from ..precision.fp16 import fp16_session
+                from ..precision.fp16 import fp16_check_session, fp16_session
 
-                self._session = fp16_session(self.path)
+                if self._bounded:
+                    self._session, evaluation = fp16_check_session(self.path)
+                    self._evaluated = evaluation.describe()
+                else:
+                    self._session = fp16_session(self.path, bounded=False)
+            elif self._bounded:
+                from ..graph.bounded import bounded_session
+
+                self._session, evaluation = bounded_session(self.path, threads=self._threads, flush_denormals=True)
+                self._evaluated = evaluation.describe()
             else:
                 self._session = onnxruntime_session(self.path, self._threads, flush_denormals=True)
         except Exception as exc:  # onnxruntime raises its own exception types for invalid models
