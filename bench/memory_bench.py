@@ -40,11 +40,18 @@ LIMITS = {50: 4 * GIB, 101: 5 * GIB}  # the issue's targets
 RESULTS = ROOT / "docs" / "memory_bench.json"
 
 
-def commands(ckpt: Path, work: Path, size: str, calib: Path, images: int) -> list[tuple[str, list[str]]]:
+# FP32 rounding alone puts R101's logits ~5e-4 from the exact ones at 1024x2048 (`bench/fp32_noise.py`), beyond
+# export's default parity tolerance; R101 is exported with verify's FP32 threshold instead.
+EXPORT_ATOL = {101: ["--atol", "1e-3"]}
+
+
+def commands(
+    ckpt: Path, work: Path, size: str, calib: Path, images: int, depth: int = 50
+) -> list[tuple[str, list[str]]]:  # fmt: skip
     m = lambda suffix: str(work / f"model{suffix}.onnx")  # noqa: E731
     count = ["--count", str(images)]
     return [
-        ("export", ["export", str(ckpt), "-o", m(""), "--input-size", size]),
+        ("export", ["export", str(ckpt), "-o", m(""), "--input-size", size, *EXPORT_ATOL.get(depth, [])]),
         ("simplify --target ort", ["simplify", m(""), "-o", m(".ort"), "--target", "ort"]),
         ("simplify --target trt10.3", ["simplify", m(""), "-o", m(".trt103"), "--target", "trt10.3"]),
         ("simplify --target trt11", ["simplify", m(""), "-o", m(".trt11"), "--target", "trt11"]),
@@ -148,7 +155,7 @@ def main() -> None:
             ckpt = checkpoint(depth, args.work)
             key = f"{depth}@{size}"
             entries = results.setdefault(key, {})
-            for name, command in commands(ckpt, work, size, calib, args.images):
+            for name, command in commands(ckpt, work, size, calib, args.images, depth):
                 if args.only and name not in args.only:
                     continue
                 print(f"R{depth} {size}: danet-deploy {' '.join(command)}", flush=True)
@@ -181,6 +188,11 @@ def write(results: dict, images: int) -> None:
         "`graph.bounded`) and say so in their output; PyTorch runs PAM in query blocks too "
         "(`model.memory_efficient_attention`).",
     ]
+    failed = [f"- R{k.replace('@', ' ')} `{n}` (exit {r['exit_code']}): {r['error']}" for k, e in results.items()
+              for n, r in e.items() if r["exit_code"] != 0]  # fmt: skip
+    if failed:
+        body += ["", "Commands that did not exit 0, with the line they ended with (exit 1 is a check that ran and "
+                 "failed: the measured memory is the whole run's):", "", *failed]  # fmt: skip
     evaluated = {f"R{k.replace('@', ' ')} `{n}`": r["evaluated"] for k, e in results.items() for n, r in e.items()
                  if r.get("evaluated")}  # fmt: skip
     if evaluated:
