@@ -323,14 +323,13 @@ def _counted(update: Any, after: str) -> Any:
 
 
 def checked_dataset(
-    data: PathLike, split: str, config: Any, ignore_unknown_labels: bool = False, allow_unlabeled: bool = False,
-    progress: Progress = SILENT, limit: int | None = None,
+    dataset: Any, config: Any, ignore_unknown_labels: bool = False, allow_unlabeled: bool = False,
+    progress: Progress = SILENT,
 ) -> Any:  # fmt: skip
-    """The data set at `data`, every image header and mask checked against the model config's classes before any
+    """`dataset` with every image decoded and every mask checked against the model config's classes, before any
     inference (see `Dataset.checked`)."""
-    from .data.datasets import LabelRules, open_dataset
+    from .data.datasets import LabelRules
 
-    dataset = open_dataset(data, split).head(limit)
     rules = LabelRules(config.num_classes, config.ignore_index, ignore_unknown_labels)
     with progress.task(f"checking {len(dataset)} images and their labels", total=len(dataset)) as advance:
         return dataset.checked(rules, allow_unlabeled, on_file=advance)
@@ -341,10 +340,11 @@ def miou_evaluator(
     allow_unlabeled: bool = False, progress: Progress = SILENT,
 ) -> tuple[Any, int]:  # fmt: skip
     """(ONNX path -> mIoU in percent on the labeled `data`, number of images): scored like `verify`."""
+    from .data.datasets import open_dataset
     from .evaluate.verify import verify as run_verify
     from .runners.onnxruntime import OnnxRuntimeRunner
 
-    dataset = checked_dataset(data, split, config, ignore_unknown_labels, allow_unlabeled, progress)
+    dataset = checked_dataset(open_dataset(data, split), config, ignore_unknown_labels, allow_unlabeled, progress)
     if not dataset.labeled:
         raise BadInputError(f"{data}: the mIoU budget needs labeled images (no label files found)")
     for note in dataset.label_check.notes():
@@ -378,21 +378,27 @@ def plan_engine(
     TensorRT this Jetson's JetPack installs, else the default version, and says so; a real build needs TensorRT
     and a GPU here."""
     from .engine.plan import DEFAULT_PLAN_VERSION, plan_build
-    from .engine.system import read_platform, running_system
+    from .engine.system import read_platform, require_tensorrt, running_system
 
     notes = []
     system = None
     version = tensorrt_version
     try:
         system = running_system()
-    except DeployError:
+    except DeployError as missing:
         if not dry_run:
             raise  # a real build fails here, before anything is written, without TensorRT or a GPU
         if version is None:
-            platform = read_platform()
-            version = platform.jetpack_tensorrt if platform.jetpack_tensorrt else DEFAULT_PLAN_VERSION
-            source = f"what JetPack {platform.jetpack} installs" if platform.jetpack_tensorrt else "--tensorrt-version"
-            notes.append(f"TensorRT not available here; planning for TensorRT {version} ({source})")
+            try:  # TensorRT installed, no GPU: plan for the installed version
+                version = str(require_tensorrt().__version__)
+                notes.append(f"planning for the installed TensorRT {version} ({missing})")
+            except DeployError:
+                platform = read_platform()
+                version = platform.jetpack_tensorrt or DEFAULT_PLAN_VERSION
+                source = "--tensorrt-version"
+                if platform.jetpack_tensorrt:
+                    source = f"what JetPack {platform.jetpack} installs"
+                notes.append(f"TensorRT not available here; planning for TensorRT {version} ({source})")
     if version is None and system is not None:
         version = system.tensorrt_version
     return EngineResult(plan_build(model, options, version), notes, system=system)
@@ -415,8 +421,9 @@ def build_engine(
     before the network ONNX is made."""
     from .engine.build import build_engine as build
     from .engine.build import check_platform
+    from .engine.sidecar import sidecar_path
 
-    out, _ = check_outputs([output, f"{output}.json"], [model])
+    out, _ = check_outputs([output, sidecar_path(output)], [model])
     result = plan_engine(model, options, tensorrt_version)
     check_platform(result.plan, result.system.platform)
     prepare_network(result.plan, progress)
@@ -455,6 +462,13 @@ class VerifyResult:
     json_path: Path | None = None
     html_path: Path | None = None
     engines: list[tuple[str, Any]] = field(default_factory=list)  # (backend name, EngineSidecar) per engine
+
+
+def _with_sidecars(engines: Sequence[PathLike]) -> list[PathLike]:
+    """Engines and their sidecars: both are inputs a command must never write over."""
+    from .engine.sidecar import sidecar_path
+
+    return [*engines, *(sidecar_path(e) for e in engines)]
 
 
 def _engine_runners(engines: Sequence[PathLike]) -> list[Any]:
@@ -515,12 +529,13 @@ def verify(
     progress: Progress = SILENT,
 ) -> VerifyResult:
     """Every backend on the same images under one protocol, judged against the first (PyTorch when given)."""
+    from .data.datasets import open_dataset
     from .evaluate.protocols import EvalProtocol
     from .evaluate.verify import thresholds_with
     from .evaluate.verify import verify as run_verify
     from .runners.base import activated
 
-    inputs = [data, checkpoint, *onnx, *engines, benchmark_json, options.thresholds_file]
+    inputs = [data, checkpoint, *onnx, *_with_sidecars(engines), benchmark_json, options.thresholds_file]
     reports = [Path(report_dir) / name for name in ("report.html", "report.md")] if report_dir is not None else []
     check_outputs([json_path, *reports], inputs)
     if checkpoint is None and not onnx and not engines:
@@ -530,11 +545,11 @@ def verify(
     benchmark_results = _read_benchmark_json(benchmark_json) if benchmark_json else None
     protocol = EvalProtocol(crop=options.crop, stride=options.stride, flip=options.flip, scales=options.scales)
     warnings: list[str] = []
-    runners, config = _runners(checkpoint, onnx, engines, options, progress, warnings)
-    dataset = checked_dataset(data, options.split, config, options.ignore_unknown_labels, options.allow_unlabeled,
-                              progress, options.limit)  # fmt: skip
-    _show_plan(_backends_plan("verify", checkpoint, onnx, protocol.largest_run(dataset.label_check.largest_image)),
+    runners, config = _runners(checkpoint, onnx, engines, options, progress, warnings)  # files read, nothing run
+    dataset = open_dataset(data, options.split).head(options.limit)
+    _show_plan(_backends_plan("verify", checkpoint, onnx, protocol.largest_run(dataset.largest_image())),
                options.force, progress)  # fmt: skip
+    dataset = checked_dataset(dataset, config, options.ignore_unknown_labels, options.allow_unlabeled, progress)
     if not dataset.labeled:
         warnings.append(f"{data} has no label files; parity only, mIoU is not computed")
     result = VerifyResult(None, warnings, engines=[(r.name, r.sidecar) for r in runners if r.kind == "tensorrt"])
@@ -634,7 +649,7 @@ def benchmark(
 
     paths = [p for p in (checkpoint, *onnx, *engines) if p is not None]
     if json_path is not None:
-        check_output(json_path, [*paths, image])
+        check_output(json_path, [*paths, *_with_sidecars(engines), image])
     if not paths:
         raise BadInputError("benchmark needs --ckpt, --onnx and/or --engine")
     for path in paths:
@@ -764,7 +779,6 @@ def inspect_engine(
     """The sidecar's facts (TensorRT, GPU, platform, precision path, profile, options, layers per precision at
     build time) and, where TensorRT and a compatible GPU are present, the engine's own layer information."""
     import dataclasses
-    import hashlib
 
     from .engine.audit import audit_engine, parse_layer_information
     from .engine.build import engine_layer_information
@@ -772,25 +786,29 @@ def inspect_engine(
     from .engine.system import running_system
 
     if json_path is not None:
-        check_output(json_path, [engine])
+        check_output(json_path, _with_sidecars([engine]))
     path = Path(engine)
     if not path.is_file():
         raise BadInputError(f"{path}: no such engine file")
     sidecar = read_sidecar(path)
     result = EngineInspectResult(path, sidecar)
-    engine_bytes = path.read_bytes()
-    if sidecar.engine_sha256 and hashlib.sha256(engine_bytes).hexdigest() != sidecar.engine_sha256:
-        result.notes.append("the engine is not the one its sidecar describes (sha256 differs)")
+    engine_bytes: bytes | None = None
+    try:
+        engine_bytes = sidecar.engine_bytes(path)
+    except BadInputError as exc:  # a file its sidecar does not describe is not deserialized
+        result.notes.append(str(exc))
     try:
         result.notes += check_compatible(sidecar, running_system(), path)
     except DeployError as exc:
         result.notes.append(f"layer information from the sidecar only: {exc}")
-    else:
+        engine_bytes = None
+    if engine_bytes is not None:
         with progress.task("reading the engine's layer information (TensorRT)"):
             try:
                 layers = parse_layer_information(engine_layer_information(engine_bytes))
-            except ValueError as exc:
-                raise BadInputError(f"{path}: {exc}") from None
+            except Exception as exc:  # TensorRT / Polygraphy refuse a damaged plan with their own errors
+                first = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+                raise BadInputError(f"{path}: TensorRT cannot read the engine ({first})") from None
         result.live = audit_engine(layers, sidecar.precision, sidecar.pinned_fp32_layers)
     if json_path is not None:
         data = {"engine": str(path), "sidecar": dataclasses.asdict(sidecar),

@@ -96,7 +96,9 @@ def onnx_external_data(model: Path) -> list[Path]:
     locations: set[str] = set()
 
     def visit(graph: Any) -> None:
-        tensors = [*graph.initializer, *(a.t for n in graph.node for a in n.attribute if a.HasField("t"))]
+        attributes = [a for n in graph.node for a in n.attribute]
+        tensors = [*graph.initializer, *(a.t for a in attributes if a.HasField("t")),
+                   *(t for a in attributes for t in a.tensors)]  # fmt: skip
         for tensor in tensors:
             if tensor.data_location == onnx.TensorProto.EXTERNAL:
                 locations.update(e.value for e in tensor.external_data if e.key == "location")
@@ -276,7 +278,8 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
             pending.append((tmp, target))
             tmp = None  # type: ignore[assignment]  # all_or_nothing renames or removes it
     except OSError as exc:
-        if exc.errno not in _DESTINATION_ERRORS:
+        # Only an error of the write itself is the destination's: the block may do other I/O (an export runs).
+        if exc.errno not in _DESTINATION_ERRORS or exc.filename not in (str(tmp), str(target), tmp, target):
             raise
         raise BadInputError(f"{target}: cannot be written ({exc.strerror})") from None
     finally:

@@ -20,9 +20,10 @@ import onnx
 
 from .errors import BadInputError
 from .export.artifact import OnnxModel
-from .graph.bounded import BLOCK_BYTES, CHECK_ATTENTION_BYTES, format_bytes, plan_evaluation
+from .graph.bounded import BLOCK_BYTES, CHECK_ATTENTION_BYTES, plan_evaluation
 from .graph.shapes import structure_only
 from .precision.bounded_calibration import CALIBRATION_SEGMENT_BYTES
+from .progress import format_bytes
 from .versions import available_memory
 
 GIB = 1 << 30
@@ -41,6 +42,7 @@ PROTO_COPIES_SIMPLIFY = 4  # the model, the pass candidate, the checked copy and
 PROTO_COPIES_MODELOPT = 5  # ModelOpt's loads, graph-surgeon copy, quantizer model and output
 PROTO_COPIES_AUTOCAST = 4
 HISTOGRAM_FACTOR = 3  # a histogram calibrator's temporaries per calibrated byte (flatten, abs, bins)
+CITYSCAPES_CLASSES = 19
 ALL_ACTIVATIONS_PER_PIXEL = 3000  # every Conv/MatMul input and output of DANet-R50 per input pixel
 
 
@@ -231,7 +233,8 @@ def verify_plan(torch_weights: int | None, backends: list[ModelFacts], size: tup
     pixels = backends[0].pixels if backends else size[0] * size[1]
     if torch_weights is not None:
         runs.append(TORCH_BYTES_PER_PIXEL * pixels + 2 * BLOCK_BYTES)
-    logits = (len(backends) + (torch_weights is not None)) * pixels * 19 * 4 * 2
+    one_output = backends[0].logits if backends else pixels * CITYSCAPES_CLASSES * 4  # checkpoint only: a guess
+    logits = (len(backends) + (torch_weights is not None)) * one_output * 2
     plan.steps = [StepEstimate("backends on each image", base + held + max(runs, default=0) + logits,
                                f"{len(backends) + (torch_weights is not None)} backend(s) open")]  # fmt: skip
     return plan

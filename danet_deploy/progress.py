@@ -76,3 +76,12 @@ class PeriodicLines:
 
     def finish(self) -> None:
         self.write(f"{self.status()}; finished")
+
+
+def format_bytes(value: float) -> str:
+    """1536 -> '1.5 KiB' (binary units up to TiB), for estimates and sizes shown to a user."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.1f} {unit}" if unit != "B" else f"{int(value)} B"
+        value /= 1024
+    return f"{value:.1f} TiB"

@@ -136,6 +136,18 @@ def _unknown_op(w: Workspace) -> Path:
     return path
 
 
+def _engine(w: Workspace) -> Path:
+    """An engine file with its sidecar (not a real plan: enough for the checks that come first)."""
+    from danet_deploy.engine.sidecar import write_sidecar
+
+    from .test_engine import _sidecar
+
+    path = w.tmp / "fake.engine"
+    path.write_bytes(b"not a plan")
+    write_sidecar(path, _sidecar())
+    return path
+
+
 CASES = [
     # 1. never over an input
     Case("export-over-checkpoint", lambda w: ["export", w.ckpt, "-o", w.ckpt], 2, "is also an input",
@@ -163,6 +175,8 @@ CASES = [
                     "-o", w.tmp / "names.txt"], 2, "names.txt: is also an input"),
     Case("output-over-external-data", lambda w: ["inspect", _external_data_kept(w), "--json", w.tmp / "ext.onnx.data"],
          2, "holds the external data of the input"),
+    Case("inspect-json-over-engine-sidecar", lambda w: ["inspect", _engine(w), "--json", w.tmp / "fake.engine.json"],
+         2, "fake.engine.json: is also an input"),
     Case("output-is-a-fifo", lambda w: ["inspect", w.onnx, "--json", _fifo(w)], 2, "is not a regular file"),
     Case("two-outputs-collide", lambda w: ["verify", "--onnx", w.onnx, "--data", w.data, "--report", w.tmp / "rep",
                                            "--json", w.tmp / "rep" / "report.md"], 2, "collides with another output",

@@ -104,5 +104,8 @@ def test_a_full_disk_names_the_file_as_bad_input(tmp_path: Path) -> None:
     full = r"out\.onnx: cannot be written \(No space left on device\)"
     with pytest.raises(BadInputError, match=full), files.atomic_path(tmp_path / "out.onnx") as tmp:
         tmp.write_bytes(b"half")
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))
     assert list(tmp_path.iterdir()) == []
+    # Another file's error inside the block (a full /tmp during an export) is not blamed on the output.
+    with pytest.raises(OSError, match="elsewhere"), files.atomic_path(tmp_path / "out.onnx"):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/tmp/elsewhere")

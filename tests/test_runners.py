@@ -214,3 +214,15 @@ def test_onnxruntime_runner_flushes_denormals_only_while_it_runs(tiny_onnx: Path
     feed = runner.input_spec.prepare(IMAGE, runner.config)
     plain = onnxruntime_session(tiny_onnx).run(["logits"], {"image": feed})[0]
     np.testing.assert_allclose(got, plain, rtol=0, atol=1e-5)  # flushing values below 1.2e-38 changes no logit
+
+
+def test_verify_with_a_checkpoint_runner_as_reference_takes_its_config(tiny_ckpt: Path, city_data: Path) -> None:
+    """The library call `verify(dataset, [PyTorchRunner.from_checkpoint(...), ...])` without a config: the
+    reference's config (classes, ignore index) exists only once the checkpoint is loaded at activation."""
+    from danet_deploy.data.datasets import open_dataset
+    from danet_deploy.evaluate.verify import verify
+
+    runner = PyTorchRunner.from_checkpoint(tiny_ckpt)
+    report = verify(open_dataset(city_data), [runner])
+    assert report.passed and report.labeled and report.model["num_classes"] == TINY.num_classes
+    assert not runner.is_active

@@ -15,9 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BadInputError
-from .images import image_suffixes, read_image, read_label_values
+from .images import image_size, image_suffixes, read_image, read_label_values
 
-IMAGE_SUFFIXES = image_suffixes()  # every raster format Pillow opens: .png, .jpg, .tif, .gif, .pgm, ...
 IGNORE_INDEX = 255
 
 # Cityscapes label id -> train id (public label table); everything not listed is ignored.
@@ -123,7 +122,6 @@ class LabelCheck:
     unlabeled_skipped: list[str] = field(default_factory=list)  # with allow_unlabeled: images left out
     unknown_values: dict[int, int] = field(default_factory=dict)  # with ignore_unknown: value -> pixels ignored
     masks_with_unknown: int = 0
-    largest_image: tuple[int, int] | None = None  # (H, W) of the image with the most pixels: what a run must fit
 
     def notes(self) -> list[str]:
         lines = []
@@ -186,6 +184,11 @@ class Dataset:
             return self
         return Dataset(self.root, self.items[:count], self.kind, self.rules, self.label_check)
 
+    def largest_image(self) -> tuple[int, int] | None:
+        """(H, W) of the image with the most pixels, from the headers (what a run at image size must fit)."""
+        sizes = [image_size(image) for image, _ in self.items]
+        return max(sizes, key=lambda hw: hw[0] * hw[1], default=None)
+
     def checked(
         self, rules: LabelRules, allow_unlabeled: bool = False, on_file: Callable[[], None] | None = None
     ) -> Dataset:
@@ -206,8 +209,6 @@ class Dataset:
             check.unlabeled_skipped = unlabeled
         for image, label in items:
             size = read_image(image).shape[:2]  # decoded, not just the header: a truncated file fails here, not later
-            if check.largest_image is None or size[0] * size[1] > check.largest_image[0] * check.largest_image[1]:
-                check.largest_image = (int(size[0]), int(size[1]))
             if label is not None:
                 ids, unknown = class_ids(read_label_values(label.path), label, rules)
                 if ids.shape != size:
@@ -221,7 +222,7 @@ class Dataset:
 
 
 def _images_under(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in image_suffixes())
 
 
 def cityscapes(root: Path, split: str = "val") -> Dataset:

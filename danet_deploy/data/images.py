@@ -156,6 +156,12 @@ def read_image(path: Path) -> np.ndarray:
         return image_to_rgb(img, path)
 
 
+def image_size(path: Path) -> tuple[int, int]:
+    """(H, W) from the header (decompression bombs refused), before EXIF orientation: enough to size a run."""
+    with open_image(path) as img:
+        return img.height, img.width
+
+
 def read_label_values(path: Path) -> np.ndarray:
     """The stored values of a single-channel label image (uint8, or wider for 16-bit files), EXIF orientation
     applied so it lines up with its image. Colour label images are refused: class ids, not a palette."""

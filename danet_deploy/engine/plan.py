@@ -23,7 +23,7 @@ from ..export.artifact import OnnxModel, Precision
 from ..graph.sites import find_light_sites, find_sites
 
 STRONGLY_TYPED_FROM = (10, 12)
-HARDWARE_COMPAT_FROM = {"ampere+": (8, 6), "same-cc": (10, 9)}
+HARDWARE_COMPAT_FROM = {"ampere+": (8, 6), "same-cc": (10, 9)}  # every supported version has ampere+
 # TensorRT 10.7 was the last 10.x with DLA support; it returns with 11.4 (TensorRT 11.4 documentation).
 NO_DLA_VERSIONS = ((10, 8), (11, 4))  # [from, until)
 DEFAULT_PLAN_VERSION = "11.4"  # what `pip install tensorrt` gives on datacenter machines in late 2026
@@ -173,7 +173,7 @@ def plan_build(
         notes.append("TensorRT 11 builds only strongly typed networks: precision comes from the ONNX tensor types")
 
     if options.dla_core is not None:
-        _check_dla(options, precision, version, pinned or (_attention_layers(model) if strongly_typed else []))
+        _check_dla(options, precision, version, pinned or _attention_layers(model))
         notes.append(f"DLA core {options.dla_core} (Jetson Orin; Jetson Thor and Orin Nano have none): " +
                      ("layers DLA cannot run fall back to the GPU" if options.gpu_fallback else
                       "every layer must run on DLA"))  # fmt: skip
@@ -187,8 +187,6 @@ def plan_build(
             raise BadInputError(
                 f"--hardware-compat {options.hardware_compat} needs TensorRT >= {needed[0]}.{needed[1]}"
             )
-    if options.version_compatible and version < (8, 6):
-        raise BadInputError("--version-compatible needs TensorRT >= 8.6")
     if options.builder_opt_level is not None and not 0 <= options.builder_opt_level <= 5:
         raise BadInputError("--builder-opt-level must be 0..5")
 

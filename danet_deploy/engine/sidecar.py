@@ -8,6 +8,7 @@ deserializing and says exactly what differs.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field, fields
@@ -52,6 +53,14 @@ class EngineSidecar:
         """The layers per precision recorded after the build; None for sidecars from before the audit."""
         return EngineAudit.from_dict(self.engine_layers) if self.engine_layers else None
 
+    def engine_bytes(self, engine: str | os.PathLike[str]) -> bytes:
+        """The engine file's bytes, refused (exit 2) when they are not the engine this sidecar describes."""
+        data = Path(engine).read_bytes()
+        if self.engine_sha256 and hashlib.sha256(data).hexdigest() != self.engine_sha256:
+            raise BadInputError(f"{engine}: the engine is not the one its sidecar describes (sha256 differs); "
+                                "rebuild it with `danet-deploy build-engine`")  # fmt: skip
+        return data
+
     @property
     def spec(self) -> InputSpec:
         """The engine's input and outputs as recorded at build time (names, layout, dtype, static dims)."""
@@ -75,8 +84,12 @@ def read_sidecar(engine: str | os.PathLike[str]) -> EngineSidecar:
     try:
         data = json.loads(path.read_text())
         known = {f.name for f in fields(EngineSidecar)}
-        return EngineSidecar(**{k: v for k, v in data.items() if k in known})
-    except (json.JSONDecodeError, TypeError) as exc:
+        sidecar = EngineSidecar(**{k: v for k, v in data.items() if k in known})
+        _ = sidecar.audit  # the recorded layers parse, or the file is not a sidecar
+        if sidecar.gpu_memory_bytes is not None and not isinstance(sidecar.gpu_memory_bytes, int):
+            raise TypeError("gpu_memory_bytes")
+        return sidecar
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError, KeyError, AttributeError) as exc:
         raise BadInputError(f"{path}: not a valid engine sidecar ({type(exc).__name__})") from None
 
 

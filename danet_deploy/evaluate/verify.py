@@ -237,10 +237,6 @@ def verify(
         raise BadInputError("verify needs at least one backend")
     if len(dataset) == 0:
         raise BadInputError(f"{dataset.root}: no images to evaluate")
-    config = config or runners[0].config
-    rules = LabelRules(config.num_classes, config.ignore_index, ignore_unknown_labels)
-    if dataset.label_check is None or dataset.rules != rules:
-        dataset = dataset.checked(rules, allow_unlabeled)
     size = common_input_size(r.input_spec.static_size for r in runners)
     if protocol.crop is not None and size is not None and size != (protocol.crop, protocol.crop):
         crop = f"{protocol.crop}x{protocol.crop}"
@@ -251,6 +247,10 @@ def verify(
                             "(export it with --dynamic)")  # fmt: skip
     resize_to = size if protocol.crop is None else None
     with activated(runners):
+        config = config or runners[0].config  # a checkpoint runner knows its config once activated
+        rules = LabelRules(config.num_classes, config.ignore_index, ignore_unknown_labels)
+        if dataset.label_check is None or dataset.rules != rules:
+            dataset = dataset.checked(rules, allow_unlabeled)
         acc = _evaluate(dataset, runners, config, protocol, resize_to, on_image)
     n = config.num_classes
     labeled = dataset.labeled

@@ -28,11 +28,13 @@ import onnx
 from onnx import helper
 
 from ..export.artifact import OnnxModel, onnxruntime_session
+from ..model.danet import QUERY_CHUNK_BYTES
+from ..progress import format_bytes
 from .editor import GraphEditor, _subgraph_inputs, attribute
 from .shapes import infer_shapes_and_types, structure_only, with_input_shape
 
 CHECK_ATTENTION_BYTES = 1 << 30  # attention maps a check may hold as written, all sites together
-BLOCK_BYTES = 64 << 20  # one query block's attention map (per tensor), when blocked
+BLOCK_BYTES = QUERY_CHUNK_BYTES  # one query block's attention map (per tensor), as PyTorch's reference blocks it
 MAP_OPS = ("Cast", "Identity", "QuantizeLinear", "DequantizeLinear")  # elementwise ops on an attention map
 ITEMSIZE = {onnx.TensorProto.FLOAT: 4, onnx.TensorProto.FLOAT16: 2, onnx.TensorProto.BFLOAT16: 2,
             onnx.TensorProto.DOUBLE: 8, onnx.TensorProto.INT8: 1, onnx.TensorProto.UINT8: 1}  # fmt: skip
@@ -76,14 +78,6 @@ class Evaluation:
         note = "; Q/DQ not propagated by ONNX Runtime" if self.quantized else ""
         return (f"attention in query blocks of {self.block} (exact; as written it needs "
                 f"~{format_bytes(self.bytes_as_written)}{note})")  # fmt: skip
-
-
-def format_bytes(value: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.1f} {unit}" if unit != "B" else f"{int(value)} B"
-        value /= 1024
-    return f"{value:.1f} GiB"  # pragma: no cover
 
 
 # finding the regions -------------------------------------------------------------------------------------

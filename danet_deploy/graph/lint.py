@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 
 from ..export.artifact import InputSpec
+from ..progress import format_bytes
 from .cleanup import cleanup
 from .editor import GraphEditor, attribute, opset_of
 from .pam import value_heads
@@ -256,11 +257,3 @@ def attention_memory(batch: int, n: int, channels: int, itemsize: int = 4, block
         ),
         MemoryEstimate("blocked", 2 * batch * min(block, n) * n * itemsize, f"block {min(block, n)} queries x N keys"),
     ]
-
-
-def format_bytes(value: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.1f} {unit}" if unit != "B" else f"{int(value)} B"
-        value /= 1024
-    return f"{value:.1f} TiB"

@@ -13,13 +13,14 @@ active:
   the next runs, and are dropped. A collector treats every tensor on its own, in image order, so its histograms
   (and the ranges it computes from them) are those of the whole-model run.
 ModelOpt installs its calibrator code inside `quantize`; ours is installed after it (around its
-`patch_ort_modules`). Callers restore ONNX Runtime's classes afterwards (`onnxruntime_quantization_restored`).
+`patch_ort_modules`). Everything installed is undone when the block ends (ModelOpt's own changes to ONNX
+Runtime's classes are undone by the callers: `onnxruntime_quantization_restored`).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,7 @@ def _bounded_copy(path: str) -> str:
     return target
 
 
-def _install(budget: int) -> None:
+def _install(budget: int, replace: Callable[[Any, str, Any], None]) -> None:
     from onnxruntime.quantization.calibrate import CalibraterBase, HistogramCalibrater, HistogramCollector
 
     library_session = CalibraterBase.create_inference_session
@@ -85,8 +86,8 @@ def _install(budget: int) -> None:
             del held
         self.clear_collected_data()
 
-    CalibraterBase.create_inference_session = create_inference_session
-    HistogramCalibrater.collect_data = collect_data
+    replace(CalibraterBase, "create_inference_session", create_inference_session)
+    replace(HistogramCalibrater, "collect_data", collect_data)
 
 
 def _collector(calibrator: Any, collector_class: type) -> Any:
@@ -111,7 +112,7 @@ def bounded_calibrators(budget: int | None = None, modelopt: bool = False) -> It
         saved.append((owner, name, getattr(owner, name)))
         setattr(owner, name, value)
 
-    _install(budget)  # ONNX Runtime's own quantize_static
+    _install(budget, replace)  # ONNX Runtime's own quantize_static
     if modelopt:
         from modelopt.onnx.quantization import graph_utils, ort_utils
 
@@ -119,7 +120,7 @@ def bounded_calibrators(budget: int | None = None, modelopt: bool = False) -> It
 
         def patch_then_bound(*args: Any, **kwargs: Any) -> None:
             patch(*args, **kwargs)
-            _install(budget)
+            _install(budget, replace)
 
         session = graph_utils.create_inference_session
 

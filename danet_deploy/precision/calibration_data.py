@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from ..config import ModelConfig
-from ..data.datasets import IMAGE_SUFFIXES, open_dataset
-from ..data.images import max_pixels, probe_image, read_image
+from ..data.datasets import open_dataset
+from ..data.images import image_suffixes, max_pixels, probe_image, read_image
 from ..data.preprocess import resize_image
 from ..errors import BadInputError
 from ..export.artifact import InputSpec, OnnxModel
@@ -65,13 +65,14 @@ def _candidates(root: Path, split: str) -> tuple[list[Path], int]:
         dataset = open_dataset(root, split)
         return sorted(path for path, _ in dataset.items), 0
     files = [p for p in root.rglob("*") if p.is_file()]
-    images = sorted(p for p in files if p.suffix.lower() in IMAGE_SUFFIXES)
+    images = sorted(p for p in files if p.suffix.lower() in image_suffixes())
     return images, len(files) - len(images)
 
 
 def _sample(candidates: list[Path], count: int, seed: int) -> tuple[list[Path], dict[str, int]]:
     """Visit the sorted candidates in a seeded random order; return `count` usable ones and the skipped tally
-    by reason ("not an image", "too large": decompression bombs, "unsupported mode"), from headers only."""
+    by reason ("not an image", "too large": decompression bombs, "unsupported mode"); each is decoded once
+    here (a truncated file has a good header), bombs are refused from the header."""
     chosen: list[Path] = []
     skipped: dict[str, int] = {}
     for index in np.random.default_rng(seed).permutation(len(candidates)):

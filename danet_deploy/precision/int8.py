@@ -38,7 +38,7 @@ from onnx import numpy_helper
 from ..errors import BadInputError, CheckFailedError
 from ..export.artifact import META_PRECISION, OnnxModel, write_metadata
 from ..files import save_onnx, sha256_file
-from ..graph.bounded import bounded_model, bounded_session
+from ..graph.bounded import QDQ_OPS, bounded_model, bounded_session
 from ..graph.editor import opset_of
 from ..graph.segments import SegmentedRun
 from ..quiet import interrupts_held, quiet_modelopt
@@ -65,7 +65,6 @@ METHODS = ("entropy", "max", "percentile")
 DEFAULT_PERCENTILE = 99.99
 PERCENTILE_BINS = 2048
 QUANTIZED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
-QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 TRT86_MAX_OPSET = 17  # JetPack 6.0
 
 

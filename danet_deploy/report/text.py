@@ -12,8 +12,9 @@ from ..engine.sidecar import EngineSidecar
 from ..evaluate.verify import VerifyReport
 from ..export import ExportRecord
 from ..export.artifact import precision_label
-from ..graph.lint import LintReport, format_bytes
+from ..graph.lint import LintReport
 from ..graph.simplify import SimplifyReport
+from ..progress import format_bytes
 
 
 def _fmt(value: float | None, spec: str) -> str:

@@ -7,7 +7,6 @@ in 11. The bytes are checked against the sidecar's hash first.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -63,10 +62,7 @@ class TensorRTRunner(Runner):
         # Compare versions and GPU before deserializing: a mismatched plan fails inside TensorRT otherwise.
         running = running_system()
         self.warnings = check_compatible(self._sidecar, running, self.path)
-        engine_bytes = self.path.read_bytes()
-        if self._sidecar.engine_sha256 and hashlib.sha256(engine_bytes).hexdigest() != self._sidecar.engine_sha256:
-            raise BadInputError(f"{self.path}: the engine is not the one its sidecar describes (sha256 differs); "
-                                "rebuild it with `danet-deploy build-engine`")  # fmt: skip
+        engine_bytes = self._sidecar.engine_bytes(self.path)
         from polygraphy.backend.trt import EngineFromBytes, TrtRunner
 
         runner = TrtRunner(EngineFromBytes(engine_bytes))
