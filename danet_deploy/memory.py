@@ -33,13 +33,14 @@ MIB = 1 << 20
 RUNTIME = 350 * MIB  # python, numpy, onnx, ONNX Runtime and this package imported
 RUNTIME_TORCH = 700 * MIB  # ... plus torch
 ORT_BYTES_PER_PIXEL = 560  # ONNX Runtime activations of DANet (stride-8 ResNet-50/101) per input pixel
-ORT_ARENA_FACTOR = 1.4  # the CPU arena (benchmark processes keep it) holds more than the plan's peak
-TORCH_BYTES_PER_PIXEL = 520  # PyTorch inference activations per input pixel
+ORT_PLAIN_BYTES_PER_PIXEL = 880  # ... without the NCHWc layout pass (simplify's checks): R50 1024x2048 +0.66 GiB
+ORT_ARENA_FACTOR = 1.6  # the CPU arena (benchmark processes keep it) holds more than the plan's peak
+TORCH_BYTES_PER_PIXEL = 600  # PyTorch inference activations per input pixel
 FP16_BYTES_PER_PIXEL = 900  # the FP16-rounding session: graph optimizations off, every FP16 tensor copied once
 EXPORT_WEIGHT_COPIES = 4  # torch.export's traced program, the ONNX program, the saved and re-read protos
 SESSION_WEIGHT_COPIES = 1.3  # an ONNX Runtime session: its weights and pre-packed kernels
 PROTO_COPIES_SIMPLIFY = 4  # the model, the pass candidate, the checked copy and its serialized bytes
-PROTO_COPIES_MODELOPT = 5  # ModelOpt's loads, graph-surgeon copy, quantizer model and output
+PROTO_COPIES_MODELOPT = 6  # ModelOpt's loads, graph-surgeon copy, quantizer model and output
 PROTO_COPIES_AUTOCAST = 4
 HISTOGRAM_FACTOR = 3  # a histogram calibrator's temporaries per calibrated byte (flatten, abs, bins)
 CITYSCAPES_CLASSES = 19
@@ -153,10 +154,10 @@ def pam_attention_bytes(batch: int, size: tuple[int, int], pam: bool) -> tuple[i
     return as_written, as_written if as_written <= CHECK_ATTENTION_BYTES else 2 * BLOCK_BYTES
 
 
-def ort_run(facts: ModelFacts, attention: int | None = None) -> int:
+def ort_run(facts: ModelFacts, attention: int | None = None, per_pixel: int = ORT_BYTES_PER_PIXEL) -> int:
     """One ONNX Runtime session running the model once (no arena), weights included."""
     attention = facts.checked_attention if attention is None else attention
-    return int(SESSION_WEIGHT_COPIES * facts.weights + ORT_BYTES_PER_PIXEL * facts.pixels + attention)
+    return int(SESSION_WEIGHT_COPIES * facts.weights + per_pixel * facts.pixels + attention)
 
 
 # the commands ---------------------------------------------------------------------------------------------
@@ -186,7 +187,8 @@ def simplify_plan(facts: ModelFacts, size: tuple[int, int], heads: int, images: 
     target = per_head if per_head <= CHECK_ATTENTION_BYTES else 2 * BLOCK_BYTES
     attention = max(facts.checked_attention, target)
     plan.steps = [
-        StepEstimate("pass checks", RUNTIME + PROTO_COPIES_SIMPLIFY * facts.weights + ort_run(facts, attention)
+        StepEstimate("pass checks", RUNTIME + PROTO_COPIES_SIMPLIFY * facts.weights
+                     + ort_run(facts, attention, ORT_PLAIN_BYTES_PER_PIXEL)
                      + 2 * images * facts.logits, facts.check),
     ]  # fmt: skip
     return plan

@@ -79,6 +79,20 @@ def test_rewrites_are_exact_and_keep_dynamic_axes(dynamic_onnx: onnx.ModelProto,
         assert np.abs(got - ref).max() < 1e-4 * max(1.0, float(np.abs(ref).max()))
 
 
+def test_pass_checks_compare_graphs_not_onnx_runtime_kernels(static_onnx: onnx.ModelProto) -> None:
+    """The onnx-attention rewrite converts the model to opset 23, which ONNX Runtime's NCHWc layout pass leaves out:
+    with that pass the check would measure two Conv kernels' rounding (R101 1024x2048: twice the tolerance)."""
+    from danet_deploy.export.artifact import onnxruntime_session
+
+    converted = onnx.version_converter.convert_version(copy.deepcopy(static_onnx), 23)
+    x = np.random.default_rng(2).standard_normal((1, 3, 61, 99), dtype=np.float32)
+    logits = [onnxruntime_session(m, layout=False).run(["logits"], {"image": x})[0] for m in (static_onnx, converted)]
+    assert np.array_equal(logits[0], logits[1])  # same graph, same kernels: the same numbers
+    _, report = simplify_model(copy.deepcopy(static_onnx), attention="onnx-attention")
+    check = next(p for p in report.passes if p.name == "pam-onnx-attention")
+    assert check.max_abs_diff == 0.0  # the Attention node is PAM exactly; nothing else changed
+
+
 def test_cam_rewrite_leaves_a_clean_matmul_softmax_matmul(dynamic_onnx: onnx.ModelProto) -> None:
     model = simplify_cam(copy.deepcopy(dynamic_onnx))[0]
     ops = [n.op_type for n in model.graph.node]

@@ -154,7 +154,7 @@ def graph_precision(model: onnx.ModelProto) -> Precision:
 def onnxruntime_session(
     model: str | os.PathLike[str] | bytes | onnx.ModelProto, threads: int | None = None, optimize: bool = True,
     flush_denormals: bool = False, arena: bool = True, disabled_optimizers: list[str] | None = None,
-    in_order: bool = False,
+    in_order: bool = False, layout: bool = True,
 ) -> Any:  # fmt: skip
     """An ONNX Runtime CPU session from a path, serialized bytes or a ModelProto; quiet logging.
 
@@ -165,7 +165,7 @@ def onnxruntime_session(
     `in_order`: run nodes in graph order when their inputs are ready (ONNX Runtime's priority-based order, and no
     NCHWc layout pass, which appends its nodes): a model whose every tensor also feeds a small probe node (a
     ReduceMin, say) otherwise runs the probes last and holds every tensor until then (4 GiB for DANet-R50 at
-    512x1024 instead of 1)."""
+    512x1024 instead of 1). `layout` False: no NCHWc layout pass either (`graph.simplify`'s checks: see there)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -177,7 +177,7 @@ def onnxruntime_session(
         opts.add_session_config_entry("session.set_denormal_as_zero", "1")
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    elif in_order:
+    elif in_order or not layout:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     if in_order:
         opts.execution_order = ort.ExecutionOrder.PRIORITY_BASED

@@ -368,12 +368,14 @@ def bounded_session(
     flush_denormals: bool = False,
     limit: int | None = None,
     owned: bool = False,
+    layout: bool = True,
 ) -> tuple[Any, Evaluation]:
     """An ONNX Runtime CPU session for a check (see `bounded_model`) and how it evaluates the model.
 
     A file whose attention fits is opened by ONNX Runtime from its path (no second copy of the weights; an
     OnnxModel is not parsed again). A ModelProto is copied before editing unless `owned` (the caller's throw-away
-    copy). The session's activations go back to the system after each run (no arena)."""
+    copy). The session's activations go back to the system after each run (no arena). `layout` False: without
+    ONNX Runtime's NCHWc layout pass (`onnxruntime_session`)."""
     path, own = None, True
     if isinstance(model, OnnxModel):
         path, model, own = model.path, model.proto, False
@@ -387,12 +389,12 @@ def bounded_session(
     checked, evaluation, _ = bounded_model(model, input_shape, limit, copy=not own)
     if not evaluation.blocked and path is not None and checked is model:
         del model, checked  # (an OnnxModel keeps its proto: no copy was made)
-        return onnxruntime_session(path, threads, optimize, flush_denormals, arena=False), evaluation
+        return onnxruntime_session(path, threads, optimize, flush_denormals, arena=False, layout=layout), evaluation
     # ONNX Runtime 1.24's QDQ propagation (moving DequantizeLinear past Reshape / Transpose, an exact rewrite that
     # only changes which kernels run) aborts the process when the tensors it moves feed a Scan; leave it out there.
     evaluation.quantized = evaluation.blocked > 0 and any(n.op_type in QDQ_OPS for n in checked.graph.node)
     disabled = ["QDQPropagationTransformer"] if evaluation.quantized else None
     data = checked.SerializeToString()
     del model, checked
-    return onnxruntime_session(data, threads, optimize, flush_denormals, arena=False,
-                               disabled_optimizers=disabled), evaluation  # fmt: skip
+    return onnxruntime_session(data, threads, optimize, flush_denormals, arena=False, disabled_optimizers=disabled,
+                               layout=layout), evaluation  # fmt: skip
