@@ -186,7 +186,8 @@ def write(results: dict, images: int) -> None:
         "Every check runs at the model's size. Where PAM's maps as written would exceed 1 GiB (1024x2048: 8 GiB "
         "naive, 8 heads x that for the multi-head forms) the checks evaluate attention in query blocks (exact; "
         "`graph.bounded`) and say so in their output; PyTorch runs PAM in query blocks too "
-        "(`model.memory_efficient_attention`).",
+        "(`model.memory_efficient_attention`). simplify's pass checks run ONNX Runtime without its NCHWc layout pass "
+        "(so each pass is compared on the same Conv kernels), which holds more memory than a deployed session.",
     ]
     failed = [f"- R{k.replace('@', ' ')} `{n}` (exit {r['exit_code']}): {r['error']}" for k, e in results.items()
               for n, r in e.items() if r["exit_code"] != 0]  # fmt: skip
