@@ -44,8 +44,19 @@ def total_ram() -> int:
 
 
 def run(model: Path, x_path: Path, out_path: Path, iters: int) -> dict:
-    cmd = [sys.executable, str(ROOT / "bench" / "run_onnx.py"), str(model), "--input", str(x_path),
-           "--iters", str(iters), "--warmup", "1", "--save", str(out_path)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(ROOT / "bench" / "run_onnx.py"),
+        str(model),
+        "--input",
+        str(x_path),
+        "--iters",
+        str(iters),
+        "--warmup",
+        "1",
+        "--save",
+        str(out_path),
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
         return {"error": (result.stderr.strip().splitlines() or ["killed"])[-1][:120]}
@@ -80,8 +91,9 @@ def bench_size(size: tuple[int, int], iters: int, workdir: Path) -> list[str]:
     reference = None
     for label, path, nodes, form in candidates:
         if path is None:
-            rows.append(f"| {label} | - | not run: needs ~{format_bytes(estimates[form])} for attention (estimate) | "
-                        "- | - |")  # fmt: skip
+            rows.append(
+                f"| {label} | - | not run: needs ~{format_bytes(estimates[form])} for attention (estimate) | - | - |"
+            )
             continue
         print(f"running {label}", flush=True)
         out_path = workdir / "out.npy"
@@ -96,8 +108,14 @@ def bench_size(size: tuple[int, int], iters: int, workdir: Path) -> list[str]:
             f"| {label} | {nodes} | {result['median_s']:.2f} s | {mib(result['peak_rss_bytes'])} | {diff:.2e} |"
         )
         print(rows[-1], flush=True)
-    return [f"### {size[0]}x{size[1]} (N = {n}; naive attention estimate {format_bytes(estimates['naive'])})", "",
-            "| graph | nodes | median latency | peak RSS | max abs diff vs raw |", "|---|---|---|---|---|", *rows, ""]  # fmt: skip
+    return [
+        f"### {size[0]}x{size[1]} (N = {n}; naive attention estimate {format_bytes(estimates['naive'])})",
+        "",
+        "| graph | nodes | median latency | peak RSS | max abs diff vs raw |",
+        "|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
 
 
 def main() -> None:
@@ -117,8 +135,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for text in args.sizes:
             lines = bench_size(parse_size(text), args.iters, Path(tmp))
-            lines.insert(1, f"Machine: {machine()}. Command: `python bench/attention_bench.py --sizes {text} "
-                            f"--iters {args.iters}`.")  # fmt: skip
+            lines.insert(
+                1,
+                f"Machine: {machine()}. Command: `python bench/attention_bench.py --sizes {text} "
+                f"--iters {args.iters}`.",
+            )
             lines.insert(2, "")
             write_section(f"attention-{text}", "\n".join(lines))
 

@@ -19,13 +19,17 @@ DOC = ROOT / "docs" / "benchmarks.md"
 def machine() -> str:
     cpu = cpu_model()
     try:
-        mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                      if line.startswith("MemTotal"))  # fmt: skip
+        mem_kb = next(
+            int(line.split()[1])
+            for line in Path("/proc/meminfo").read_text().splitlines()
+            if line.startswith("MemTotal")
+        )
         mem = f"{mem_kb / 2**20:.0f} GiB"
     except (OSError, StopIteration):
         mem = "?"
-    versions = ", ".join(f"{k} {'/'.join(v) if isinstance(v, list) else v}"
-                         for k, v in tool_versions("onnxslim").items() if v)  # fmt: skip
+    versions = ", ".join(
+        f"{k} {'/'.join(v) if isinstance(v, list) else v}" for k, v in tool_versions("onnxslim").items() if v
+    )
     return f"{cpu}, {os.cpu_count()} cores, {mem} RAM; {versions}; {date.today().isoformat()}"
 
 

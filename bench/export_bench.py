@@ -36,22 +36,26 @@ def main() -> None:
             record = export_onnx(model, config, path, ExportOptions(), image)
             total = time.perf_counter() - started
         parity = record.parity[0]
-        row = (f"| ResNet-{depth} | {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M | "
-               f"{record.export_seconds:.1f} s | {total:.1f} s | {mib(record.size_bytes)} | "
-               f"{parity.max_abs_diff:.2e} (tol {parity.tolerance:.1e}) | {parity.label_agreement:.4%} |")  # fmt: skip
+        row = (
+            f"| ResNet-{depth} | {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M | "
+            f"{record.export_seconds:.1f} s | {total:.1f} s | {mib(record.size_bytes)} | "
+            f"{parity.max_abs_diff:.2e} (tol {parity.tolerance:.1e}) | {parity.label_agreement:.4%} |"
+        )
         print(row, flush=True)
         rows.append(row)
-    body = "\n".join([
-        "## Export: DANet at 512x1024, static batch 1, opset 18 (dynamo exporter)",
-        "",
-        f"Machine: {machine()}. Command: `python bench/export_bench.py`. Random (seeded) weights, PAM/CAM gamma 0.5/0.3 so attention reaches the output.",
-        "Export = torch.onnx export + metadata; total adds onnx.checker (full) and the ONNX Runtime vs PyTorch",
-        "parity run on a bundled image resized to 512x1024.",
-        "",
-        "| backbone | parameters | export | export + checks | ONNX size | max abs diff ORT vs PyTorch | label agreement |",
-        "|---|---|---|---|---|---|---|",
-        *rows,
-    ])  # fmt: skip
+    body = "\n".join(
+        [
+            "## Export: DANet at 512x1024, static batch 1, opset 18 (dynamo exporter)",
+            "",
+            f"Machine: {machine()}. Command: `python bench/export_bench.py`. Random (seeded) weights, PAM/CAM gamma 0.5/0.3 so attention reaches the output.",
+            "Export = torch.onnx export + metadata; total adds onnx.checker (full) and the ONNX Runtime vs PyTorch",
+            "parity run on a bundled image resized to 512x1024.",
+            "",
+            "| backbone | parameters | export | export + checks | ONNX size | max abs diff ORT vs PyTorch | label agreement |",
+            "|---|---|---|---|---|---|---|",
+            *rows,
+        ]
+    )
     write_section("export", body)
 
 

@@ -41,8 +41,13 @@ def measure(path: Path, size: tuple[int, int]) -> dict:
         seconds = time.perf_counter() - started
         exact = model.double()(x.double()).numpy()
     diff = np.abs(fp32 - exact)
-    return {"max_logit": float(np.abs(exact).max()), "max": float(diff.max()), "mean": float(diff.mean()),
-            "default_tolerance": 1e-4 + 1e-4 * float(np.abs(exact).max()), "fp32_seconds": seconds}  # fmt: skip
+    return {
+        "max_logit": float(np.abs(exact).max()),
+        "max": float(diff.max()),
+        "mean": float(diff.mean()),
+        "default_tolerance": 1e-4 + 1e-4 * float(np.abs(exact).max()),
+        "fp32_seconds": seconds,
+    }
 
 
 def main() -> None:
@@ -52,26 +57,36 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/danet-memory-bench"))
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    rows = ["| model | input | max abs logit | FP32 vs FP64: max abs diff | mean abs diff | export's default "
-            "tolerance (1e-4 + 1e-4 x max abs logit) |", "|---|---|---|---|---|---|"]  # fmt: skip
+    rows = [
+        "| model | input | max abs logit | FP32 vs FP64: max abs diff | mean abs diff | export's default "
+        "tolerance (1e-4 + 1e-4 x max abs logit) |",
+        "|---|---|---|---|---|---|",
+    ]
     for size in args.sizes:
         for depth in args.depths:
             r = measure(checkpoint(depth, args.work), parse_size(size))
             print(f"R{depth} {size}: {r}", flush=True)
-            rows.append(f"| R{depth} | {size} | {r['max_logit']:.3g} | {r['max']:.2e} | {r['mean']:.2e} | "
-                        f"{r['default_tolerance']:.2e} |")  # fmt: skip
-    write_section("fp32-noise", "\n".join([
-        "## FP32 rounding alone vs export's parity tolerance",
-        "",
-        f"Machine: {machine()}. Command: `python bench/fp32_noise.py` (the memory benchmark's random-weight "
-        "checkpoints; PyTorch FP32 against the same model in float64, PAM in query blocks in both, one bundled scene).",
-        "",
-        *rows,
-        "",
-        "Export's parity check compares ONNX Runtime FP32 with PyTorch FP32, two roundings of the same computation. "
-        "Where one of them alone is this far from the exact logits, the default tolerance cannot hold for float "
-        "reasons; the memory benchmark exports such models with `--atol 1e-3` (verify's FP32 threshold).",
-    ]))  # fmt: skip
+            rows.append(
+                f"| R{depth} | {size} | {r['max_logit']:.3g} | {r['max']:.2e} | {r['mean']:.2e} | "
+                f"{r['default_tolerance']:.2e} |"
+            )
+    write_section(
+        "fp32-noise",
+        "\n".join(
+            [
+                "## FP32 rounding alone vs export's parity tolerance",
+                "",
+                f"Machine: {machine()}. Command: `python bench/fp32_noise.py` (the memory benchmark's random-weight "
+                "checkpoints; PyTorch FP32 against the same model in float64, PAM in query blocks in both, one bundled scene).",
+                "",
+                *rows,
+                "",
+                "Export's parity check compares ONNX Runtime FP32 with PyTorch FP32, two roundings of the same computation. "
+                "Where one of them alone is this far from the exact logits, the default tolerance cannot hold for float "
+                "reasons; the memory benchmark exports such models with `--atol 1e-3` (verify's FP32 threshold).",
+            ]
+        ),
+    )
 
 
 if __name__ == "__main__":

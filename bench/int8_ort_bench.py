@@ -62,10 +62,20 @@ def three_models(checkpoint: Path, work: Path, size: str, calib: Path, count: in
     cli("export", checkpoint, "-o", paths["fp32"], "--input-size", size)
     cache = ("--cache-dir", work / "cache", "--count", str(count))
     seconds = {
-        "ort": cli("quantize", paths["fp32"], "--calib", calib, "--target", "ort", *cache, "-o", paths["ort"],
-                   label=f"{size} ort"),
+        "ort": cli(
+            "quantize",
+            paths["fp32"],
+            "--calib",
+            calib,
+            "--target",
+            "ort",
+            *cache,
+            "-o",
+            paths["ort"],
+            label=f"{size} ort",
+        ),
         "trt": cli("quantize", paths["fp32"], "--calib", calib, *cache, "-o", paths["trt"], label=f"{size} trt"),
-    }  # fmt: skip
+    }
     QUANTIZE_SECONDS[size] = seconds
     return paths
 
@@ -77,14 +87,29 @@ def quantize_line(size: str, count: int) -> str:
     """Time and peak RSS of both quantize commands at `size`."""
     seconds = QUANTIZE_SECONDS[size]
     rss = {k: f", peak RSS {PEAK_RSS[f'{size} {k}']:,.0f} MiB" if f"{size} {k}" in PEAK_RSS else "" for k in seconds}
-    return (f"`quantize` on {count} images: `--target ort` {seconds['ort']:.0f} s{rss['ort']}; TensorRT Q/DQ "
-            f"(ModelOpt) {seconds['trt']:.0f} s{rss['trt']}.")  # fmt: skip
+    return (
+        f"`quantize` on {count} images: `--target ort` {seconds['ort']:.0f} s{rss['ort']}; TensorRT Q/DQ "
+        f"(ModelOpt) {seconds['trt']:.0f} s{rss['trt']}."
+    )
 
 
 def bench_rows(paths: dict[str, Path], work: Path, iterations: int) -> tuple[list[str], dict[str, float]]:
     out = work / "benchmark.json"
-    cli("benchmark", "--onnx", paths["fp32"], "--onnx", paths["ort"], "--onnx", paths["trt"], "--warmup", "2",
-        "--iterations", str(iterations), "--json", out)  # fmt: skip
+    cli(
+        "benchmark",
+        "--onnx",
+        paths["fp32"],
+        "--onnx",
+        paths["ort"],
+        "--onnx",
+        paths["trt"],
+        "--warmup",
+        "2",
+        "--iterations",
+        str(iterations),
+        "--json",
+        out,
+    )
     backends = json.loads(out.read_text())["backends"]
     labels = {"fp32": "FP32", "ort": "INT8 for ONNX Runtime (`--target ort`)", "trt": "INT8 Q/DQ for TensorRT"}
     medians, rows = {}, []
@@ -92,8 +117,10 @@ def bench_rows(paths: dict[str, Path], work: Path, iterations: int) -> tuple[lis
         if "error" in result:
             sys.exit(f"benchmark of {paths[key]} failed: {result['error']}")
         medians[key] = result["median_ms"]
-        rows.append(f"| {labels[key]} | {result['median_ms']:,.0f} ms | {result['p90_ms']:,.0f} ms | "
-                    f"{result['median_ms'] / backends[0]['median_ms']:.2f}x | {result['peak_rss_mib']:,.0f} MiB |")  # fmt: skip
+        rows.append(
+            f"| {labels[key]} | {result['median_ms']:,.0f} ms | {result['p90_ms']:,.0f} ms | "
+            f"{result['median_ms'] / backends[0]['median_ms']:.2f}x | {result['peak_rss_mib']:,.0f} MiB |"
+        )
     return rows, medians
 
 
@@ -127,11 +154,27 @@ def demo(work: Path, iterations: int) -> list[str]:
     paths = three_models(DEMO_CHECKPOINT, work, "256x512", calib, 100)
     rows, medians = bench_rows(paths, work, iterations)
     report = work / "verify.json"
-    cli("verify", "--ckpt", DEMO_CHECKPOINT, "--onnx", paths["fp32"], "--onnx", paths["ort"], "--onnx", paths["trt"],
-        "--data", DEMO_DATA, "--json", report)  # fmt: skip
+    cli(
+        "verify",
+        "--ckpt",
+        DEMO_CHECKPOINT,
+        "--onnx",
+        paths["fp32"],
+        "--onnx",
+        paths["ort"],
+        "--onnx",
+        paths["trt"],
+        "--data",
+        DEMO_DATA,
+        "--json",
+        report,
+    )
     backends = json.loads(report.read_text())["backends"]
-    miou = [f"| {b['name']} | {b['precision']}{' (' + b['quantized_for'] + ')' if b['quantized_for'] else ''} | "
-            f"{b['miou']:.2f} | {b['miou_delta']:+.2f} | {b['pixel_agreement']:.4%} |" for b in backends]  # fmt: skip
+    miou = [
+        f"| {b['name']} | {b['precision']}{' (' + b['quantized_for'] + ')' if b['quantized_for'] else ''} | "
+        f"{b['miou']:.2f} | {b['miou_delta']:+.2f} | {b['pixel_agreement']:.4%} |"
+        for b in backends
+    ]
     return [
         "### Demo model (ResNet-18 w32, trained), 256x512, batch 1",
         "",

@@ -47,7 +47,7 @@ EXPORT_ATOL = {101: ["--atol", "1e-3"]}
 
 def commands(
     ckpt: Path, work: Path, size: str, calib: Path, images: int, depth: int = 50
-) -> list[tuple[str, list[str]]]:  # fmt: skip
+) -> list[tuple[str, list[str]]]:
     m = lambda suffix: str(work / f"model{suffix}.onnx")  # noqa: E731
     count = ["--count", str(images)]
     return [
@@ -56,16 +56,67 @@ def commands(
         ("simplify --target trt10.3", ["simplify", m(""), "-o", m(".trt103"), "--target", "trt10.3"]),
         ("simplify --target trt11", ["simplify", m(""), "-o", m(".trt11"), "--target", "trt11"]),
         ("quantize --fp16", ["quantize", m(""), "--fp16", "--calib", str(calib), *count, "-o", m(".fp16")]),
-        ("quantize (INT8, TensorRT Q/DQ)", ["quantize", m(""), "--calib", str(calib), *count, "--cache-dir",
-                                            str(work / "cache"), "-o", m(".int8")]),
-        ("quantize --target ort (INT8)", ["quantize", m(".ort"), "--calib", str(calib), *count, "--target", "ort",
-                                          "--cache-dir", str(work / "cache"), "-o", m(".int8.ort")]),
-        ("verify", ["verify", "--ckpt", str(ckpt), "--onnx", m(".ort"), "--onnx", m(".fp16"), "--onnx", m(".int8"),
-                    "--onnx", m(".int8.ort"), "--data", str(DEMO_DATA), "--limit", str(images), "--json",
-                    str(work / "verify.json")]),
-        ("benchmark", ["benchmark", "--ckpt", str(ckpt), "--onnx", m(".ort"), "--onnx", m(".int8.ort"), "--warmup",
-                       "1", "--iterations", "3", "--json", str(work / "benchmark.json")]),
-    ]  # fmt: skip
+        (
+            "quantize (INT8, TensorRT Q/DQ)",
+            ["quantize", m(""), "--calib", str(calib), *count, "--cache-dir", str(work / "cache"), "-o", m(".int8")],
+        ),
+        (
+            "quantize --target ort (INT8)",
+            [
+                "quantize",
+                m(".ort"),
+                "--calib",
+                str(calib),
+                *count,
+                "--target",
+                "ort",
+                "--cache-dir",
+                str(work / "cache"),
+                "-o",
+                m(".int8.ort"),
+            ],
+        ),
+        (
+            "verify",
+            [
+                "verify",
+                "--ckpt",
+                str(ckpt),
+                "--onnx",
+                m(".ort"),
+                "--onnx",
+                m(".fp16"),
+                "--onnx",
+                m(".int8"),
+                "--onnx",
+                m(".int8.ort"),
+                "--data",
+                str(DEMO_DATA),
+                "--limit",
+                str(images),
+                "--json",
+                str(work / "verify.json"),
+            ],
+        ),
+        (
+            "benchmark",
+            [
+                "benchmark",
+                "--ckpt",
+                str(ckpt),
+                "--onnx",
+                m(".ort"),
+                "--onnx",
+                m(".int8.ort"),
+                "--warmup",
+                "1",
+                "--iterations",
+                "3",
+                "--json",
+                str(work / "benchmark.json"),
+            ],
+        ),
+    ]
 
 
 def run(args: list[str], log: Path) -> dict:
@@ -130,9 +181,11 @@ def table(results: dict) -> list[str]:
         for name, r in entries.items():
             peak = r["peak_rss_bytes"]
             within = "-" if peak is None else ("within" if peak <= limit else "**over**")
-            rows.append(f"| R{depth} | {size} | `{name}` | {r['seconds']:.0f} s | "
-                        f"{'-' if peak is None else f'{peak / GIB:.2f} GiB'} | {within} ({limit // GIB} GiB) | "
-                        f"{r['exit_code']} | {r['planned_peak_gib'] or '-'} GiB |")  # fmt: skip
+            rows.append(
+                f"| R{depth} | {size} | `{name}` | {r['seconds']:.0f} s | "
+                f"{'-' if peak is None else f'{peak / GIB:.2f} GiB'} | {within} ({limit // GIB} GiB) | "
+                f"{r['exit_code']} | {r['planned_peak_gib'] or '-'} GiB |"
+            )
     return rows
 
 
@@ -185,17 +238,30 @@ def write(results: dict, images: int) -> None:
         "",
         "Every check runs at the model's size. Where PAM's maps as written would exceed 1 GiB (1024x2048: 8 GiB "
         "naive, 8 heads x that for the multi-head forms) the checks evaluate attention in query blocks (exact; "
-        "`graph.bounded`) and say so in their output; PyTorch runs PAM in query blocks too "
+        "`bounded_ort.query_blocks`) and say so in their output; PyTorch runs PAM in query blocks too "
         "(`model.memory_efficient_attention`). simplify's pass checks run ONNX Runtime without its NCHWc layout pass "
         "(so each pass is compared on the same Conv kernels), which holds more memory than a deployed session.",
     ]
-    failed = [f"- R{k.replace('@', ' ')} `{n}` (exit {r['exit_code']}): {r['error']}" for k, e in results.items()
-              for n, r in e.items() if r["exit_code"] != 0]  # fmt: skip
+    failed = [
+        f"- R{k.replace('@', ' ')} `{n}` (exit {r['exit_code']}): {r['error']}"
+        for k, e in results.items()
+        for n, r in e.items()
+        if r["exit_code"] != 0
+    ]
     if failed:
-        body += ["", "Commands that did not exit 0, with the line they ended with (exit 1 is a check that ran and "
-                 "failed: the measured memory is the whole run's):", "", *failed]  # fmt: skip
-    evaluated = {f"R{k.replace('@', ' ')} `{n}`": r["evaluated"] for k, e in results.items() for n, r in e.items()
-                 if r.get("evaluated")}  # fmt: skip
+        body += [
+            "",
+            "Commands that did not exit 0, with the line they ended with (exit 1 is a check that ran and "
+            "failed: the measured memory is the whole run's):",
+            "",
+            *failed,
+        ]
+    evaluated = {
+        f"R{k.replace('@', ' ')} `{n}`": r["evaluated"]
+        for k, e in results.items()
+        for n, r in e.items()
+        if r.get("evaluated")
+    }
     if evaluated:
         body += ["", "How the checks evaluated attention (from each command's output):", ""]
         body += [f"- {name}: {'; '.join(how)}" for name, how in evaluated.items()]

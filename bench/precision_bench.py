@@ -41,33 +41,39 @@ def main() -> None:
         started = time.perf_counter()
         fp16, _ = convert_fp16(fp32, work / "demo_512x1024.fp16.onnx", calib_path=calib, count=32)
         fp16_seconds = time.perf_counter() - started
-        runners = [OnnxRuntimeRunner(p, name) for p, name in
-                   ((fp32, "FP32"), (int8, "INT8 (Q/DQ)"), (fp16, "FP16 (emulated on CPU)"))]  # fmt: skip
+        runners = [
+            OnnxRuntimeRunner(p, name)
+            for p, name in ((fp32, "FP32"), (int8, "INT8 (Q/DQ)"), (fp16, "FP16 (emulated on CPU)"))
+        ]
         results = benchmark(runners, image, warmup=3, iterations=10)
     rows = []
     for r in results["backends"]:
         if "error" in r:
             rows.append(f"| {r.get('name', '?')} | failed: {r['error']} | | | |")
             continue
-        rows.append(f"| {r['name']} | {r['median_ms']:.0f} ms | {r['p90_ms']:.0f} ms | {r['p99_ms']:.0f} ms | "
-                    f"{r['peak_rss_mib']:.0f} MiB |")  # fmt: skip
+        rows.append(
+            f"| {r['name']} | {r['median_ms']:.0f} ms | {r['p90_ms']:.0f} ms | {r['p99_ms']:.0f} ms | "
+            f"{r['peak_rss_mib']:.0f} MiB |"
+        )
     ok = [r for r in results["backends"] if "error" not in r]
     ratio = ok[0]["median_ms"] / ok[1]["median_ms"] if len(ok) > 1 else float("nan")
-    body = "\n".join([
-        "## Precision: demo DANet (ResNet-18 w32) at 512x1024, ONNX Runtime CPU provider",
-        "",
-        f"Machine: {machine()}. Command: `python bench/precision_bench.py` (3 warm-up + 10 timed runs per model,",
-        "each in its own process, one run of the script).",
-        "",
-        f"Quantization time: INT8 (ModelOpt, entropy, {int8_record.calibration.images} calibration images) "
-        f"{int8_seconds:.0f} s; FP16 (protected, magnitudes from 32 images) {fp16_seconds:.0f} s.",
-        "",
-        "| model | median | p90 | p99 | peak RSS |",
-        "|---|---|---|---|---|",
-        *rows,
-        "",
-        f"FP32 / INT8 median latency ratio: {ratio:.2f}x.",
-    ])  # fmt: skip
+    body = "\n".join(
+        [
+            "## Precision: demo DANet (ResNet-18 w32) at 512x1024, ONNX Runtime CPU provider",
+            "",
+            f"Machine: {machine()}. Command: `python bench/precision_bench.py` (3 warm-up + 10 timed runs per model,",
+            "each in its own process, one run of the script).",
+            "",
+            f"Quantization time: INT8 (ModelOpt, entropy, {int8_record.calibration.images} calibration images) "
+            f"{int8_seconds:.0f} s; FP16 (protected, magnitudes from 32 images) {fp16_seconds:.0f} s.",
+            "",
+            "| model | median | p90 | p99 | peak RSS |",
+            "|---|---|---|---|---|",
+            *rows,
+            "",
+            f"FP32 / INT8 median latency ratio: {ratio:.2f}x.",
+        ]
+    )
     print(body)
     write_section("precision", body)
 

@@ -40,8 +40,17 @@ def main() -> None:
     if args.save and out is not None:
         np.save(args.save, out)
     peak = peak_rss_bytes()
-    print(json.dumps({"median_s": statistics.median(times), "times_s": times, "peak_rss_bytes": peak,
-                      "load_s": load_seconds, "providers": session.get_providers()}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "median_s": statistics.median(times),
+                "times_s": times,
+                "peak_rss_bytes": peak,
+                "load_s": load_seconds,
+                "providers": session.get_providers(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -58,10 +58,13 @@ def speed_rows(variant: str, size: tuple[int, int], iters: int, workdir: Path) -
     ort_path = workdir / f"{variant}_{size[0]}x{size[1]}.ort.onnx"
     onnx.save(simplified, str(ort_path))
     graphs = [
-        (raw, "raw export (PAM naive)" if variant == "danet" else "raw export (GroupNorm as InstanceNormalization)",
-         len(onnx.load(str(raw)).graph.node)),
+        (
+            raw,
+            "raw export (PAM naive)" if variant == "danet" else "raw export (GroupNorm as InstanceNormalization)",
+            len(onnx.load(str(raw)).graph.node),
+        ),
         (ort_path, f"simplified for ort ({_forms(report)})", len(simplified.graph.node)),
-    ]  # fmt: skip
+    ]
     if variant != "danet":  # the other GroupNorm form, as TensorRT 8.6 gets it
         decomposed, report = simplify_model(onnx.load(str(raw)), target="ort", group_norm="decomposed", images=[image])
         path = workdir / f"{variant}_{size[0]}x{size[1]}.decomposed.onnx"
@@ -113,8 +116,10 @@ def speed_table(rows: list[dict]) -> list[str]:
     for r in rows:
         size = f"{r['size'][0]}x{r['size'][1]}"
         if "median_ms" not in r:
-            lines.append(f"| {LABELS[r['variant']]} | {r['graph']} | {r['nodes']} | {size} | failed: "
-                         f"{r.get('error', '?')} | - | - |")  # fmt: skip
+            lines.append(
+                f"| {LABELS[r['variant']]} | {r['graph']} | {r['nodes']} | {size} | failed: "
+                f"{r.get('error', '?')} | - | - |"
+            )
             continue
         lines.append(
             f"| {LABELS[r['variant']]} | {r['graph']} | {r['nodes']} | {size} | {r['median_ms']:,.0f} ms | "

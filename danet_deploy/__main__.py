@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import sys
 
-from .errors import EXIT_INTERRUPTED, INTERRUPTED
+from danet_deploy.errors import EXIT_INTERRUPTED, INTERRUPTED
 
 
 def main() -> None:
     try:
-        from .cli import main as cli_main
+        from danet_deploy.cli import main as cli_main
     except KeyboardInterrupt:
         sys.stderr.write(f"{INTERRUPTED}\n")
         sys.exit(EXIT_INTERRUPTED)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import (
+from danet_deploy.config import (
     BASIC_BLOCK_DEPTHS,
     BLOCKS_PER_DEPTH,
     CONTRACTED_DILATIONS,
@@ -28,9 +28,9 @@ from .config import (
     default_class_names,
     default_palette,
 )
-from .errors import BadInputError
-from .files import atomic_path, sha256_file
-from .model import DANet, build_danet
+from danet_deploy.errors import BadInputError
+from danet_deploy.files import atomic_path, sha256_file
+from danet_deploy.model import DANet, build_danet
 
 OURS_FORMAT = "danet-deploy"
 OURS_FORMAT_VERSION = 1
@@ -162,8 +162,14 @@ _OFFICIAL_HEAD = {
     "conv6.1.": "pam_aux_classifier.",
     "conv7.1.": "cam_aux_classifier.",
 }
-_OFFICIAL_DEEP_STEM = {"conv1.0.": "stem.0.", "conv1.1.": "stem.1.", "conv1.3.": "stem.3.", "conv1.4.": "stem.4.",
-                       "conv1.6.": "stem.6.", "bn1.": "stem.7."}  # fmt: skip
+_OFFICIAL_DEEP_STEM = {
+    "conv1.0.": "stem.0.",
+    "conv1.1.": "stem.1.",
+    "conv1.3.": "stem.3.",
+    "conv1.4.": "stem.4.",
+    "conv1.6.": "stem.6.",
+    "bn1.": "stem.7.",
+}
 _MMSEG_HEAD = {
     "conv_seg.": "classifier.",
     "pam_conv_seg.": "pam_aux_classifier.",

@@ -19,18 +19,25 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeRemainingColumn
 
-from . import api
-from .config import check_class_names, parse_dims, parse_shape, parse_size
-from .engine.plan import BuildOptions
-from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, INTERRUPTED, CheckFailedError, DeployError
-from .export.artifact import Precision
-from .export.torch_export import ExportOptions
-from .files import check_output, removed_on_failure, write_json
-from .graph.pam import DEFAULT_BLOCK
-from .memory import return_large_allocations
-from .progress import PeriodicLines
-from .progress import Progress as LibraryProgress
-from .report.text import (
+from danet_deploy import api
+from danet_deploy.artifact import Precision
+from danet_deploy.config import check_class_names, parse_dims, parse_shape, parse_size
+from danet_deploy.engine.plan import BuildOptions
+from danet_deploy.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    INTERRUPTED,
+    CheckFailedError,
+    DeployError,
+)
+from danet_deploy.export.torch_export import ExportOptions
+from danet_deploy.files import check_output, removed_on_failure, write_json
+from danet_deploy.graph.pam import DEFAULT_BLOCK
+from danet_deploy.memory_plan import return_large_allocations
+from danet_deploy.progress import PeriodicLines
+from danet_deploy.progress import Progress as LibraryProgress
+from danet_deploy.report.text import (
     benchmark_table,
     engine_audit_line,
     engine_inspect_lines,
@@ -144,8 +151,9 @@ class RichProgress(LibraryProgress):
             task = progress.add_task(escape(description), total=total)
 
             def update(advance: int = 1, description: str | None = None, total: int | None = None) -> None:
-                progress.update(task, advance=advance, description=escape(description) if description else None,
-                                total=total)  # fmt: skip
+                progress.update(
+                    task, advance=advance, description=escape(description) if description else None, total=total
+                )
 
             yield update
 
@@ -199,11 +207,13 @@ def _class_names(text: str | None) -> tuple[tuple[str, ...] | None, Path | None]
         try:
             names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         except (OSError, UnicodeDecodeError) as exc:
-            raise DeployError(f"--class-names {path}: not a readable UTF-8 text file ({type(exc).__name__})",
-                              EXIT_BAD_INPUT) from None  # fmt: skip
+            raise DeployError(
+                f"--class-names {path}: not a readable UTF-8 text file ({type(exc).__name__})", EXIT_BAD_INPUT
+            ) from None
     elif "," not in text:  # one name is no segmentation model: a mistyped file name
-        raise DeployError(f"--class-names {text}: no such file (give a file with one name per line, or a,b,c)",
-                          EXIT_BAD_INPUT)  # fmt: skip
+        raise DeployError(
+            f"--class-names {text}: no such file (give a file with one name per line, or a,b,c)", EXIT_BAD_INPUT
+        )
     else:
         path, names = None, [n.strip() for n in text.split(",") if n.strip()]
     try:
@@ -289,16 +299,46 @@ def export(
     if (target or attention or group_norm) and not simplify:
         raise DeployError("--target/--attention/--group-norm take effect with --simplify", EXIT_BAD_INPUT)
     size = parse_size(input_size) if input_size else None
-    options = ExportOptions(input_size=size, batch=batch, dynamic=dynamic, opset=opset, argmax=argmax,
-                            uint8_input=uint8_input, atol=atol, rtol=rtol)  # fmt: skip
+    options = ExportOptions(
+        input_size=size,
+        batch=batch,
+        dynamic=dynamic,
+        opset=opset,
+        argmax=argmax,
+        uint8_input=uint8_input,
+        atol=atol,
+        rtol=rtol,
+    )
     names, names_file = _class_names(class_names)
-    overrides = {"layer4_dilations": _ints(dilations, "--dilations"), "align_corners": align_corners,
-                 "class_names": names, "mean": _floats3(mean, "--mean"), "std": _floats3(std, "--std")}  # fmt: skip
-    passes = api.SimplifyOptions(target=target, attention=attention, block=block, atol=atol, rtol=rtol,
-                                 group_norm=group_norm, fold_shuffle=fold_shuffle, force=force)  # fmt: skip
-    result = api.export(ckpt, output, options, layout=layout, overrides=overrides, image=image,
-                        simplify=passes if simplify else None, force=force,
-                        option_files=[names_file] if names_file else [], progress=PROGRESS)  # fmt: skip
+    overrides = {
+        "layer4_dilations": _ints(dilations, "--dilations"),
+        "align_corners": align_corners,
+        "class_names": names,
+        "mean": _floats3(mean, "--mean"),
+        "std": _floats3(std, "--std"),
+    }
+    passes = api.SimplifyOptions(
+        target=target,
+        attention=attention,
+        block=block,
+        atol=atol,
+        rtol=rtol,
+        group_norm=group_norm,
+        fold_shuffle=fold_shuffle,
+        force=force,
+    )
+    result = api.export(
+        ckpt,
+        output,
+        options,
+        layout=layout,
+        overrides=overrides,
+        image=image,
+        simplify=passes if simplify else None,
+        force=force,
+        option_files=[names_file] if names_file else [],
+        progress=PROGRESS,
+    )
     _lines(export_summary(result.record))
     if result.simplified:
         _print_simplified(result.simplified)
@@ -326,8 +366,17 @@ def simplify(
     force: ForceOpt = False,
 ) -> None:
     """Simplify the attention graph for a target; every pass is checked against the previous graph."""
-    passes = api.SimplifyOptions(target=target, attention=attention, block=block, heads=heads, atol=atol, rtol=rtol,
-                                 group_norm=group_norm, fold_shuffle=fold_shuffle, force=force)  # fmt: skip
+    passes = api.SimplifyOptions(
+        target=target,
+        attention=attention,
+        block=block,
+        heads=heads,
+        atol=atol,
+        rtol=rtol,
+        group_norm=group_norm,
+        fold_shuffle=fold_shuffle,
+        force=force,
+    )
     _print_simplified(api.simplify_model_file(model, output, passes, PROGRESS))
 
 
@@ -391,11 +440,24 @@ def quantize(
 ) -> None:
     """FP16 or INT8 ONNX from an FP32 ONNX, measured against it on calibration images. INT8 is a Q/DQ model for
     TensorRT by default, or with --target ort one that ONNX Runtime's CPU provider runs with integer kernels."""
-    options = api.QuantizeOptions(calib=calib, plain=plain, method=method, count=count, seed=seed, split=split,
-                                  max_miou_drop=max_miou_drop, data=data, exclude=tuple(exclude or ()),
-                                  recalibrate=recalibrate, cache_dir=cache_dir, target=target, cpu=cpu,
-                                  ignore_unknown_labels=ignore_unknown_labels,
-                                  allow_unlabeled=allow_unlabeled, force=force)  # fmt: skip
+    options = api.QuantizeOptions(
+        calib=calib,
+        plain=plain,
+        method=method,
+        count=count,
+        seed=seed,
+        split=split,
+        max_miou_drop=max_miou_drop,
+        data=data,
+        exclude=tuple(exclude or ()),
+        recalibrate=recalibrate,
+        cache_dir=cache_dir,
+        target=target,
+        cpu=cpu,
+        ignore_unknown_labels=ignore_unknown_labels,
+        allow_unlabeled=allow_unlabeled,
+        force=force,
+    )
     with warnings_as_lines():
         result = api.quantize(model, output, Precision.FP16 if fp16 else Precision.INT8, options, PROGRESS)
     _lines(fp16_lines(result.record) if fp16 else int8_lines(result.record, result.budget))
@@ -436,11 +498,17 @@ def build_engine(
     }
     precision = Precision.INT8 if int8 else Precision.FP16 if fp16 else Precision.FP32
     options = BuildOptions(
-        precision=precision, **shapes, workspace_mib=workspace,
-        timing_cache=str(timing_cache) if timing_cache else None, dla_core=dla_core, gpu_fallback=gpu_fallback,
-        version_compatible=version_compatible, hardware_compat=hardware_compat, builder_opt_level=builder_opt_level,
+        precision=precision,
+        **shapes,
+        workspace_mib=workspace,
+        timing_cache=str(timing_cache) if timing_cache else None,
+        dla_core=dla_core,
+        gpu_fallback=gpu_fallback,
+        version_compatible=version_compatible,
+        hardware_compat=hardware_compat,
+        builder_opt_level=builder_opt_level,
         calib=str(calib) if calib else None,
-    )  # fmt: skip
+    )
     if dry_run:
         result = api.plan_engine(model, options, tensorrt_version, dry_run=True)
         for note in result.notes:
@@ -498,13 +566,33 @@ def verify(
         scale_values = tuple(float(v) for v in scales.split(",")) if scales else (1.0,)
     except ValueError:
         raise DeployError(f"--scales: expected numbers like 0.75,1,1.25, got {scales!r}", EXIT_BAD_INPUT) from None
-    options = api.VerifyOptions(split=split, limit=limit, thresholds=tuple(threshold or ()),
-                                thresholds_file=thresholds_file, crop=crop, stride=stride, flip=flip,
-                                scales=scale_values, threads=threads, layout=layout,
-                                pytorch_fp16=pytorch_fp16, ignore_unknown_labels=ignore_unknown_labels,
-                                allow_unlabeled=allow_unlabeled, force=force)  # fmt: skip
-    result = api.verify(data, ckpt, onnx or [], engine or [], options, json_path=json_path, report_dir=report_dir,
-                        benchmark_json=benchmark_json, progress=PROGRESS)  # fmt: skip
+    options = api.VerifyOptions(
+        split=split,
+        limit=limit,
+        thresholds=tuple(threshold or ()),
+        thresholds_file=thresholds_file,
+        crop=crop,
+        stride=stride,
+        flip=flip,
+        scales=scale_values,
+        threads=threads,
+        layout=layout,
+        pytorch_fp16=pytorch_fp16,
+        ignore_unknown_labels=ignore_unknown_labels,
+        allow_unlabeled=allow_unlabeled,
+        force=force,
+    )
+    result = api.verify(
+        data,
+        ckpt,
+        onnx or [],
+        engine or [],
+        options,
+        json_path=json_path,
+        report_dir=report_dir,
+        benchmark_json=benchmark_json,
+        progress=PROGRESS,
+    )
     _print_verify(result)
     api.check_verify_passed(result)
     out.print("[green]passed[/]")
@@ -539,8 +627,18 @@ def benchmark(
     force: ForceOpt = False,
 ) -> None:
     """Latency per backend: median/p90/p99, throughput, end-to-end vs compute, peak memory, each in its own process."""
-    result = api.benchmark(ckpt, onnx or [], engine or [], image=image, warmup=warmup, iterations=iterations,
-                           threads=threads, json_path=json_path, force=force, progress=PROGRESS)  # fmt: skip
+    result = api.benchmark(
+        ckpt,
+        onnx or [],
+        engine or [],
+        image=image,
+        warmup=warmup,
+        iterations=iterations,
+        threads=threads,
+        json_path=json_path,
+        force=force,
+        progress=PROGRESS,
+    )
     _print_benchmark(result)
 
 
@@ -592,8 +690,9 @@ def main() -> None:
         else:
             ctx = getattr(exc, "ctx", None)
             where = f"{ctx.command_path}: " if ctx is not None else ""
-            err.print(f"[red]error:[/] {escape(where + exc.format_message())} (see --help)", highlight=False,
-                      soft_wrap=True)  # fmt: skip
+            err.print(
+                f"[red]error:[/] {escape(where + exc.format_message())} (see --help)", highlight=False, soft_wrap=True
+            )
         code = EXIT_BAD_INPUT
     sys.exit(code if isinstance(code, int) else 0)
 

@@ -31,7 +31,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import BadInputError
+from danet_deploy.errors import BadInputError
 
 PathLike = str | os.PathLike[str]
 
@@ -97,8 +97,11 @@ def onnx_external_data(model: Path) -> list[Path]:
 
     def visit(graph: Any) -> None:
         attributes = [a for n in graph.node for a in n.attribute]
-        tensors = [*graph.initializer, *(a.t for a in attributes if a.HasField("t")),
-                   *(t for a in attributes for t in a.tensors)]  # fmt: skip
+        tensors = [
+            *graph.initializer,
+            *(a.t for a in attributes if a.HasField("t")),
+            *(t for a in attributes for t in a.tensors),
+        ]
         for tensor in tensors:
             if tensor.data_location == onnx.TensorProto.EXTERNAL:
                 locations.update(e.value for e in tensor.external_data if e.key == "location")
@@ -128,14 +131,19 @@ def check_output(path: PathLike, inputs: Iterable[PathLike | None] = ()) -> Path
             raise BadInputError(f"{target}: is also an input of this command; write the output to another path")
         if resolved.exists() and source_path.is_dir() and _inside(resolved, source_path.resolve()):
             raise BadInputError(f"{target}: is a file of the input folder {source_path}; write the output elsewhere")
-        if (resolved.is_file() and source_path.suffix == ".onnx" and source_path.is_file()
-                and any(same_file(target, data) for data in onnx_external_data(source_path))):  # fmt: skip
+        if (
+            resolved.is_file()
+            and source_path.suffix == ".onnx"
+            and source_path.is_file()
+            and any(same_file(target, data) for data in onnx_external_data(source_path))
+        ):
             raise BadInputError(f"{target}: holds the external data of the input {source_path}; write elsewhere")
     if target.is_dir():
         raise BadInputError(f"{target}: is a folder; give a file path for the output")
     if (target.exists() or target.is_symlink()) and not resolved.is_file():
-        raise BadInputError(f"{target}: is not a regular file (a device, FIFO, socket or dangling link); "
-                            "outputs only replace files")  # fmt: skip
+        raise BadInputError(
+            f"{target}: is not a regular file (a device, FIFO, socket or dangling link); outputs only replace files"
+        )
     folder = target.parent
     while not folder.exists():  # the writer creates missing folders; the nearest existing one must be writable
         folder = folder.parent

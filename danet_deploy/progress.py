@@ -43,9 +43,13 @@ class PeriodicLines:
     average so far), and when it ends."""
 
     def __init__(
-        self, description: str, total: int | None, write: Callable[[str], None], interval: float = 10.0,
+        self,
+        description: str,
+        total: int | None,
+        write: Callable[[str], None],
+        interval: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.description, self.total, self.write, self.interval, self.clock = description, total, write, interval, clock
         self.done = 0
         self.started = self.last = clock()

@@ -144,8 +144,16 @@ def main() -> None:
                 }
                 save_checkpoint(model, args.out, extra=extra)
                 best = (miou, step)
-    print(json.dumps({"best_val_miou": round(best[0], 2), "step": best[1], "out": str(args.out),
-                      "minutes": round((time.time() - t0) / 60, 1)}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "best_val_miou": round(best[0], 2),
+                "step": best[1],
+                "out": str(args.out),
+                "minutes": round((time.time() - t0) / 60, 1),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from danet_deploy.export import ExportOptions, export_onnx
 from danet_deploy.model import DANet, build_danet
 from danet_deploy.model.danet import ChannelAttention, PositionAttention
 
-from .tensorrt_gate import TensorRTGate, tensorrt_required
+from .support.tensorrt_gate import TensorRTGate, tensorrt_required
 
 TINY = ModelConfig(depth=18, base_width=8, stem_channels=(8, 8, 16), input_size=(64, 128))
 

@@ -116,8 +116,9 @@ def _external_data_kept(w: Workspace) -> Path:
     """A model saved with its weights in `ext.onnx.data` (both present)."""
     path = w.tmp / "ext.onnx"
     if not path.exists():
-        onnx.save(onnx.load(str(w.onnx)), str(path), save_as_external_data=True, location="ext.onnx.data",
-                  size_threshold=0)  # fmt: skip
+        onnx.save(
+            onnx.load(str(w.onnx)), str(path), save_as_external_data=True, location="ext.onnx.data", size_threshold=0
+        )
     return path
 
 
@@ -150,133 +151,391 @@ def _engine(w: Workspace) -> Path:
 
 CASES = [
     # 1. never over an input
-    Case("export-over-checkpoint", lambda w: ["export", w.ckpt, "-o", w.ckpt], 2, "is also an input",
-         unchanged=lambda w: [w.ckpt]),
-    Case("quantize-over-model", lambda w: ["quantize", w.onnx, "--calib", w.calib, "-o", w.onnx], 2,
-         "is also an input", unchanged=lambda w: [w.onnx]),
-    Case("verify-json-over-model", lambda w: ["verify", "--onnx", w.onnx, "--data", w.data, "--json", w.onnx], 2,
-         "is also an input", unchanged=lambda w: [w.onnx]),
-    Case("simplify-over-model", lambda w: ["simplify", w.onnx, "-o", w.onnx, "--target", "ort"], 2,
-         "is also an input", unchanged=lambda w: [w.onnx]),
-    Case("inspect-json-over-model", lambda w: ["inspect", w.onnx, "--json", w.onnx], 2, "is also an input",
-         unchanged=lambda w: [w.onnx]),
-    Case("benchmark-json-over-model", lambda w: ["benchmark", "--onnx", w.onnx, "--json", w.onnx], 2,
-         "is also an input", unchanged=lambda w: [w.onnx]),
-    Case("verify-json-over-a-data-image",
-         lambda w: ["verify", "--onnx", w.onnx, "--data", w.data, "--json",
-                    next(w.data.rglob("*_leftImg8bit.png"))], 2, "is a file of the input folder"),
-    Case("quantize-over-a-calibration-image", lambda w: ["quantize", w.onnx, "--fp16", "--calib", w.calib, "-o",
-                                                         w.calib / "c0.png"], 2, "is a file of the input folder"),
-    Case("verify-json-over-thresholds-file",
-         lambda w: ["verify", "--onnx", w.onnx, "--data", w.data, "--thresholds-file", w.file("th.json", "{}"),
-                    "--json", w.tmp / "th.json"], 2, "th.json: is also an input"),
-    Case("export-over-class-names-file",
-         lambda w: ["export", w.ckpt, "--class-names", w.file("names.txt", "\n".join(f"c{i}" for i in range(19))),
-                    "-o", w.tmp / "names.txt"], 2, "names.txt: is also an input"),
-    Case("output-over-external-data", lambda w: ["inspect", _external_data_kept(w), "--json", w.tmp / "ext.onnx.data"],
-         2, "holds the external data of the input"),
-    Case("inspect-json-over-engine-sidecar", lambda w: ["inspect", _engine(w), "--json", w.tmp / "fake.engine.json"],
-         2, "fake.engine.json: is also an input"),
+    Case(
+        "export-over-checkpoint",
+        lambda w: ["export", w.ckpt, "-o", w.ckpt],
+        2,
+        "is also an input",
+        unchanged=lambda w: [w.ckpt],
+    ),
+    Case(
+        "quantize-over-model",
+        lambda w: ["quantize", w.onnx, "--calib", w.calib, "-o", w.onnx],
+        2,
+        "is also an input",
+        unchanged=lambda w: [w.onnx],
+    ),
+    Case(
+        "verify-json-over-model",
+        lambda w: ["verify", "--onnx", w.onnx, "--data", w.data, "--json", w.onnx],
+        2,
+        "is also an input",
+        unchanged=lambda w: [w.onnx],
+    ),
+    Case(
+        "simplify-over-model",
+        lambda w: ["simplify", w.onnx, "-o", w.onnx, "--target", "ort"],
+        2,
+        "is also an input",
+        unchanged=lambda w: [w.onnx],
+    ),
+    Case(
+        "inspect-json-over-model",
+        lambda w: ["inspect", w.onnx, "--json", w.onnx],
+        2,
+        "is also an input",
+        unchanged=lambda w: [w.onnx],
+    ),
+    Case(
+        "benchmark-json-over-model",
+        lambda w: ["benchmark", "--onnx", w.onnx, "--json", w.onnx],
+        2,
+        "is also an input",
+        unchanged=lambda w: [w.onnx],
+    ),
+    Case(
+        "verify-json-over-a-data-image",
+        lambda w: ["verify", "--onnx", w.onnx, "--data", w.data, "--json", next(w.data.rglob("*_leftImg8bit.png"))],
+        2,
+        "is a file of the input folder",
+    ),
+    Case(
+        "quantize-over-a-calibration-image",
+        lambda w: ["quantize", w.onnx, "--fp16", "--calib", w.calib, "-o", w.calib / "c0.png"],
+        2,
+        "is a file of the input folder",
+    ),
+    Case(
+        "verify-json-over-thresholds-file",
+        lambda w: [
+            "verify",
+            "--onnx",
+            w.onnx,
+            "--data",
+            w.data,
+            "--thresholds-file",
+            w.file("th.json", "{}"),
+            "--json",
+            w.tmp / "th.json",
+        ],
+        2,
+        "th.json: is also an input",
+    ),
+    Case(
+        "export-over-class-names-file",
+        lambda w: [
+            "export",
+            w.ckpt,
+            "--class-names",
+            w.file("names.txt", "\n".join(f"c{i}" for i in range(19))),
+            "-o",
+            w.tmp / "names.txt",
+        ],
+        2,
+        "names.txt: is also an input",
+    ),
+    Case(
+        "output-over-external-data",
+        lambda w: ["inspect", _external_data_kept(w), "--json", w.tmp / "ext.onnx.data"],
+        2,
+        "holds the external data of the input",
+    ),
+    Case(
+        "inspect-json-over-engine-sidecar",
+        lambda w: ["inspect", _engine(w), "--json", w.tmp / "fake.engine.json"],
+        2,
+        "fake.engine.json: is also an input",
+    ),
     Case("output-is-a-fifo", lambda w: ["inspect", w.onnx, "--json", _fifo(w)], 2, "is not a regular file"),
-    Case("two-outputs-collide", lambda w: ["verify", "--onnx", w.onnx, "--data", w.data, "--report", w.tmp / "rep",
-                                           "--json", w.tmp / "rep" / "report.md"], 2, "collides with another output",
-         absent=lambda w: [w.tmp / "rep"]),
+    Case(
+        "two-outputs-collide",
+        lambda w: [
+            "verify",
+            "--onnx",
+            w.onnx,
+            "--data",
+            w.data,
+            "--report",
+            w.tmp / "rep",
+            "--json",
+            w.tmp / "rep" / "report.md",
+        ],
+        2,
+        "collides with another output",
+        absent=lambda w: [w.tmp / "rep"],
+    ),
     # 2. outputs checked before the work
     Case("unwritable-output", lambda w: ["export", w.ckpt, "-o", "/proc/danet.onnx"], 2, "cannot write"),
     Case("output-under-a-file", lambda w: ["export", w.ckpt, "-o", w.ckpt / "x.onnx"], 2, "is not a folder"),
-    Case("simplify-unknown-target-before-export",
-         lambda w: ["export", w.ckpt, "-o", w.tmp / "t.onnx", "--simplify", "--target", "banana"], 2, "banana",
-         absent=lambda w: [w.tmp / "t.onnx"]),
+    Case(
+        "simplify-unknown-target-before-export",
+        lambda w: ["export", w.ckpt, "-o", w.tmp / "t.onnx", "--simplify", "--target", "banana"],
+        2,
+        "banana",
+        absent=lambda w: [w.tmp / "t.onnx"],
+    ),
     # 7. invalid option values are exit 2 (not 1), before long work
-    Case("opset-99", lambda w: ["export", w.ckpt, "-o", w.tmp / "o.onnx", "--opset", "99"], 2, "--opset 99",
-         absent=lambda w: [w.tmp / "o.onnx"]),
+    Case(
+        "opset-99",
+        lambda w: ["export", w.ckpt, "-o", w.tmp / "o.onnx", "--opset", "99"],
+        2,
+        "--opset 99",
+        absent=lambda w: [w.tmp / "o.onnx"],
+    ),
     Case("negative-atol", lambda w: ["export", w.ckpt, "-o", w.tmp / "o.onnx", "--atol", "-1"], 2, "--atol"),
     Case("zero-std", lambda w: ["export", w.ckpt, "-o", w.tmp / "o.onnx", "--std", "0,0,0"], 2, "--std"),
     Case("nan-mean", lambda w: ["export", w.ckpt, "-o", w.tmp / "o.onnx", "--mean", "nan,0,0"], 2, "--mean"),
-    Case("huge-input-size", lambda w: ["export", w.ckpt, "-o", w.tmp / "o.onnx", "--input-size", "99999x99999"], 2,
-         "GiB", absent=lambda w: [w.tmp / "o.onnx"]),
-    Case("class-names-count", lambda w: ["export", w.ckpt, "-o", w.tmp / "o.onnx", "--class-names", "a,b"], 2,
-         "--class-names: 2 class names"),
-    Case("threshold-nan", lambda w: ["verify", "--onnx", w.onnx, "--data", w.data, "--threshold",
-                                     "fp32.max_abs_diff=nan"], 2, "--threshold"),
-    Case("threshold-agreement-5", lambda w: ["verify", "--onnx", w.onnx, "--data", w.data, "--threshold",
-                                             "fp32.min_pixel_agreement=5"], 2, "between 0 and 1"),
-    Case("thresholds-file-not-json", lambda w: ["verify", "--onnx", w.onnx, "--data", w.data, "--thresholds-file",
-                                                w.file("t.json", "{nope")], 2, "t.json"),
-    Case("thresholds-file-negative", lambda w: ["verify", "--onnx", w.onnx, "--data", w.data, "--thresholds-file",
-                                                w.file("n.json", json.dumps({"int8": {"max_miou_drop": -1}}))], 2,
-         "n.json: int8.max_miou_drop"),
-    Case("bad-exclude-regex-int8", lambda w: ["quantize", w.onnx, "--calib", w.calib, "--exclude", "[", "-o",
-                                              w.tmp / "q.onnx"], 2, "--exclude '['"),
-    Case("bad-exclude-regex-fp16", lambda w: ["quantize", w.onnx, "--fp16", "--exclude", "(", "-o",
-                                              w.tmp / "q.onnx"], 2, "--exclude '('"),
+    Case(
+        "huge-input-size",
+        lambda w: ["export", w.ckpt, "-o", w.tmp / "o.onnx", "--input-size", "99999x99999"],
+        2,
+        "GiB",
+        absent=lambda w: [w.tmp / "o.onnx"],
+    ),
+    Case(
+        "class-names-count",
+        lambda w: ["export", w.ckpt, "-o", w.tmp / "o.onnx", "--class-names", "a,b"],
+        2,
+        "--class-names: 2 class names",
+    ),
+    Case(
+        "threshold-nan",
+        lambda w: ["verify", "--onnx", w.onnx, "--data", w.data, "--threshold", "fp32.max_abs_diff=nan"],
+        2,
+        "--threshold",
+    ),
+    Case(
+        "threshold-agreement-5",
+        lambda w: ["verify", "--onnx", w.onnx, "--data", w.data, "--threshold", "fp32.min_pixel_agreement=5"],
+        2,
+        "between 0 and 1",
+    ),
+    Case(
+        "thresholds-file-not-json",
+        lambda w: ["verify", "--onnx", w.onnx, "--data", w.data, "--thresholds-file", w.file("t.json", "{nope")],
+        2,
+        "t.json",
+    ),
+    Case(
+        "thresholds-file-negative",
+        lambda w: [
+            "verify",
+            "--onnx",
+            w.onnx,
+            "--data",
+            w.data,
+            "--thresholds-file",
+            w.file("n.json", json.dumps({"int8": {"max_miou_drop": -1}})),
+        ],
+        2,
+        "n.json: int8.max_miou_drop",
+    ),
+    Case(
+        "bad-exclude-regex-int8",
+        lambda w: ["quantize", w.onnx, "--calib", w.calib, "--exclude", "[", "-o", w.tmp / "q.onnx"],
+        2,
+        "--exclude '['",
+    ),
+    Case(
+        "bad-exclude-regex-fp16",
+        lambda w: ["quantize", w.onnx, "--fp16", "--exclude", "(", "-o", w.tmp / "q.onnx"],
+        2,
+        "--exclude '('",
+    ),
     Case("unknown-option", lambda w: ["verify", "--onnx", w.onnx, "--bogus"], 2, "No such option: --bogus"),
     Case("missing-argument", lambda w: ["export"], 2, "Missing argument"),
     # unusable input files
     Case("missing-checkpoint", lambda w: ["export", w.tmp / "nope.pth", "-o", w.tmp / "o.onnx"], 2, "nope.pth"),
-    Case("truncated-checkpoint", lambda w: ["export", w.file("cut.pth", w.ckpt.read_bytes()[:999]), "-o",
-                                            w.tmp / "o.onnx"], 2, "cut.pth"),
+    Case(
+        "truncated-checkpoint",
+        lambda w: ["export", w.file("cut.pth", w.ckpt.read_bytes()[:999]), "-o", w.tmp / "o.onnx"],
+        2,
+        "cut.pth",
+    ),
     Case("empty-onnx", lambda w: ["inspect", w.file("empty.onnx", b"")], 2, "empty.onnx"),
-    Case("garbage-onnx", lambda w: ["verify", "--onnx", w.file("junk.onnx", b"\x00junk" * 50), "--data", w.data], 2,
-         "junk.onnx: not a readable ONNX model"),
-    Case("external-data-missing", lambda w: ["verify", "--onnx", _external_data_missing(w), "--data", w.data], 2,
-         "external.onnx"),
+    Case(
+        "garbage-onnx",
+        lambda w: ["verify", "--onnx", w.file("junk.onnx", b"\x00junk" * 50), "--data", w.data],
+        2,
+        "junk.onnx: not a readable ONNX model",
+    ),
+    Case(
+        "external-data-missing",
+        lambda w: ["verify", "--onnx", _external_data_missing(w), "--data", w.data],
+        2,
+        "external.onnx",
+    ),
     Case("missing-data-folder", lambda w: ["verify", "--onnx", w.onnx, "--data", w.tmp / "nodata"], 2, "nodata"),
     # 3. images: decompression bombs are refused, naming the file, before any inference
-    Case("bomb-in-verify-data", lambda w: ["verify", "--onnx", w.onnx, "--data", _bomb_in_data(w)], 2,
-         ("images/giant.png: ", "decompression-bomb limit")),
-    Case("bomb-benchmark-image", lambda w: ["benchmark", "--onnx", w.onnx, "--image", _bomb(w.tmp / "b.png")], 2,
-         ("b.png: ", "decompression-bomb limit")),
-    Case("bomb-export-parity-image", lambda w: ["export", w.ckpt, "-o", w.tmp / "o.onnx", "--image",
-                                                _bomb(w.tmp / "p.png")], 2, "decompression-bomb limit",
-         absent=lambda w: [w.tmp / "o.onnx"]),
+    Case(
+        "bomb-in-verify-data",
+        lambda w: ["verify", "--onnx", w.onnx, "--data", _bomb_in_data(w)],
+        2,
+        ("images/giant.png: ", "decompression-bomb limit"),
+    ),
+    Case(
+        "bomb-benchmark-image",
+        lambda w: ["benchmark", "--onnx", w.onnx, "--image", _bomb(w.tmp / "b.png")],
+        2,
+        ("b.png: ", "decompression-bomb limit"),
+    ),
+    Case(
+        "bomb-export-parity-image",
+        lambda w: ["export", w.ckpt, "-o", w.tmp / "o.onnx", "--image", _bomb(w.tmp / "p.png")],
+        2,
+        "decompression-bomb limit",
+        absent=lambda w: [w.tmp / "o.onnx"],
+    ),
     # 4. labels: unknown mask values and missing masks are exit 2 naming them
-    Case("unknown-mask-values", lambda w: ["verify", "--onnx", w.onnx, "--data", _unknown_values(w)], 2,
-         "masks/b.png: mask values 42 (6 pixels) are neither a class id (0-18) nor the ignore index 255"),
-    Case("partly-labeled", lambda w: ["verify", "--onnx", w.onnx, "--data", _partly_labeled(w), "--json",
-                                      w.tmp / "r.json"], 2, "2 of 3 images have no label file (images/b.png, "
-                                                             "images/c.png)", absent=lambda w: [w.tmp / "r.json"]),
-    Case("unknown-mask-values-in-miou-budget",
-         lambda w: ["quantize", w.onnx, "--calib", w.calib, "--max-miou-drop", "1", "--data", _unknown_values(w),
-                    "-o", w.tmp / "q.onnx"], 2, "masks/b.png: mask values 42", absent=lambda w: [w.tmp / "q.onnx"]),
-    Case("scales-on-static-model", lambda w: ["verify", "--onnx", w.onnx, "--data", w.data, "--scales", "0.5,1"], 2,
-         "fixed at 64x128"),
-    Case("simplify-atol-nan", lambda w: ["simplify", w.onnx, "-o", w.tmp / "s.onnx", "--target", "ort", "--atol",
-                                         "nan"], 2, "--atol nan"),
-    Case("simplify-rtol-negative", lambda w: ["simplify", w.onnx, "-o", w.tmp / "s.onnx", "--rtol", "-1"], 2,
-         "--rtol -1"),
-    Case("export-bad-attention-before-export", lambda w: ["export", w.ckpt, "-o", w.tmp / "o.onnx", "--simplify",
-                                                          "--attention", "banana"], 2, "--attention 'banana'",
-         absent=lambda w: [w.tmp / "o.onnx"]),
-    Case("max-miou-drop-nan", lambda w: ["quantize", w.onnx, "--calib", w.calib, "--max-miou-drop", "nan", "--data",
-                                         w.data, "-o", w.tmp / "q.onnx"], 2, "--max-miou-drop nan"),
-    Case("negative-seed", lambda w: ["quantize", w.onnx, "--calib", w.calib, "--seed", "-5", "-o", w.tmp / "q.onnx"],
-         2, "--seed -5"),
-    Case("exclude-overflowing-regex", lambda w: ["quantize", w.onnx, "--calib", w.calib, "--exclude", "a{99999999999}",
-                                                 "-o", w.tmp / "q.onnx"], 2, "not a valid regular expression"),
-    Case("exclude-matching-nothing", lambda w: ["quantize", w.onnx, "--fp16", "--exclude", "zzz_no_such_node", "-o",
-                                                w.tmp / "q.onnx"], 2, "matches no node"),
+    Case(
+        "unknown-mask-values",
+        lambda w: ["verify", "--onnx", w.onnx, "--data", _unknown_values(w)],
+        2,
+        "masks/b.png: mask values 42 (6 pixels) are neither a class id (0-18) nor the ignore index 255",
+    ),
+    Case(
+        "partly-labeled",
+        lambda w: ["verify", "--onnx", w.onnx, "--data", _partly_labeled(w), "--json", w.tmp / "r.json"],
+        2,
+        "2 of 3 images have no label file (images/b.png, images/c.png)",
+        absent=lambda w: [w.tmp / "r.json"],
+    ),
+    Case(
+        "unknown-mask-values-in-miou-budget",
+        lambda w: [
+            "quantize",
+            w.onnx,
+            "--calib",
+            w.calib,
+            "--max-miou-drop",
+            "1",
+            "--data",
+            _unknown_values(w),
+            "-o",
+            w.tmp / "q.onnx",
+        ],
+        2,
+        "masks/b.png: mask values 42",
+        absent=lambda w: [w.tmp / "q.onnx"],
+    ),
+    Case(
+        "scales-on-static-model",
+        lambda w: ["verify", "--onnx", w.onnx, "--data", w.data, "--scales", "0.5,1"],
+        2,
+        "fixed at 64x128",
+    ),
+    Case(
+        "simplify-atol-nan",
+        lambda w: ["simplify", w.onnx, "-o", w.tmp / "s.onnx", "--target", "ort", "--atol", "nan"],
+        2,
+        "--atol nan",
+    ),
+    Case(
+        "simplify-rtol-negative", lambda w: ["simplify", w.onnx, "-o", w.tmp / "s.onnx", "--rtol", "-1"], 2, "--rtol -1"
+    ),
+    Case(
+        "export-bad-attention-before-export",
+        lambda w: ["export", w.ckpt, "-o", w.tmp / "o.onnx", "--simplify", "--attention", "banana"],
+        2,
+        "--attention 'banana'",
+        absent=lambda w: [w.tmp / "o.onnx"],
+    ),
+    Case(
+        "max-miou-drop-nan",
+        lambda w: [
+            "quantize",
+            w.onnx,
+            "--calib",
+            w.calib,
+            "--max-miou-drop",
+            "nan",
+            "--data",
+            w.data,
+            "-o",
+            w.tmp / "q.onnx",
+        ],
+        2,
+        "--max-miou-drop nan",
+    ),
+    Case(
+        "negative-seed",
+        lambda w: ["quantize", w.onnx, "--calib", w.calib, "--seed", "-5", "-o", w.tmp / "q.onnx"],
+        2,
+        "--seed -5",
+    ),
+    Case(
+        "exclude-overflowing-regex",
+        lambda w: ["quantize", w.onnx, "--calib", w.calib, "--exclude", "a{99999999999}", "-o", w.tmp / "q.onnx"],
+        2,
+        "not a valid regular expression",
+    ),
+    Case(
+        "exclude-matching-nothing",
+        lambda w: ["quantize", w.onnx, "--fp16", "--exclude", "zzz_no_such_node", "-o", w.tmp / "q.onnx"],
+        2,
+        "matches no node",
+    ),
     Case("scales-nan", lambda w: ["verify", "--onnx", w.onnx, "--data", w.data, "--scales", "nan"], 2, "--scales nan"),
-    Case("scales-too-large", lambda w: ["verify", "--onnx", w.onnx, "--data", w.data, "--scales", "100"], 2,
-         "(0, 4]"),
+    Case("scales-too-large", lambda w: ["verify", "--onnx", w.onnx, "--data", w.data, "--scales", "100"], 2, "(0, 4]"),
     Case("unknown-op-simplify", lambda w: ["simplify", _unknown_op(w), "-o", w.tmp / "s.onnx"], 2, "'NoSuchOp'"),
-    Case("unknown-op-quantize", lambda w: ["quantize", _unknown_op(w), "--fp16", "-o", w.tmp / "s.onnx"], 2,
-         "'NoSuchOp'"),
+    Case(
+        "unknown-op-quantize", lambda w: ["quantize", _unknown_op(w), "--fp16", "-o", w.tmp / "s.onnx"], 2, "'NoSuchOp'"
+    ),
     Case("unknown-op-verify", lambda w: ["verify", "--onnx", _unknown_op(w), "--data", w.data], 2, "'NoSuchOp'"),
-    Case("benchmark-json-without-timings",
-         lambda w: ["verify", "--onnx", w.onnx, "--data", w.data, "--report", w.tmp / "r", "--benchmark-json",
-                    w.file("bj.json", json.dumps({"backends": [{"name": "x"}]}))], 2, "bj.json: backend 0"),
-    Case("class-names-not-utf8", lambda w: ["export", w.ckpt, "--class-names", w.file("latin.txt", b"caf\xe9\n"),
-                                            "-o", w.tmp / "o.onnx"], 2, "not a readable UTF-8 text file"),
-    Case("class-names-missing-file", lambda w: ["export", w.ckpt, "--class-names", "nonexist.txt", "-o",
-                                                w.tmp / "o.onnx"], 2, "--class-names nonexist.txt: no such file"),
-    Case("class-names-repeat", lambda w: ["export", w.ckpt, "--class-names", "road,road," + ",".join(
-        f"c{i}" for i in range(17)), "-o", w.tmp / "o.onnx"], 2, "--class-names road,road"),
-    Case("tensorrt-version-9", lambda w: ["build-engine", w.onnx, "--fp16", "--dry-run", "--tensorrt-version", "9.0"],
-         2, "TensorRT 9.0: danet-deploy builds with TensorRT 8.6, 10.x and 11.x"),
-    Case("ort-int8-to-tensorrt", lambda w: ["build-engine", w.made["ort_int8"], "--int8", "--dry-run", "-o",
-                                            w.tmp / "e.engine"], 2, "ONNX Runtime"),
-]  # fmt: skip
+    Case(
+        "benchmark-json-without-timings",
+        lambda w: [
+            "verify",
+            "--onnx",
+            w.onnx,
+            "--data",
+            w.data,
+            "--report",
+            w.tmp / "r",
+            "--benchmark-json",
+            w.file("bj.json", json.dumps({"backends": [{"name": "x"}]})),
+        ],
+        2,
+        "bj.json: backend 0",
+    ),
+    Case(
+        "class-names-not-utf8",
+        lambda w: ["export", w.ckpt, "--class-names", w.file("latin.txt", b"caf\xe9\n"), "-o", w.tmp / "o.onnx"],
+        2,
+        "not a readable UTF-8 text file",
+    ),
+    Case(
+        "class-names-missing-file",
+        lambda w: ["export", w.ckpt, "--class-names", "nonexist.txt", "-o", w.tmp / "o.onnx"],
+        2,
+        "--class-names nonexist.txt: no such file",
+    ),
+    Case(
+        "class-names-repeat",
+        lambda w: [
+            "export",
+            w.ckpt,
+            "--class-names",
+            "road,road," + ",".join(f"c{i}" for i in range(17)),
+            "-o",
+            w.tmp / "o.onnx",
+        ],
+        2,
+        "--class-names road,road",
+    ),
+    Case(
+        "tensorrt-version-9",
+        lambda w: ["build-engine", w.onnx, "--fp16", "--dry-run", "--tensorrt-version", "9.0"],
+        2,
+        "TensorRT 9.0: danet-deploy builds with TensorRT 8.6, 10.x and 11.x",
+    ),
+    Case(
+        "ort-int8-to-tensorrt",
+        lambda w: ["build-engine", w.made["ort_int8"], "--int8", "--dry-run", "-o", w.tmp / "e.engine"],
+        2,
+        "ONNX Runtime",
+    ),
+]
 
 
 @pytest.fixture(scope="module")
@@ -292,8 +551,9 @@ def workspace(tiny_ckpt: Path, fp32_onnx: Path, city_data: Path, tmp_path_factor
     for seed in range(4):
         Image.fromarray(generate_scene(300 + seed, 64, 128).image).save(calib / f"c{seed}.png")
     w = Workspace(tiny_ckpt, fp32_onnx, city_data, calib, root)
-    w.made["ort_int8"], _ = quantize_int8(fp32_onnx, calib, root / "ort.int8.onnx", method="max", target="ort",
-                                          cache_dir=root / "cache")  # fmt: skip
+    w.made["ort_int8"], _ = quantize_int8(
+        fp32_onnx, calib, root / "ort.int8.onnx", method="max", target="ort", cache_dir=root / "cache"
+    )
     return w
 
 
@@ -398,8 +658,9 @@ def test_ctrl_c_in_a_stage_is_one_line_exit_130_and_leaves_nothing(tmp_path: Pat
         sys.argv = ["danet-deploy", "export", "ckpt.pth", "-o", {str(tmp_path / "out.onnx")!r}]
         cli.main()
     """)
-    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + 120
     while not (tmp_path / "ready").exists():
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()
@@ -418,14 +679,34 @@ def test_label_opt_ins_evaluate_and_say_so_in_every_report(workspace: Workspace)
     was ignored or left out (the terminal, report.json, report.md and report.html)."""
     w = workspace
     out = w.tmp / "optin"
-    result = run("verify", "--onnx", w.onnx, "--data", _unknown_values(w), "--ignore-unknown-labels", "--json",
-                 out / "u.json", cwd=w.tmp)  # fmt: skip
+    result = run(
+        "verify",
+        "--onnx",
+        w.onnx,
+        "--data",
+        _unknown_values(w),
+        "--ignore-unknown-labels",
+        "--json",
+        out / "u.json",
+        cwd=w.tmp,
+    )
     assert result.returncode == 0, result.stderr
     assert "6 pixels in 1 masks hold values that are not class ids and were counted as ignored" in result.stdout
     report = json.loads((out / "u.json").read_text())
     assert report["label_check"]["unknown_values"] == {"42": 6} and report["images"] == 2
-    result = run("verify", "--onnx", w.onnx, "--data", _partly_labeled(w), "--allow-unlabeled", "--report",
-                 out / "p", "--json", out / "p.json", cwd=w.tmp)  # fmt: skip
+    result = run(
+        "verify",
+        "--onnx",
+        w.onnx,
+        "--data",
+        _partly_labeled(w),
+        "--allow-unlabeled",
+        "--report",
+        out / "p",
+        "--json",
+        out / "p.json",
+        cwd=w.tmp,
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads((out / "p.json").read_text())
     assert report["images"] == 1 and report["labeled"] and report["backends"][0]["miou"] is not None
@@ -434,9 +715,24 @@ def test_label_opt_ins_evaluate_and_say_so_in_every_report(workspace: Workspace)
     assert note in result.stdout and note in (out / "p" / "report.md").read_text()
     assert note in (out / "p" / "report.html").read_text()
     # The same opt-in reaches the mIoU budget's evaluations in quantize.
-    result = run("quantize", w.onnx, "--calib", w.calib, "--method", "max", "--max-miou-drop", "100", "--data",
-                 _unknown_values(w), "--ignore-unknown-labels", "--cache-dir", out / "cache", "-o", out / "q.onnx",
-                 cwd=w.tmp)  # fmt: skip
+    result = run(
+        "quantize",
+        w.onnx,
+        "--calib",
+        w.calib,
+        "--method",
+        "max",
+        "--max-miou-drop",
+        "100",
+        "--data",
+        _unknown_values(w),
+        "--ignore-unknown-labels",
+        "--cache-dir",
+        out / "cache",
+        "-o",
+        out / "q.onnx",
+        cwd=w.tmp,
+    )
     assert result.returncode == 0, result.stderr
     assert "counted as ignored" in result.stderr and (out / "q.onnx").is_file()
 
@@ -449,8 +745,21 @@ def test_calibration_skips_and_counts_decompression_bombs(workspace: Workspace) 
     for image in w.calib.iterdir():
         (calib / image.name).write_bytes(image.read_bytes())
     _bomb(calib / "giant.png")
-    result = run("quantize", w.onnx, "--calib", calib, "--method", "max", "--target", "ort", "--cache-dir",
-                 w.tmp / "cache", "-o", w.tmp / "bomb.int8.onnx", cwd=w.tmp)  # fmt: skip
+    result = run(
+        "quantize",
+        w.onnx,
+        "--calib",
+        calib,
+        "--method",
+        "max",
+        "--target",
+        "ort",
+        "--cache-dir",
+        w.tmp / "cache",
+        "-o",
+        w.tmp / "bomb.int8.onnx",
+        cwd=w.tmp,
+    )
     assert result.returncode == 0, result.stderr
     assert "skipped 1 image(s) over the decompression-bomb limit" in result.stderr
     assert "4 images from" in result.stdout  # the four real images, the bomb never decoded
@@ -496,22 +805,55 @@ INTERRUPT_STAGES = {
     "loading-libraries": ("import:torch", lambda w, o: ["export", w.ckpt, "-o", o / "m.onnx"]),
     # ModelOpt's native `lief` module: an interrupt inside a nanobind module's initialisation aborted the process
     # (C++ terminate, exit 134); it is held until the import finishes (the hold here lasts 5 s).
-    "quantize-native-import": ("import:lief", lambda w, o: ["quantize", w.onnx, "--fp16", "--calib", w.calib, "-o",
-                                                            o / "h.onnx"]),
+    "quantize-native-import": (
+        "import:lief",
+        lambda w, o: ["quantize", w.onnx, "--fp16", "--calib", w.calib, "-o", o / "h.onnx"],
+    ),
     "export-tracing": ("trace", lambda w, o: ["export", w.ckpt, "-o", o / "m.onnx"]),
     "export-parity": ("onnxruntime", lambda w, o: ["export", w.ckpt, "-o", o / "m.onnx"]),
     "simplify-pass-check": ("onnxruntime", lambda w, o: ["simplify", w.onnx, "-o", o / "s.onnx", "--target", "ort"]),
-    "quantize-fp16": ("onnxruntime", lambda w, o: ["quantize", w.onnx, "--fp16", "--calib", w.calib, "-o",
-                                                   o / "h.onnx"]),
-    "quantize-int8-tensorrt": ("onnxruntime", lambda w, o: ["quantize", w.onnx, "--calib", w.calib, "--cache-dir",
-                                                            o / "cache", "-o", o / "q.onnx"]),
-    "quantize-int8-ort": ("onnxruntime", lambda w, o: ["quantize", w.onnx, "--calib", w.calib, "--target", "ort",
-                                                       "--cache-dir", o / "cache", "-o", o / "q.onnx"]),
-    "verify": ("onnxruntime", lambda w, o: ["verify", "--ckpt", w.ckpt, "--onnx", w.onnx, "--data", w.data, "--json",
-                                            o / "r.json", "--report", o / "report"]),
+    "quantize-fp16": (
+        "onnxruntime",
+        lambda w, o: ["quantize", w.onnx, "--fp16", "--calib", w.calib, "-o", o / "h.onnx"],
+    ),
+    "quantize-int8-tensorrt": (
+        "onnxruntime",
+        lambda w, o: ["quantize", w.onnx, "--calib", w.calib, "--cache-dir", o / "cache", "-o", o / "q.onnx"],
+    ),
+    "quantize-int8-ort": (
+        "onnxruntime",
+        lambda w, o: [
+            "quantize",
+            w.onnx,
+            "--calib",
+            w.calib,
+            "--target",
+            "ort",
+            "--cache-dir",
+            o / "cache",
+            "-o",
+            o / "q.onnx",
+        ],
+    ),
+    "verify": (
+        "onnxruntime",
+        lambda w, o: [
+            "verify",
+            "--ckpt",
+            w.ckpt,
+            "--onnx",
+            w.onnx,
+            "--data",
+            w.data,
+            "--json",
+            o / "r.json",
+            "--report",
+            o / "report",
+        ],
+    ),
     "benchmark-worker": ("onnxruntime", lambda w, o: ["benchmark", "--onnx", w.onnx, "--json", o / "b.json"]),
     "demo": ("onnxruntime", lambda w, o: ["demo"]),
-}  # fmt: skip
+}
 
 
 @pytest.mark.slow
@@ -529,14 +871,26 @@ def test_ctrl_c_in_every_stage(stage: str, workspace: Workspace, tmp_path: Path)
     out.mkdir()
     marker = tmp_path / "reached"
     env = {k: v for k, v in os.environ.items() if k != "DANET_DEPLOY_DEBUG"}
-    env.update(PYTHONPATH=str(hook), DANET_TEST_HOLD=where, DANET_TEST_HOLD_MARKER=str(marker), COLUMNS="200",
-               DANET_DEPLOY_CACHE=str(tmp_path / "cache"),
-               DANET_TEST_HOLD_SECONDS="5" if where == "import:lief" else "120")  # fmt: skip
+    env.update(
+        PYTHONPATH=str(hook),
+        DANET_TEST_HOLD=where,
+        DANET_TEST_HOLD_MARKER=str(marker),
+        COLUMNS="200",
+        DANET_DEPLOY_CACHE=str(tmp_path / "cache"),
+        DANET_TEST_HOLD_SECONDS="5" if where == "import:lief" else "120",
+    )
     before = {_digest(p) for p in (workspace.ckpt, workspace.onnx)}
     log = tmp_path / "stderr.txt"
     with log.open("w") as stderr_file:
-        process = subprocess.Popen([*CLI, *map(str, args(workspace, out))], cwd=out, env=env, stdout=subprocess.PIPE,
-                                   stderr=stderr_file, text=True, start_new_session=True)  # fmt: skip
+        process = subprocess.Popen(
+            [*CLI, *map(str, args(workspace, out))],
+            cwd=out,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=stderr_file,
+            text=True,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 300
         while not marker.exists():
             assert process.poll() is None, log.read_text()  # finished or failed before reaching the stage

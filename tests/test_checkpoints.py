@@ -22,7 +22,7 @@ from danet_deploy.checkpoints import Layout, load_checkpoint, save_checkpoint
 from danet_deploy.config import CONTRACTED_DILATIONS, MULTI_GRID_DILATIONS
 from danet_deploy.errors import BadInputError
 
-from .upstream_reference import MMSegDANet, OfficialDANet, randomize_
+from .support.upstream_reference import MMSegDANet, OfficialDANet, randomize_
 
 WIDTH = 8  # ResNet base width (64 in the real models)
 NUM_CLASSES = 5

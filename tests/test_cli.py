@@ -128,9 +128,14 @@ def test_demo_runs_the_whole_pipeline(tmp_path: Path) -> None:
     report = json.loads((workdir / "report.json").read_text())
     assert report["passed"] and report["images"] == 24
     backends = {b["name"]: b for b in report["backends"]}
-    assert list(backends) == ["pytorch", "onnxruntime:demo.onnx", "onnxruntime:demo.ort.onnx",
-                              "onnxruntime:demo.fp16.onnx", "onnxruntime:demo.int8.onnx",
-                              "onnxruntime:demo.int8.ort.onnx"]  # fmt: skip
+    assert list(backends) == [
+        "pytorch",
+        "onnxruntime:demo.onnx",
+        "onnxruntime:demo.ort.onnx",
+        "onnxruntime:demo.fp16.onnx",
+        "onnxruntime:demo.int8.onnx",
+        "onnxruntime:demo.int8.ort.onnx",
+    ]
     assert [b["precision"] for b in backends.values()] == ["fp32", "fp32", "fp32", "fp16", "int8", "int8"]
     assert [b["quantized_for"] for b in backends.values()][-2:] == ["tensorrt", "onnxruntime"]
     assert "int8 (TensorRT)" in result.stdout and "int8 (ONNX Runtime)" in result.stdout
@@ -145,8 +150,9 @@ def test_demo_runs_the_whole_pipeline(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_benchmark_reports_latency_per_backend(exported: Path, tiny_ckpt: Path, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    result = run("benchmark", "--ckpt", tiny_ckpt, "--onnx", exported, "--warmup", "1", "--iterations", "3",
-                 "--json", out)  # fmt: skip
+    result = run(
+        "benchmark", "--ckpt", tiny_ckpt, "--onnx", exported, "--warmup", "1", "--iterations", "3", "--json", out
+    )
     assert result.returncode == 0, result.stderr
     backends = json.loads(out.read_text())["backends"]
     assert [b["kind"] for b in backends] == ["pytorch", "onnxruntime"]
@@ -164,8 +170,9 @@ def test_quantize_option_errors(exported: Path, tmp_path: Path) -> None:
     out = tmp_path / "q.onnx"
     assert_one_line_error(run("quantize", exported, "-o", out), 2, "INT8 needs --calib")
     assert_one_line_error(run("quantize", exported, "-o", out, "--plain"), 2, "--plain goes with --fp16")
-    assert_one_line_error(run("quantize", exported, "-o", out, "--calib", tmp_path, "--max-miou-drop", "1"), 2,
-                          "needs --data")  # fmt: skip
+    assert_one_line_error(
+        run("quantize", exported, "-o", out, "--calib", tmp_path, "--max-miou-drop", "1"), 2, "needs --data"
+    )
     assert_one_line_error(run("quantize", exported, "-o", out, "--calib", tmp_path / "none"), 2, "none")
     assert not out.exists()
 

@@ -49,9 +49,14 @@ def dynamic_onnx(tiny_model: DANet, tmp_path_factory: pytest.TempPathFactory) ->
     ],
 )
 def test_precision_path_per_tensorrt_version(
-    static_onnx: Path, version: str, precision: str, path: str, builder_flags: list[str], network_suffix: str,
+    static_onnx: Path,
+    version: str,
+    precision: str,
+    path: str,
+    builder_flags: list[str],
+    network_suffix: str,
     pinned: bool,
-) -> None:  # fmt: skip
+) -> None:
     options = BuildOptions(precision=precision, calib="calibration/images" if precision == "int8" else None)
     plan = plan_build(static_onnx, options, version)
     assert plan.path == path
@@ -99,12 +104,23 @@ def test_dla_plan_notes(static_onnx: Path) -> None:
 
 def _sidecar(**changes: object) -> EngineSidecar:
     base = EngineSidecar(
-        tensorrt_version="10.3.0", gpu_name="Orin", compute_capability="8.7", cuda_version="12.6", precision="fp16",
-        build_path="weakly typed", profiles=[{"image": [[1, 3, 64, 128]] * 3}], source_onnx="m.onnx",
-        source_onnx_sha256="a", network_onnx_sha256="a", model_config=TINY.to_dict(), build_options={},
-        build_seconds=1.0, engine_sha256="b", created="2026-11-21T00:00:00+00:00",
+        tensorrt_version="10.3.0",
+        gpu_name="Orin",
+        compute_capability="8.7",
+        cuda_version="12.6",
+        precision="fp16",
+        build_path="weakly typed",
+        profiles=[{"image": [[1, 3, 64, 128]] * 3}],
+        source_onnx="m.onnx",
+        source_onnx_sha256="a",
+        network_onnx_sha256="a",
+        model_config=TINY.to_dict(),
+        build_options={},
+        build_seconds=1.0,
+        engine_sha256="b",
+        created="2026-11-21T00:00:00+00:00",
         input_spec=InputSpec(batch=1, height=64, width=128).to_dict(),
-    )  # fmt: skip
+    )
     return replace(base, **changes)  # type: ignore[arg-type]
 
 
@@ -158,11 +174,23 @@ def test_cli_without_tensorrt(static_onnx: Path, tmp_path: Path) -> None:
     except DeployError:
         pass
     engine = tmp_path / "m.engine"
-    assert_one_line_error(run("build-engine", static_onnx, "--fp16", "-o", engine), 3, "TensorRT is not installed",
-                          "danet-deploy[tensorrt]")  # fmt: skip
+    assert_one_line_error(
+        run("build-engine", static_onnx, "--fp16", "-o", engine),
+        3,
+        "TensorRT is not installed",
+        "danet-deploy[tensorrt]",
+    )
     assert list(tmp_path.iterdir()) == []
-    result = run("build-engine", static_onnx, "--fp16", "--dry-run", "--tensorrt-version", "10.3", "--plan-json",
-                 tmp_path / "plan.json")  # fmt: skip
+    result = run(
+        "build-engine",
+        static_onnx,
+        "--fp16",
+        "--dry-run",
+        "--tensorrt-version",
+        "10.3",
+        "--plan-json",
+        tmp_path / "plan.json",
+    )
     assert result.returncode == 0, result.stderr
     assert "weakly typed" in result.stdout and "pinned FP32" in result.stdout
     assert json.loads((tmp_path / "plan.json").read_text())["builder_flags"] == ["FP16", "OBEY_PRECISION_CONSTRAINTS"]
@@ -209,8 +237,14 @@ def test_inspect_engine_without_tensorrt_shows_the_sidecar(tmp_path: Path) -> No
     audit = audit_engine(layers, "fp16", ["/head/cam/MatMul", "/head/cam/Softmax"])
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"plan bytes")
-    write_sidecar(engine, _sidecar(engine_layers=audit.to_dict(), platform="Jetson AGX Orin Developer Kit (JetPack "
-                                   "6.2, Jetson Linux 36.4.3)", build_options={"workspace_mib": 512}))  # fmt: skip
+    write_sidecar(
+        engine,
+        _sidecar(
+            engine_layers=audit.to_dict(),
+            platform="Jetson AGX Orin Developer Kit (JetPack 6.2, Jetson Linux 36.4.3)",
+            build_options={"workspace_mib": 512},
+        ),
+    )
     result = run("inspect", engine, "--json", tmp_path / "inspect.json")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()

@@ -25,22 +25,48 @@ from danet_deploy.engine.system import (
 )
 from danet_deploy.errors import EXIT_MISSING_DEPENDENCY, DeployError
 
-from .fake_system import H100, ORIN, FakeCuda, jetson_root
+from .support.fake_system import H100, ORIN, FakeCuda, jetson_root
 
 
 @pytest.mark.parametrize(
     ("release", "model", "l4t", "jetpack", "tensorrt", "no_dla"),
     [
-        ("# R36 (release), REVISION: 3.0, GCID: 36191598, BOARD: generic, EABI: aarch64, DATE: Mon May  6 17:34:21 "
-         "UTC 2024", "NVIDIA Jetson AGX Orin Developer Kit", "36.3.0", "6.0", "8.6", None),
-        ("# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64, DATE: Wed Jan  8 01:49:37 "
-         "UTC 2025", "NVIDIA Jetson Orin NX Engineering Reference Developer Kit", "36.4.3", "6.2", "10.3", None),
-        ("# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64", "NVIDIA Jetson Orin Nano "
-         "Developer Kit", "36.4.3", "6.2", "10.3", "Jetson Orin Nano has no DLA"),
-        ("# R38 (release), REVISION: 2.0, GCID: 41844464, BOARD: generic, EABI: aarch64", "NVIDIA Jetson AGX Thor "
-         "Developer Kit", "38.2.0", "7.0", "10.13", "Jetson Thor has no DLA"),
+        (
+            "# R36 (release), REVISION: 3.0, GCID: 36191598, BOARD: generic, EABI: aarch64, DATE: Mon May  6 17:34:21 "
+            "UTC 2024",
+            "NVIDIA Jetson AGX Orin Developer Kit",
+            "36.3.0",
+            "6.0",
+            "8.6",
+            None,
+        ),
+        (
+            "# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64, DATE: Wed Jan  8 01:49:37 "
+            "UTC 2025",
+            "NVIDIA Jetson Orin NX Engineering Reference Developer Kit",
+            "36.4.3",
+            "6.2",
+            "10.3",
+            None,
+        ),
+        (
+            "# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64",
+            "NVIDIA Jetson Orin Nano Developer Kit",
+            "36.4.3",
+            "6.2",
+            "10.3",
+            "Jetson Orin Nano has no DLA",
+        ),
+        (
+            "# R38 (release), REVISION: 2.0, GCID: 41844464, BOARD: generic, EABI: aarch64",
+            "NVIDIA Jetson AGX Thor Developer Kit",
+            "38.2.0",
+            "7.0",
+            "10.13",
+            "Jetson Thor has no DLA",
+        ),
     ],
-)  # fmt: skip
+)
 def test_jetson_is_recognised_from_its_release_files(
     tmp_path: Path, release: str, model: str, l4t: str, jetpack: str, tensorrt: str, no_dla: str | None
 ) -> None:
@@ -69,9 +95,13 @@ def test_x86_datacenter_machine(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "visible",
-    ["GPU-5a1c2d3e-4f50-6172-8394-a5b6c7d8e9f0", "MIG-1d2c3b4a-5f6e-7d8c-9bab-cdef01234567",
-     "MIG-GPU-5a1c2d3e-4f50-6172-8394-a5b6c7d8e9f0/1/0", "1,GPU-5a1c2d3e-4f50-6172-8394-a5b6c7d8e9f0"],
-)  # fmt: skip
+    [
+        "GPU-5a1c2d3e-4f50-6172-8394-a5b6c7d8e9f0",
+        "MIG-1d2c3b4a-5f6e-7d8c-9bab-cdef01234567",
+        "MIG-GPU-5a1c2d3e-4f50-6172-8394-a5b6c7d8e9f0/1/0",
+        "1,GPU-5a1c2d3e-4f50-6172-8394-a5b6c7d8e9f0",
+    ],
+)
 def test_cuda_visible_devices_ids_are_left_to_cuda(visible: str) -> None:
     """UUIDs and MIG ids are never parsed: CUDA applies them and numbers what is visible from 0."""
     mig = Gpu("NVIDIA A100-SXM4-40GB MIG 1g.5gb", "8.0", 4864 * 2**20, False, visible.split(",")[-1])

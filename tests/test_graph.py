@@ -82,7 +82,7 @@ def test_rewrites_are_exact_and_keep_dynamic_axes(dynamic_onnx: onnx.ModelProto,
 def test_pass_checks_compare_graphs_not_onnx_runtime_kernels(static_onnx: onnx.ModelProto) -> None:
     """The onnx-attention rewrite converts the model to opset 23, which ONNX Runtime's NCHWc layout pass leaves out:
     with that pass the check would measure two Conv kernels' rounding (R101 1024x2048: twice the tolerance)."""
-    from danet_deploy.export.artifact import onnxruntime_session
+    from danet_deploy.artifact import onnxruntime_session
 
     converted = onnx.version_converter.convert_version(copy.deepcopy(static_onnx), 23)
     x = np.random.default_rng(2).standard_normal((1, 3, 61, 99), dtype=np.float32)
@@ -120,9 +120,16 @@ def test_blocked_needs_static_shapes(dynamic_onnx: onnx.ModelProto) -> None:
 
 @pytest.mark.parametrize(
     ("target", "static", "form"),
-    [("trt8.6", True, "mha"), ("trt10.3", False, "mha"), ("trt10.14", False, "onnx-attention"),
-     ("trt11", True, "onnx-attention"), ("ort", True, "blocked"), ("ort", False, "naive"), (None, True, "naive")],
-)  # fmt: skip
+    [
+        ("trt8.6", True, "mha"),
+        ("trt10.3", False, "mha"),
+        ("trt10.14", False, "onnx-attention"),
+        ("trt11", True, "onnx-attention"),
+        ("ort", True, "blocked"),
+        ("ort", False, "naive"),
+        (None, True, "naive"),
+    ],
+)
 def test_target_defaults(
     dynamic_onnx: onnx.ModelProto, static_onnx: onnx.ModelProto, target: str | None, static: bool, form: str
 ) -> None:
@@ -180,11 +187,23 @@ def test_lint_resize_modes() -> None:
     scales = numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")
     cubic = helper.make_node("Resize", ["image", "", "scales"], ["logits"], name="up", mode="cubic")
     assert "resize-mode" in _codes(_single_op_model(cubic, [scales]), "trt10.3")
-    odd = helper.make_node("Resize", ["image", "", "scales"], ["logits"], name="up", mode="linear",
-                           coordinate_transformation_mode="half_pixel_symmetric")  # fmt: skip
+    odd = helper.make_node(
+        "Resize",
+        ["image", "", "scales"],
+        ["logits"],
+        name="up",
+        mode="linear",
+        coordinate_transformation_mode="half_pixel_symmetric",
+    )
     assert "resize-coordinates" in _codes(_single_op_model(odd, [scales]), "trt10.3")
-    good = helper.make_node("Resize", ["image", "", "scales"], ["logits"], name="up", mode="linear",
-                            coordinate_transformation_mode="align_corners")  # fmt: skip
+    good = helper.make_node(
+        "Resize",
+        ["image", "", "scales"],
+        ["logits"],
+        name="up",
+        mode="linear",
+        coordinate_transformation_mode="align_corners",
+    )
     assert _codes(_single_op_model(good, [scales]), "trt10.3") == set()
 
 
@@ -270,8 +289,11 @@ def test_cli_simplify_inspect_and_export_simplify(tiny_ckpt: Path, tmp_path: Pat
     assert "attention sites" in result.stdout and "mha" in result.stdout
     dynamic = tmp_path / "d.onnx"
     assert run("export", tiny_ckpt, "-o", dynamic, "--dynamic").returncode == 0
-    assert_one_line_error(run("simplify", dynamic, "-o", tmp_path / "x.onnx", "--target", "ort", "--attention",
-                              "blocked"), 2, "static shapes")  # fmt: skip
+    assert_one_line_error(
+        run("simplify", dynamic, "-o", tmp_path / "x.onnx", "--target", "ort", "--attention", "blocked"),
+        2,
+        "static shapes",
+    )
     assert_one_line_error(run("inspect", dynamic), 2, "--input-size")
     assert not (tmp_path / "x.onnx").exists()
     result = run("inspect", dynamic, "--input-size", "2048x2048", "--strict")

@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
+from danet_deploy.artifact import Precision
 from danet_deploy.data.datasets import open_dataset
 from danet_deploy.evaluate.protocols import EvalProtocol
 from danet_deploy.evaluate.verify import verify
-from danet_deploy.export.artifact import Precision
 from danet_deploy.report.html_report import collect_examples, write_html, write_markdown
 from danet_deploy.runners.pytorch import PyTorchRunner
 
@@ -78,8 +78,14 @@ def test_report_renders_in_headless_chromium(report_page: Path, tmp_path: Path) 
     """The page as a user sees it: rendered by Chromium, charts and image panels drawn, no script errors."""
     from playwright.sync_api import sync_playwright
 
-    args = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"]  # fmt: skip
+    args = [
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+    ]
     problems: list[str] = []
     shot = tmp_path / "shot.png"
     with sync_playwright() as p:

@@ -164,8 +164,11 @@ def test_unknown_mask_values_are_an_error_naming_mask_and_values(tmp_path: Path)
     label[2, :3] = 255  # ignored: fine
     root = _pair(tmp_path, {"a": label})
     rules = LabelRules(num_classes=19)
-    with pytest.raises(BadInputError, match=r"masks/a\.png: mask values 19, 200 \(7 pixels\) are neither a class id "
-                                            r"\(0-18\) nor the ignore index 255"):  # fmt: skip
+    with pytest.raises(
+        BadInputError,
+        match=r"masks/a\.png: mask values 19, 200 \(7 pixels\) are neither a class id "
+        r"\(0-18\) nor the ignore index 255",
+    ):
         open_dataset(root).checked(rules)
     opted = open_dataset(root).checked(LabelRules(num_classes=19, ignore_unknown=True))
     assert opted.label_check is not None and opted.label_check.unknown_values == {19: 5, 200: 2}

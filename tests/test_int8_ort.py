@@ -12,11 +12,11 @@ import pytest
 from onnx import TensorProto, numpy_helper
 from PIL import Image
 
+from danet_deploy.artifact import precision_label
 from danet_deploy.data.synthetic import generate_scene
 from danet_deploy.engine.plan import BuildOptions, plan_build
 from danet_deploy.errors import BadInputError
 from danet_deploy.export import OnnxModel, Precision
-from danet_deploy.export.artifact import precision_label
 from danet_deploy.graph.sites import find_sites
 from danet_deploy.precision import quantize_int8, quantize_with_budget
 from danet_deploy.precision.int8 import Int8Target
@@ -42,8 +42,15 @@ def calib_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def ort_int8(fp32_onnx: Path, calib_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     work = tmp_path_factory.mktemp("ort")
-    return quantize_int8(fp32_onnx, calib_dir, work / "tiny.int8.ort.onnx", method="max", target="ort",
-                         cpu="x86-vnni", cache_dir=work / "cache")  # fmt: skip
+    return quantize_int8(
+        fp32_onnx,
+        calib_dir,
+        work / "tiny.int8.ort.onnx",
+        method="max",
+        target="ort",
+        cpu="x86-vnni",
+        cache_dir=work / "cache",
+    )
 
 
 def _inits(model: onnx.ModelProto) -> dict[str, np.ndarray]:
@@ -84,8 +91,11 @@ def test_backbone_convs_run_as_integer_kernels_and_the_rules_keep_attention_and_
             assert all(c.op_type != "QuantizeLinear" for c in consumers.get(tensor, [])), name
     # Weights: int8, per output channel, zero point 0; activations: uint8 (ONNX Runtime's x86 operand).
     inits = _inits(model)
-    weight_dqs = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
-                  and inits[n.input[0]].ndim == 4]  # fmt: skip
+    weight_dqs = [
+        n
+        for n in model.graph.node
+        if n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].ndim == 4
+    ]
     assert weight_dqs
     for dq in weight_dqs:
         weight, scale, zero = (inits[i] for i in dq.input[:3])
@@ -131,8 +141,9 @@ def test_cpu_profiles_follow_the_instruction_set() -> None:
 
 
 def test_x86_without_vnni_gets_7_bit_weights(fp32_onnx: Path, calib_dir: Path, tmp_path: Path) -> None:
-    out, record = quantize_int8(fp32_onnx, calib_dir, tmp_path / "x86.onnx", method="max", target="ort", cpu="x86",
-                                cache_dir=tmp_path / "cache")  # fmt: skip
+    out, record = quantize_int8(
+        fp32_onnx, calib_dir, tmp_path / "x86.onnx", method="max", target="ort", cpu="x86", cache_dir=tmp_path / "cache"
+    )
     assert record.cpu_profile.reduce_range
     inits = _inits(onnx.load(str(out)))
     weights = [v for v in inits.values() if v.dtype == np.int8 and v.ndim == 4]
@@ -156,8 +167,16 @@ def test_each_target_has_its_own_cache_entry_and_a_hit_reproduces_the_model(
 
 def test_calibration_reports_each_image(fp32_onnx: Path, calib_dir: Path, tmp_path: Path) -> None:
     calls: list[tuple[int, int]] = []
-    quantize_int8(fp32_onnx, calib_dir, tmp_path / "p.onnx", method="entropy", target="ort", cpu="x86-vnni",
-                  cache_dir=tmp_path / "cache", on_image=lambda done, total: calls.append((done, total)))  # fmt: skip
+    quantize_int8(
+        fp32_onnx,
+        calib_dir,
+        tmp_path / "p.onnx",
+        method="entropy",
+        target="ort",
+        cpu="x86-vnni",
+        cache_dir=tmp_path / "cache",
+        on_image=lambda done, total: calls.append((done, total)),
+    )
     assert calls == [(i, CALIB_IMAGES) for i in range(1, CALIB_IMAGES + 1)]
 
 
@@ -170,9 +189,18 @@ def _quantized_convs(path: str | Path) -> set[str]:
 def test_budget_search_works_for_the_onnxruntime_target(fp32_onnx: Path, calib_dir: Path, tmp_path: Path) -> None:
     fake_miou: Callable[[Path], float] = lambda p: 50.0 - 0.1 * len(_quantized_convs(p))  # noqa: E731
     out, budget = quantize_with_budget(
-        fp32_onnx, calib_dir, tmp_path / "b.onnx", evaluate=fake_miou, eval_data="fake", eval_images=3,
-        max_miou_drop=1.0, method="max", cache_dir=tmp_path / "cache", target="ort", cpu="x86-vnni",
-    )  # fmt: skip
+        fp32_onnx,
+        calib_dir,
+        tmp_path / "b.onnx",
+        evaluate=fake_miou,
+        eval_data="fake",
+        eval_images=3,
+        max_miou_drop=1.0,
+        method="max",
+        cache_dir=tmp_path / "cache",
+        target="ort",
+        cpu="x86-vnni",
+    )
     assert budget.int8.target is Int8Target.ONNXRUNTIME and len(budget.steps) > 1 and budget.steps[-1].passed
     assert not _quantized_convs(out) & set(budget.steps[-1].excluded)
     assert OnnxModel.load(out).quantized_for == "onnxruntime"
@@ -198,8 +226,20 @@ def test_cli_quantize_inspect_verify_and_benchmark_label_the_onnxruntime_model(
     fp32_onnx: Path, calib_dir: Path, city_data: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "tiny.int8.ort.onnx"
-    result = run("quantize", fp32_onnx, "--calib", calib_dir, "--method", "max", "--target", "ort",
-                 "--cache-dir", tmp_path / "cache", "-o", out)  # fmt: skip
+    result = run(
+        "quantize",
+        fp32_onnx,
+        "--calib",
+        calib_dir,
+        "--method",
+        "max",
+        "--target",
+        "ort",
+        "--cache-dir",
+        tmp_path / "cache",
+        "-o",
+        out,
+    )
     assert result.returncode == 0, result.stderr
     assert "INT8 QDQ for ONNX Runtime" in result.stdout and "integer kernels" in result.stdout
     inspected = run("inspect", out, "--target", "ort", "--json", tmp_path / "i.json")
@@ -209,8 +249,21 @@ def test_cli_quantize_inspect_verify_and_benchmark_label_the_onnxruntime_model(
     convs = [k for k in info["onnxruntime_kernels"] if k["op_type"] == "Conv"]
     assert info["precision"] == "int8 (ONNX Runtime)"
     assert [k["integer"] for k in convs] == [True] * (len(convs) - 1) + [False]  # all but the classifier
-    verified = run("verify", "--onnx", fp32_onnx, "--onnx", out, "--data", city_data, "--json", tmp_path / "v.json",
-                   "--threshold", "int8.min_pixel_agreement=0", "--threshold", "int8.max_miou_drop=100")  # fmt: skip
+    verified = run(
+        "verify",
+        "--onnx",
+        fp32_onnx,
+        "--onnx",
+        out,
+        "--data",
+        city_data,
+        "--json",
+        tmp_path / "v.json",
+        "--threshold",
+        "int8.min_pixel_agreement=0",
+        "--threshold",
+        "int8.max_miou_drop=100",
+    )
     assert verified.returncode == 0, verified.stderr
     assert "int8 (ONNX Runtime)" in verified.stdout
     backends = json.loads((tmp_path / "v.json").read_text())["backends"]

@@ -16,14 +16,13 @@ import torch
 from onnx import numpy_helper
 from typer.testing import CliRunner
 
-from danet_deploy import api
+from danet_deploy.artifact import onnxruntime_session
+from danet_deploy.bounded_ort import query_blocks as bounded
+from danet_deploy.bounded_ort.query_blocks import bounded_model
+from danet_deploy.bounded_ort.segments import SegmentedRun
 from danet_deploy.cli import app
 from danet_deploy.data.synthetic import generate_scene
 from danet_deploy.export import ExportOptions, export_onnx
-from danet_deploy.export.artifact import onnxruntime_session
-from danet_deploy.graph import bounded
-from danet_deploy.graph.bounded import bounded_model
-from danet_deploy.graph.segments import SegmentedRun
 from danet_deploy.graph.shapes import infer_shapes
 from danet_deploy.graph.simplify import simplify_model
 from danet_deploy.model import DANet, PositionAttention, memory_efficient_attention
@@ -32,6 +31,7 @@ from danet_deploy.precision import bounded_calibration, convert_fp16, quantize_i
 from danet_deploy.precision.fp16 import fp16_check_session, fp16_session
 from danet_deploy.precision.probes import ActivationProbe, MagnitudeProbe, activation_tensors
 from danet_deploy.progress import PeriodicLines, duration
+from danet_deploy.steps import export as export_step
 
 from .conftest import TINY
 
@@ -90,8 +90,14 @@ def test_pam_in_query_blocks_equals_the_full_map_on_long_rows() -> None:
 def test_export_checks_parity_against_the_blocked_reference(
     tiny_model: DANet, tmp_path: Path, small_blocks: None
 ) -> None:
-    record = export_onnx(tiny_model, TINY, tmp_path / "m.onnx", ExportOptions(), generate_scene(1, 64, 128).image,
-                         check_session=api._check_session)  # fmt: skip
+    record = export_onnx(
+        tiny_model,
+        TINY,
+        tmp_path / "m.onnx",
+        ExportOptions(),
+        generate_scene(1, 64, 128).image,
+        check_session=export_step.parity_session,
+    )
     (parity,) = record.parity
     assert parity.passed and parity.shape == (1, 3, 64, 128)
     assert parity.onnx_evaluation.startswith("attention in query blocks of 16 (exact")
@@ -237,7 +243,7 @@ def _cli(*args: object) -> object:
 
 @pytest.fixture
 def no_memory(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("danet_deploy.memory.available_memory", lambda: 1 << 20)
+    monkeypatch.setattr("danet_deploy.memory_plan.available_memory", lambda: 1 << 20)
 
 
 @pytest.mark.parametrize("command", ["export", "simplify", "quantize", "verify", "benchmark"])
@@ -277,7 +283,7 @@ def test_force_goes_on_with_a_plan_that_does_not_fit(fp32_onnx: Path, tmp_path: 
 
 
 def test_the_plan_grows_with_the_input_and_blocks_large_attention() -> None:
-    from danet_deploy.memory import export_plan
+    from danet_deploy.memory_plan import export_plan
 
     small, full = (export_plan(190 << 20, 1, size, True, 19) for size in ((512, 1024), (1024, 2048)))
     assert full.peak.bytes > small.peak.bytes

@@ -272,8 +272,8 @@ def test_calibration_cache_is_keyed_by_content(
 
     assert run() is False
     calls: list[int] = []
-    real = int8_module._run_modelopt
-    monkeypatch.setattr(int8_module, "_run_modelopt", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = int8_module.run_modelopt
+    monkeypatch.setattr(int8_module, "run_modelopt", lambda *a, **k: calls.append(1) or real(*a, **k))
     assert run() is True and not calls  # hit: no calibration ran
     assert run(method="entropy") is False  # another method
     assert run(recalibrate=True) is False  # forced
@@ -307,10 +307,16 @@ def _verify_miou(data: Path) -> Callable[[Path], float]:
 
 def test_budget_met_by_full_int8(calib_dir: Path, fp32_onnx: Path, city_data: Path, tmp_path: Path) -> None:
     out, record = quantize_with_budget(
-        fp32_onnx, calib_dir, tmp_path / "b.onnx", evaluate=_verify_miou(city_data), eval_data=str(city_data),
-        eval_images=len(open_dataset(city_data, "val")), max_miou_drop=100.0, method="max",
+        fp32_onnx,
+        calib_dir,
+        tmp_path / "b.onnx",
+        evaluate=_verify_miou(city_data),
+        eval_data=str(city_data),
+        eval_images=len(open_dataset(city_data, "val")),
+        max_miou_drop=100.0,
+        method="max",
         cache_dir=tmp_path / "cache",
-    )  # fmt: skip
+    )
     assert len(record.steps) == 1 and record.steps[0].passed and record.steps[0].excluded == []
     assert record.sensitivity == [] and 0 <= record.fp32_miou <= 100 and record.eval_images == 3
     precision = {p.key: p.value for p in onnx.load(str(out)).metadata_props}[META_PRECISION]
@@ -326,9 +332,16 @@ def test_budget_search_keeps_most_sensitive_layers_fp32(
     calib_dir: Path, fp32_onnx: Path, city_data: Path, tmp_path: Path
 ) -> None:
     out, record = quantize_with_budget(
-        fp32_onnx, calib_dir, tmp_path / "b.onnx", evaluate=_fake_miou, eval_data=str(city_data), eval_images=3,
-        max_miou_drop=1.5, method="max", cache_dir=tmp_path / "cache",
-    )  # fmt: skip
+        fp32_onnx,
+        calib_dir,
+        tmp_path / "b.onnx",
+        evaluate=_fake_miou,
+        eval_data=str(city_data),
+        eval_images=3,
+        max_miou_drop=1.5,
+        method="max",
+        cache_dir=tmp_path / "cache",
+    )
     sizes = [len(s.excluded) for s in record.steps]
     assert sizes[0] == 0 and sizes == sorted(sizes) and len(set(sizes)) == len(sizes)
     assert [s.passed for s in record.steps] == [False] * (len(sizes) - 1) + [True]
@@ -342,10 +355,17 @@ def test_budget_search_keeps_most_sensitive_layers_fp32(
 def test_budget_never_met_writes_nothing(calib_dir: Path, fp32_onnx: Path, city_data: Path, tmp_path: Path) -> None:
     with pytest.raises(CheckFailedError, match="no INT8 mix met the mIoU budget"):
         quantize_with_budget(
-            fp32_onnx, calib_dir, tmp_path / "b.onnx", evaluate=lambda p: 50.0 if Path(p) == fp32_onnx else 40.0,
-            eval_data=str(city_data), eval_images=3, max_miou_drop=1.0, method="max", max_steps=2,
+            fp32_onnx,
+            calib_dir,
+            tmp_path / "b.onnx",
+            evaluate=lambda p: 50.0 if Path(p) == fp32_onnx else 40.0,
+            eval_data=str(city_data),
+            eval_images=3,
+            max_miou_drop=1.0,
+            method="max",
+            max_steps=2,
             cache_dir=tmp_path / "cache",
-        )  # fmt: skip
+        )
     assert not (tmp_path / "b.onnx").exists()
 
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from danet_deploy.artifact import InputSpec, Precision
 from danet_deploy.config import ModelConfig
 from danet_deploy.engine.sidecar import EngineSidecar, write_sidecar
 from danet_deploy.errors import BadInputError
 from danet_deploy.export import ExportOptions, export_onnx
-from danet_deploy.export.artifact import InputSpec, Precision
 from danet_deploy.runners import OnnxRuntimeRunner, PyTorchRunner, Runner, TensorRTRunner, activated, cpu_device
 
 from .conftest import TINY
@@ -144,12 +144,27 @@ def test_tensorrt_runner_reads_only_the_sidecar(tmp_path: Path) -> None:
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"not a plan")
     spec = InputSpec(layout="NHWC", dtype="uint8", batch=1, height=64, width=128)
-    write_sidecar(engine, EngineSidecar(
-        tensorrt_version="10.3.0", gpu_name="Orin", compute_capability="8.7", cuda_version="12.6", precision="int8",
-        build_path="strongly typed", profiles=[], source_onnx="m.onnx", source_onnx_sha256="a",
-        network_onnx_sha256="a", model_config=TINY.to_dict(), build_options={}, build_seconds=1.0,
-        engine_sha256="b", created="2026-11-21T00:00:00+00:00", input_spec=spec.to_dict(),
-    ))  # fmt: skip
+    write_sidecar(
+        engine,
+        EngineSidecar(
+            tensorrt_version="10.3.0",
+            gpu_name="Orin",
+            compute_capability="8.7",
+            cuda_version="12.6",
+            precision="int8",
+            build_path="strongly typed",
+            profiles=[],
+            source_onnx="m.onnx",
+            source_onnx_sha256="a",
+            network_onnx_sha256="a",
+            model_config=TINY.to_dict(),
+            build_options={},
+            build_seconds=1.0,
+            engine_sha256="b",
+            created="2026-11-21T00:00:00+00:00",
+            input_spec=spec.to_dict(),
+        ),
+    )
     runner = TensorRTRunner(engine)
     assert not runner.is_active and runner.name == "tensorrt:m.engine" and runner.kind == "tensorrt"
     assert runner.device == "GPU: Orin (where it was built)"  # the GPU it runs on is known once active
@@ -189,8 +204,12 @@ def test_benchmark_rows_come_from_the_runner_contract(tiny_model, tiny_onnx: Pat
 def test_benchmark_header_names_each_gpu_the_backends_ran_on() -> None:
     from danet_deploy.evaluate.benchmark import devices
 
-    rows = [{"device": cpu_device()}, {"device": "GPU: Orin (SM 8.7, 61.4 GiB)"}, {"error": "no GPU", "exit_code": 3},
-            {"device": "GPU: Orin (SM 8.7, 61.4 GiB)"}]  # fmt: skip
+    rows = [
+        {"device": cpu_device()},
+        {"device": "GPU: Orin (SM 8.7, 61.4 GiB)"},
+        {"error": "no GPU", "exit_code": 3},
+        {"device": "GPU: Orin (SM 8.7, 61.4 GiB)"},
+    ]
     assert devices(rows) == f"{cpu_device()}, GPU: Orin (SM 8.7, 61.4 GiB)"
     assert devices(rows[:1]) == cpu_device()
 
@@ -201,7 +220,7 @@ def _flushing() -> bool:
 
 
 def test_onnxruntime_runner_flushes_denormals_only_while_it_runs(tiny_onnx: Path) -> None:
-    from danet_deploy.export.artifact import onnxruntime_session
+    from danet_deploy.artifact import onnxruntime_session
     from danet_deploy.runners.onnxruntime import denormals_flushed
 
     assert not _flushing()

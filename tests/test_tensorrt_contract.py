@@ -3,7 +3,7 @@
 The plan (`engine.plan`), Polygraphy's loaders (`NetworkFromOnnxPath`, `SetLayerPrecisions`, `CreateConfig`,
 `PostprocessConfig`, `EngineBytesFromNetwork`, `EngineFromBytes`, `TrtRunner`, all unmodified), our builder
 configuration, the precision audit, the sidecar and the TensorRT runner's activation run against a stand-in
-`tensorrt` module that has exactly one release's names (tests/trt_standin.py, generated from
+`tensorrt` module that has exactly one release's names (tests/support/trt_standin.py, generated from
 tests/data/tensorrt_api_surface.json) and records every use. Releases: 8.6.1 (JetPack 6.0), 10.3 (JetPack
 6.1/6.2), 10.13.3 (JetPack 7.0/7.1), 10.14, 11.0 and 11.1; configurations: fp16, int8, int8 on DLA core 1 with
 GPU fallback, and the option set (workspace, timing cache, version compatible, optimization level, hardware
@@ -38,8 +38,8 @@ from danet_deploy.engine.system import Gpu, running_system
 from danet_deploy.errors import BadInputError, CheckFailedError
 from danet_deploy.runners.tensorrt import TensorRTRunner
 
-from .fake_system import H100, ORIN, FakeCuda, FakeStream, jetson_root
-from .trt_standin import RELEASES, SURFACE, Recorder, fake_layer_information, make_tensorrt
+from .support.fake_system import H100, ORIN, FakeCuda, FakeStream, jetson_root
+from .support.trt_standin import RELEASES, SURFACE, Recorder, fake_layer_information, make_tensorrt
 
 ROOT = Path(__file__).resolve().parents[1]
 VERSIONS = list(RELEASES)  # 8.6.1, 10.3.0, 10.13.3, 10.14.1, 11.0.0, 11.1.0
@@ -114,9 +114,14 @@ def _options(config: str, version: str, tmp_path: Path) -> BuildOptions:
     if config == "int8-dla1-fallback":
         return BuildOptions(precision="int8", calib=calib, dla_core=1, gpu_fallback=True)
     same_cc = parse_version(version) >= (10, 9)
-    return BuildOptions(precision="fp16", workspace_mib=512, timing_cache=str(tmp_path / "timing.cache"),
-                        version_compatible=True, builder_opt_level=4,
-                        hardware_compat="same-cc" if same_cc else "ampere+")  # fmt: skip
+    return BuildOptions(
+        precision="fp16",
+        workspace_mib=512,
+        timing_cache=str(tmp_path / "timing.cache"),
+        version_compatible=True,
+        builder_opt_level=4,
+        hardware_compat="same-cc" if same_cc else "ampere+",
+    )
 
 
 def _enum_names(values: object) -> list[str]:
@@ -178,8 +183,11 @@ def test_build_and_load_against_the_release_api(
     for name in set(recorder.missing):  # each probe really is absent from this release (or the list is stale)
         owner, _, member = name.partition(".")
         release = SURFACE[RELEASES[version]]
-        names = set(release["classes"]) | set(release["enums"]) if owner == "tensorrt" else set(
-            release["classes"].get(owner, []))  # fmt: skip
+        names = (
+            set(release["classes"]) | set(release["enums"])
+            if owner == "tensorrt"
+            else set(release["classes"].get(owner, []))
+        )
         assert member not in names, name
     _assert_configuration_is_the_plan(plan, recorder)
     assert recorder.calls("Builder.build_serialized_network")
@@ -266,8 +274,11 @@ def test_dla_and_hardware_compatibility_are_refused_where_the_platform_has_none(
     compat = plan_build(networks / "tiny.onnx", BuildOptions(precision="fp16", hardware_compat="ampere+"), "10.3")
     with pytest.raises(BadInputError, match="not supported on Jetson"):
         build_engine(compat, tmp_path / "c.engine", system=orin)
-    core2 = plan_build(networks / "tiny.onnx", BuildOptions(precision="int8", calib="calibration/images",
-                                                            dla_core=2, gpu_fallback=True), "10.3")  # fmt: skip
+    core2 = plan_build(
+        networks / "tiny.onnx",
+        BuildOptions(precision="int8", calib="calibration/images", dla_core=2, gpu_fallback=True),
+        "10.3",
+    )
     with pytest.raises(BadInputError, match="this device has 2 DLA core"):
         build_engine(core2, tmp_path / "d.engine", system=orin)
     assert not list(tmp_path.glob("*.engine*"))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .tensorrt_gate import REQUIRE_VARIABLE, TensorRTGate, tensorrt_required
+from .support.tensorrt_gate import REQUIRE_VARIABLE, TensorRTGate, tensorrt_required
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,7 +19,7 @@ from danet_deploy.engine.system import running_system
 from danet_deploy.errors import DeployError
 from danet_deploy.export import ExportOptions, export_onnx
 
-from .tensorrt_gate import REQUIRE_VARIABLE, tensorrt_required
+from .support.tensorrt_gate import REQUIRE_VARIABLE, tensorrt_required
 
 ROOT = Path(__file__).resolve().parents[1]
 WANTED = {"fp32": "FP32", "fp16": "FP16", "int8": "INT8"}

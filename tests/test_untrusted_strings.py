@@ -9,11 +9,11 @@ from pathlib import Path
 import onnx
 import pytest
 
+from danet_deploy.artifact import META_CONFIG
 from danet_deploy.config import ModelConfig
 from danet_deploy.errors import BadInputError
 from danet_deploy.evaluate.verify import BackendResult, VerifyReport
 from danet_deploy.export import OnnxModel
-from danet_deploy.export.artifact import META_CONFIG
 from danet_deploy.report.html_report import CSP, md_escape, write_html, write_markdown
 
 from .conftest import TINY
@@ -22,11 +22,31 @@ EVIL = "<script>alert(1)</script>|x"
 
 
 def _report(name: str) -> VerifyReport:
-    backend = BackendResult(name=name, precision="fp32", miou=50.0, per_class_iou={EVIL: 50.0}, pixel_agreement=1.0,
-                            max_abs_diff=0.0, mean_abs_diff=0.0, p99_abs_diff=0.0, cosine=1.0, nonfinite_values=0,
-                            passed=False, failures=[f"mIoU of {EVIL}"])  # fmt: skip
-    return VerifyReport(backends=[backend], passed=False, reference=name, images=1, labeled=True,
-                        input_size=[64, 128], protocol="whole", thresholds={}, model={})  # fmt: skip
+    backend = BackendResult(
+        name=name,
+        precision="fp32",
+        miou=50.0,
+        per_class_iou={EVIL: 50.0},
+        pixel_agreement=1.0,
+        max_abs_diff=0.0,
+        mean_abs_diff=0.0,
+        p99_abs_diff=0.0,
+        cosine=1.0,
+        nonfinite_values=0,
+        passed=False,
+        failures=[f"mIoU of {EVIL}"],
+    )
+    return VerifyReport(
+        backends=[backend],
+        passed=False,
+        reference=name,
+        images=1,
+        labeled=True,
+        input_size=[64, 128],
+        protocol="whole",
+        thresholds={},
+        model={},
+    )
 
 
 def test_html_and_markdown_escape_model_and_data_strings(tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ from danet_deploy.runners.pytorch import PyTorchRunner
 
 from .conftest import TINY, randomize
 from .test_cli import run
-from .upstream_reference import SELayer, sa_layer
+from .support.upstream_reference import SELayer, sa_layer
 
 ROOT = Path(__file__).resolve().parents[1]
 SA = TINY.with_overrides(position_attention="shuffle", sa_groups=2)  # head channels 16: 4 per half-group
@@ -223,8 +223,15 @@ def test_group_norm_rewrites_are_exact_for_any_group_count(groups: int, tmp_path
         norm.bias.copy_(torch.randn(8))
     x = torch.randn(2, 8, 5, 7) * 3 + 1
     module = torch.nn.Sequential(norm, torch.nn.ReLU())  # as in a network: the norm's output is not the graph's
-    torch.onnx.export(module, (x,), str(tmp_path / "gn.onnx"), input_names=["image"], output_names=["logits"],
-                      opset_version=18, dynamo=True)  # fmt: skip
+    torch.onnx.export(
+        module,
+        (x,),
+        str(tmp_path / "gn.onnx"),
+        input_names=["image"],
+        output_names=["logits"],
+        opset_version=18,
+        dynamo=True,
+    )
     expected = module(x).detach().numpy()
     for rewrite in (to_group_normalization, to_decomposed):
         model, count = rewrite(onnx.load(str(tmp_path / "gn.onnx")))

@@ -10,11 +10,11 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from danet_deploy.artifact import Precision
 from danet_deploy.data.datasets import open_dataset
 from danet_deploy.errors import BadInputError
 from danet_deploy.evaluate.verify import DEFAULT_THRESHOLDS, thresholds_with, verify
 from danet_deploy.export import graph_precision
-from danet_deploy.export.artifact import Precision
 from danet_deploy.runners.pytorch import PyTorchRunner
 
 from .conftest import TINY
@@ -30,8 +30,13 @@ def test_threshold_overrides() -> None:
 
 
 def _save(tmp_path: Path, nodes: list, inits: list, name: str) -> Path:
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 4])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 4])], inits)  # fmt: skip
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 4])],
+        inits,
+    )
     path = tmp_path / name
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
     return path

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.images import read_image
-from ..errors import BadInputError
+from danet_deploy.data.images import read_image
+from danet_deploy.errors import BadInputError
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEMO_CHECKPOINT = ASSETS / "demo_danet_r18w32.pth"

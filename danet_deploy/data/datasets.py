@@ -14,14 +14,33 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BadInputError
-from .images import image_size, image_suffixes, read_image, read_label_values
+from danet_deploy.data.images import image_size, image_suffixes, read_image, read_label_values
+from danet_deploy.errors import BadInputError
 
 IGNORE_INDEX = 255
 
 # Cityscapes label id -> train id (public label table); everything not listed is ignored.
-CITYSCAPES_LABEL_TO_TRAIN = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10,
-                             24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}  # fmt: skip
+CITYSCAPES_LABEL_TO_TRAIN = {
+    7: 0,
+    8: 1,
+    11: 2,
+    12: 3,
+    13: 4,
+    17: 5,
+    19: 6,
+    20: 7,
+    21: 8,
+    22: 9,
+    23: 10,
+    24: 11,
+    25: 12,
+    26: 13,
+    27: 14,
+    28: 15,
+    31: 16,
+    32: 17,
+    33: 18,
+}
 
 
 def label_ids_to_train_ids(label_ids: np.ndarray) -> np.ndarray:
@@ -149,8 +168,14 @@ class Dataset:
     `rules` say which mask values are class ids (set by `checked`, from the model's class count); a data set
     that went through `checked` carries its `label_check` for the report."""
 
-    def __init__(self, root: Path, items: list[tuple[Path, LabelFile | None]], kind: str,
-                 rules: LabelRules = ANY_8BIT, label_check: LabelCheck | None = None):  # fmt: skip
+    def __init__(
+        self,
+        root: Path,
+        items: list[tuple[Path, LabelFile | None]],
+        kind: str,
+        rules: LabelRules = ANY_8BIT,
+        label_check: LabelCheck | None = None,
+    ):
         self.root = root
         self.items = items
         self.kind = kind

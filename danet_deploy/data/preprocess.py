@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from ..config import ModelConfig
+from danet_deploy.config import ModelConfig
 
 
 def normalize(image: np.ndarray, config: ModelConfig) -> np.ndarray:

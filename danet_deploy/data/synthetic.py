@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..files import atomic_path, make_dirs
+from danet_deploy.files import atomic_path, make_dirs
 
 IGNORE = 255
 ROAD, SIDEWALK, BUILDING, WALL, FENCE, POLE, LIGHT, SIGN, VEGETATION, TERRAIN, SKY = range(11)
@@ -202,8 +202,15 @@ def _draw_two_wheeler(c: Canvas, x: float, foot: float, scale: float, cls: int) 
         c.ring(cx, foot - radius, radius, width, cls)
     frame_top = foot - radius * 2.2
     if cls == MOTORCYCLE:
-        c.polygon([(x - gap / 2, foot - radius), (x - gap / 3, frame_top), (x + gap / 3, frame_top),
-                   (x + gap / 2, foot - radius)], cls)  # fmt: skip
+        c.polygon(
+            [
+                (x - gap / 2, foot - radius),
+                (x - gap / 3, frame_top),
+                (x + gap / 3, frame_top),
+                (x + gap / 2, foot - radius),
+            ],
+            cls,
+        )
     else:
         pts = [(x - gap / 2, foot - radius), (x, frame_top), (x + gap / 2, foot - radius), (x - gap / 2, foot - radius)]
         c.lines(pts, width, cls)
@@ -213,8 +220,14 @@ def _draw_vehicle(c: Canvas, cls: int, x: float, foot: float, scale: float) -> N
     length, height = {CAR: (90, 38), TRUCK: (120, 70), BUS: (170, 75), TRAIN: (300, 80)}[cls]
     w, h = length * scale * c.rng.uniform(0.85, 1.15), height * scale * c.rng.uniform(0.9, 1.1)
     if cls == CAR:
-        body = [(x - w / 2, foot - h * 0.55), (x - w * 0.3, foot - h), (x + w * 0.3, foot - h),
-                (x + w / 2, foot - h * 0.55), (x + w / 2, foot - h * 0.1), (x - w / 2, foot - h * 0.1)]  # fmt: skip
+        body = [
+            (x - w / 2, foot - h * 0.55),
+            (x - w * 0.3, foot - h),
+            (x + w * 0.3, foot - h),
+            (x + w / 2, foot - h * 0.55),
+            (x + w / 2, foot - h * 0.1),
+            (x - w / 2, foot - h * 0.1),
+        ]
         c.polygon(body, CAR)
     elif cls == TRUCK:
         c.rect(x - w / 2, foot - h, x + w * 0.2, foot - h * 0.1, TRUCK)
@@ -257,14 +270,24 @@ def generate_scene(seed: int, height: int = 256, width: int = 512) -> Scene:
     road_half = width * rng.uniform(0.28, 0.42)
     walk = width * rng.uniform(0.12, 0.22)
     bottom_l, bottom_r = vanish_x - road_half * 1.3, vanish_x + road_half * 1.3
-    c.polygon([(vanish_x - 4, horizon), (vanish_x + 4, horizon), (bottom_r + walk, height), (bottom_l - walk, height)],
-              SIDEWALK)  # fmt: skip
+    c.polygon(
+        [(vanish_x - 4, horizon), (vanish_x + 4, horizon), (bottom_r + walk, height), (bottom_l - walk, height)],
+        SIDEWALK,
+    )
     c.polygon([(vanish_x - 2, horizon), (vanish_x + 2, horizon), (bottom_r, height), (bottom_l, height)], ROAD)
     for t in np.arange(0.1, 1.0, 0.18):  # lane markings belong to the road
         y0, y1 = horizon + (height - horizon) * t, horizon + (height - horizon) * (t + 0.07)
         mark = lambda hh, ww, r: _flat(np.array([0.9, 0.9, 0.88], np.float32), hh, ww)  # noqa: E731
-        c.polygon([(vanish_x - 1 - 2 * t, y0), (vanish_x + 1 + 2 * t, y0), (vanish_x + 1 + 3 * t, y1),
-                   (vanish_x - 1 - 3 * t, y1)], ROAD, mark)  # fmt: skip
+        c.polygon(
+            [
+                (vanish_x - 1 - 2 * t, y0),
+                (vanish_x + 1 + 2 * t, y0),
+                (vanish_x + 1 + 3 * t, y1),
+                (vanish_x - 1 - 3 * t, y1),
+            ],
+            ROAD,
+            mark,
+        )
     # Vegetation strips and hedges beside the sidewalks.
     if rng.random() < 0.6:
         edge = height - rng.uniform(0, 30)
@@ -362,7 +385,7 @@ def write_cityscapes_split(
     root: str | Path, split: str, count: int, height: int = 256, width: int = 512, label_ids: bool = False
 ) -> Path:
     """Write `count` scenes in the Cityscapes layout (city "synth"); `label_ids` also writes `*_labelIds.png`."""
-    from .datasets import train_ids_to_label_ids
+    from danet_deploy.data.datasets import train_ids_to_label_ids
 
     root = Path(root)
     image_dir = root / "leftImg8bit" / split / "synth"

@@ -24,10 +24,20 @@ from typing import Any
 
 # Data type words inside "Format/Datatype" strings -> our names.
 _TYPE_WORDS = {
-    "fp32": "FP32", "float": "FP32", "fp16": "FP16", "half": "FP16", "bfloat16": "BF16", "fp8": "FP8",
-    "int8": "INT8", "int32": "INT32", "int64": "INT64", "uint8": "UINT8", "bool": "BOOL", "int4": "INT4",
+    "fp32": "FP32",
+    "float": "FP32",
+    "fp16": "FP16",
+    "half": "FP16",
+    "bfloat16": "BF16",
+    "fp8": "FP8",
+    "int8": "INT8",
+    "int32": "INT32",
+    "int64": "INT64",
+    "uint8": "UINT8",
+    "bool": "BOOL",
+    "int4": "INT4",
     "fp4": "FP4",
-}  # fmt: skip
+}
 _TYPE_PATTERN = re.compile(r"\b(" + "|".join(_TYPE_WORDS) + r")\b", re.IGNORECASE)
 DATA_MOVEMENT = {"Reformat", "NoOp"}
 
@@ -63,16 +73,22 @@ def parse_layer_information(text: str) -> list[EngineLayer]:
     layers = []
     for raw in raw_layers:
         if not isinstance(raw, dict) or "Inputs" not in raw:
-            raise ValueError("engine layer information lists layer names only: the engine was not built with "
-                             "ProfilingVerbosity.DETAILED")  # fmt: skip
+            raise ValueError(
+                "engine layer information lists layer names only: the engine was not built with "
+                "ProfilingVerbosity.DETAILED"
+            )
         inputs, outputs = raw.get("Inputs") or [], raw.get("Outputs") or []
         metadata = str(raw.get("Metadata") or "")
         nodes = tuple(re.findall(r"\[ONNX Layer: ([^\]]+)\]", metadata))
-        layers.append(EngineLayer(
-            name=str(raw.get("Name", "")), layer_type=str(raw.get("LayerType", "")),
-            precision=tensor_type(str(inputs[0].get("Format/Datatype", ""))) if inputs else None,
-            output_types=tuple(tensor_type(str(o.get("Format/Datatype", ""))) for o in outputs), onnx_nodes=nodes,
-        ))  # fmt: skip
+        layers.append(
+            EngineLayer(
+                name=str(raw.get("Name", "")),
+                layer_type=str(raw.get("LayerType", "")),
+                precision=tensor_type(str(inputs[0].get("Format/Datatype", ""))) if inputs else None,
+                output_types=tuple(tensor_type(str(o.get("Format/Datatype", ""))) for o in outputs),
+                onnx_nodes=nodes,
+            )
+        )
     return layers
 
 

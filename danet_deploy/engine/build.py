@@ -16,13 +16,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..errors import BadInputError, CheckFailedError, DeployError
-from ..export.artifact import OnnxModel
-from ..files import all_or_nothing, sha256_file, write_bytes
-from .audit import EngineAudit, audit_engine, parse_layer_information
-from .plan import BuildPlan
-from .sidecar import EngineSidecar, write_sidecar
-from .system import Platform, RunningSystem, require_tensorrt, running_system
+from danet_deploy.artifact import OnnxModel
+from danet_deploy.engine.audit import EngineAudit, audit_engine, parse_layer_information
+from danet_deploy.engine.plan import BuildPlan
+from danet_deploy.engine.sidecar import EngineSidecar, write_sidecar
+from danet_deploy.engine.system import Platform, RunningSystem, require_tensorrt, running_system
+from danet_deploy.errors import BadInputError, CheckFailedError, DeployError
+from danet_deploy.files import all_or_nothing, sha256_file, write_bytes
 
 
 def check_platform(plan: BuildPlan, platform: Platform | None) -> None:
@@ -135,8 +135,9 @@ def audit_engine_bytes(plan: BuildPlan, engine_bytes: bytes) -> EngineAudit:
         raise CheckFailedError(f"cannot audit the engine's precision: {exc}") from None
     audit = audit_engine(layers, plan.precision, plan.pinned_fp32_layers)
     if audit.failures:
-        raise CheckFailedError(f"engine not written: {'; '.join(audit.failures)} (TensorRT {plan.tensorrt_version}, "
-                               f"{plan.path} build)")  # fmt: skip
+        raise CheckFailedError(
+            f"engine not written: {'; '.join(audit.failures)} (TensorRT {plan.tensorrt_version}, {plan.path} build)"
+        )
     return audit
 
 

@@ -18,9 +18,9 @@ from typing import Any
 
 import onnx
 
-from ..errors import BadInputError
-from ..export.artifact import OnnxModel, Precision
-from ..graph.sites import find_light_sites, find_sites
+from danet_deploy.artifact import OnnxModel, Precision
+from danet_deploy.errors import BadInputError
+from danet_deploy.graph.sites import find_light_sites, find_sites
 
 STRONGLY_TYPED_FROM = (10, 12)
 HARDWARE_COMPAT_FROM = {"ampere+": (8, 6), "same-cc": (10, 9)}  # every supported version has ampere+
@@ -83,8 +83,11 @@ def _profile(model: OnnxModel, options: BuildOptions) -> dict[str, list[list[int
     dims = spec.shape(spec.batch or 0, (spec.height or 0, spec.width or 0))  # 0 marks a dynamic dim
     default = spec.shape(spec.batch or 1, model.input_size) if spec.static_size or model.has_config else []
     shapes = []
-    for given, option in ((options.min_shape, "--min-shape"), (options.opt_shape, "--opt-shape"),
-                          (options.max_shape, "--max-shape")):  # fmt: skip
+    for given, option in (
+        (options.min_shape, "--min-shape"),
+        (options.opt_shape, "--opt-shape"),
+        (options.max_shape, "--max-shape"),
+    ):
         shape = list(given) if given else (list(shapes[-1]) if shapes and option != "--min-shape" else default)
         if not shape:
             raise BadInputError(f"the ONNX input has dynamic dims and no model config: give {option}")
@@ -174,9 +177,10 @@ def plan_build(
 
     if options.dla_core is not None:
         _check_dla(options, precision, version, pinned or _attention_layers(model))
-        notes.append(f"DLA core {options.dla_core} (Jetson Orin; Jetson Thor and Orin Nano have none): " +
-                     ("layers DLA cannot run fall back to the GPU" if options.gpu_fallback else
-                      "every layer must run on DLA"))  # fmt: skip
+        notes.append(
+            f"DLA core {options.dla_core} (Jetson Orin; Jetson Thor and Orin Nano have none): "
+            + ("layers DLA cannot run fall back to the GPU" if options.gpu_fallback else "every layer must run on DLA")
+        )
     elif options.gpu_fallback:
         raise BadInputError("--gpu-fallback only applies with --dla-core")
     if options.hardware_compat:

@@ -15,11 +15,11 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..errors import BadInputError, DeployError
-from ..export.artifact import InputSpec
-from ..files import write_json
-from .audit import EngineAudit
-from .system import RunningSystem
+from danet_deploy.artifact import InputSpec
+from danet_deploy.engine.audit import EngineAudit
+from danet_deploy.engine.system import RunningSystem
+from danet_deploy.errors import BadInputError, DeployError
+from danet_deploy.files import write_json
 
 SIDECAR_SCHEMA = 2  # 2: engine_layers (the precision audit), platform, GPU memory
 
@@ -57,8 +57,10 @@ class EngineSidecar:
         """The engine file's bytes, refused (exit 2) when they are not the engine this sidecar describes."""
         data = Path(engine).read_bytes()
         if self.engine_sha256 and hashlib.sha256(data).hexdigest() != self.engine_sha256:
-            raise BadInputError(f"{engine}: the engine is not the one its sidecar describes (sha256 differs); "
-                                "rebuild it with `danet-deploy build-engine`")  # fmt: skip
+            raise BadInputError(
+                f"{engine}: the engine is not the one its sidecar describes (sha256 differs); "
+                "rebuild it with `danet-deploy build-engine`"
+            )
         return data
 
     @property
@@ -118,12 +120,15 @@ def check_compatible(sidecar: EngineSidecar, running: RunningSystem, engine: str
     same_cc = sidecar.compute_capability == running.compute_capability
     if compat == "ampere+":
         if _major_minor(running.compute_capability) < (8, 0):
-            raise DeployError(f"{engine}: built for Ampere and newer GPUs; {running.gpu_name} is SM "
-                              f"{running.compute_capability}")  # fmt: skip
+            raise DeployError(
+                f"{engine}: built for Ampere and newer GPUs; {running.gpu_name} is SM {running.compute_capability}"
+            )
     elif compat == "same-cc":
         if not same_cc:
-            raise DeployError(f"{engine}: built for compute capability {sidecar.compute_capability}; "
-                              f"{running.gpu_name} is {running.compute_capability}")  # fmt: skip
+            raise DeployError(
+                f"{engine}: built for compute capability {sidecar.compute_capability}; "
+                f"{running.gpu_name} is {running.compute_capability}"
+            )
     elif not same_cc:
         raise DeployError(
             f"{engine}: built on {sidecar.gpu_name} (SM {sidecar.compute_capability}), this GPU is "

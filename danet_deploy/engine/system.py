@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..errors import EXIT_MISSING_DEPENDENCY, DeployError
+from danet_deploy.errors import EXIT_MISSING_DEPENDENCY, DeployError
 
 INSTALL_HINT = (
     'install it on a machine with an NVIDIA GPU and driver: pip install "danet-deploy[tensorrt]", '
@@ -163,7 +163,7 @@ class CudaRuntime:
     @property
     def handle(self) -> Any:
         if self._handle is None:
-            from ..quiet import quiet
+            from danet_deploy.library_noise import quiet
 
             try:
                 with quiet(capture_stdout=True):  # Polygraphy logs its library search on stdout
@@ -230,13 +230,17 @@ def discover_gpu(cuda: CudaDevices | None = None, environ: Mapping[str, str] | N
             raise CudaUnavailable("CUDA reports 0 devices")
         return cuda.device(0)
     except CudaRuntimeMissing as exc:
-        raise DeployError(f"no CUDA runtime library (libcudart) found ({exc}); TensorRT engines need the NVIDIA "
-                          "driver and CUDA runtime: JetPack and NVIDIA's containers have them, pip installs it "
-                          "with tensorrt-cu12", EXIT_MISSING_DEPENDENCY) from None  # fmt: skip
+        raise DeployError(
+            f"no CUDA runtime library (libcudart) found ({exc}); TensorRT engines need the NVIDIA "
+            "driver and CUDA runtime: JetPack and NVIDIA's containers have them, pip installs it "
+            "with tensorrt-cu12",
+            EXIT_MISSING_DEPENDENCY,
+        ) from None
     except CudaUnavailable as exc:
         hint = f"; CUDA_VISIBLE_DEVICES={visible!r} selects which GPUs are visible" if visible is not None else ""
-        raise DeployError(f"no NVIDIA GPU visible to CUDA ({exc}){hint}; TensorRT engines need one",
-                          EXIT_MISSING_DEPENDENCY) from None  # fmt: skip
+        raise DeployError(
+            f"no NVIDIA GPU visible to CUDA ({exc}){hint}; TensorRT engines need one", EXIT_MISSING_DEPENDENCY
+        ) from None
 
 
 def require_tensorrt(platform: Platform | None = None) -> Any:
@@ -247,10 +251,15 @@ def require_tensorrt(platform: Platform | None = None) -> Any:
         detail = f" ({_first_line(exc)[:100]})" if str(exc) else ""
         platform = platform or read_platform()
         if platform.is_jetson:
-            shipped = f"JetPack {platform.jetpack} installs TensorRT {platform.jetpack_tensorrt}" if (
-                platform.jetpack) else "JetPack installs TensorRT"  # fmt: skip
-            hint = (f"{shipped} system-wide (python3-libnvinfer): use a virtual environment made with "
-                    "`python3 -m venv --system-site-packages`")  # fmt: skip
+            shipped = (
+                f"JetPack {platform.jetpack} installs TensorRT {platform.jetpack_tensorrt}"
+                if (platform.jetpack)
+                else "JetPack installs TensorRT"
+            )
+            hint = (
+                f"{shipped} system-wide (python3-libnvinfer): use a virtual environment made with "
+                "`python3 -m venv --system-site-packages`"
+            )
         else:
             hint = INSTALL_HINT
         raise DeployError(f"TensorRT is not installed{detail}; {hint}", EXIT_MISSING_DEPENDENCY) from None
@@ -300,7 +309,11 @@ def running_system(
     cuda = cuda or cuda_devices()
     gpu = discover_gpu(cuda, environ)
     return RunningSystem(
-        tensorrt_version=str(trt.__version__), gpu_name=gpu.name, compute_capability=gpu.compute_capability,
-        gpu_memory_bytes=gpu.memory_bytes, platform=platform, cuda_version=cuda.driver_cuda_version(),
+        tensorrt_version=str(trt.__version__),
+        gpu_name=gpu.name,
+        compute_capability=gpu.compute_capability,
+        gpu_memory_bytes=gpu.memory_bytes,
+        platform=platform,
+        cuda_version=cuda.driver_cuda_version(),
         driver_version=None if platform.is_jetson else nvml_driver_version(),
-    )  # fmt: skip
+    )

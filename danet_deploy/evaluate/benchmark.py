@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BadInputError, DeployError
-from ..export.artifact import Precision
-from ..runners.base import Runner, cpu_device
-from ..versions import tool_versions
+from danet_deploy.artifact import Precision
+from danet_deploy.errors import BadInputError, DeployError
+from danet_deploy.runners.base import Runner, cpu_device
+from danet_deploy.versions import tool_versions
 
 
 @dataclass
@@ -77,14 +77,26 @@ def _run_one(runner: Runner, image: np.ndarray, warmup: int, iterations: int) ->
             compute.append((runner.last_inference_time() or 0.0) * 1000)
         peak = peak_rss_bytes() / 2**20
         median_e2e = statistics.median(e2e)
-        return asdict(LatencyStats(
-            name=runner.name, kind=runner.kind,
-            precision=Precision(runner.precision).value, input_shape=[1, *image.shape[:2], 3], warmup=warmup,
-            iterations=iterations, median_ms=statistics.median(compute), p90_ms=percentile(compute, 90),
-            p99_ms=percentile(compute, 99), mean_ms=statistics.fmean(compute), throughput_ips=1000.0 / median_e2e,
-            end_to_end_median_ms=median_e2e, peak_rss_mib=peak, threads=runner.threads, device=runner.device,
-            quantized_for=runner.quantized_for,
-        ))  # fmt: skip
+        return asdict(
+            LatencyStats(
+                name=runner.name,
+                kind=runner.kind,
+                precision=Precision(runner.precision).value,
+                input_shape=[1, *image.shape[:2], 3],
+                warmup=warmup,
+                iterations=iterations,
+                median_ms=statistics.median(compute),
+                p90_ms=percentile(compute, 90),
+                p99_ms=percentile(compute, 99),
+                mean_ms=statistics.fmean(compute),
+                throughput_ips=1000.0 / median_e2e,
+                end_to_end_median_ms=median_e2e,
+                peak_rss_mib=peak,
+                threads=runner.threads,
+                device=runner.device,
+                quantized_for=runner.quantized_for,
+            )
+        )
 
 
 def _child(args: tuple) -> dict:
@@ -103,8 +115,8 @@ def benchmark(runners: list[Runner], image: np.ndarray, warmup: int = 3, iterati
     GPUs the backends ran on}. All
     backends run at one input size: a static backend's size if there is one, else the image's.
     """
-    from ..data.preprocess import resize_image
-    from ..evaluate.verify import common_input_size
+    from danet_deploy.data.preprocess import resize_image
+    from danet_deploy.evaluate.verify import common_input_size
 
     if iterations < 1:
         raise BadInputError("benchmark needs at least one timed iteration")

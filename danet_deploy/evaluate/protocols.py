@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..errors import BadInputError
+from danet_deploy.errors import BadInputError
 
 MAX_SCALE = 4.0
 Infer = Callable[[np.ndarray], np.ndarray]  # H x W x 3 uint8 -> 1 x C x H x W logits

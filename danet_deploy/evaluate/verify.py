@@ -14,14 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from ..config import ModelConfig
-from ..data.datasets import Dataset, LabelRules
-from ..data.preprocess import resize_image
-from ..errors import BadInputError
-from ..evaluate.metrics import confusion_matrix, mean_iou, per_class_iou
-from ..evaluate.protocols import EvalProtocol, predict, resize_logits
-from ..export.artifact import Precision, precision_label
-from ..runners.base import Runner, activated
+from danet_deploy.artifact import Precision, precision_label
+from danet_deploy.config import ModelConfig
+from danet_deploy.data.datasets import Dataset, LabelRules
+from danet_deploy.data.preprocess import resize_image
+from danet_deploy.errors import BadInputError
+from danet_deploy.evaluate.metrics import confusion_matrix, mean_iou, per_class_iou
+from danet_deploy.evaluate.protocols import EvalProtocol, predict, resize_logits
+from danet_deploy.runners.base import Runner, activated
 
 REPORT_SCHEMA_VERSION = 1
 
@@ -45,8 +45,11 @@ DEFAULT_THRESHOLDS: dict[str, Thresholds] = {
 
 
 # Valid range per field: (low, high, None allowed). Pixel agreement is a fraction; the others are >= 0.
-THRESHOLD_RANGES = {"max_abs_diff": (0.0, math.inf, True), "min_pixel_agreement": (0.0, 1.0, False),
-                    "max_miou_drop": (0.0, 100.0, False)}  # fmt: skip
+THRESHOLD_RANGES = {
+    "max_abs_diff": (0.0, math.inf, True),
+    "min_pixel_agreement": (0.0, 1.0, False),
+    "max_miou_drop": (0.0, 100.0, False),
+}
 
 
 def thresholds_with(overrides: list[str], file: str | None = None) -> dict[str, Thresholds]:
@@ -240,11 +243,15 @@ def verify(
     size = common_input_size(r.input_spec.static_size for r in runners)
     if protocol.crop is not None and size is not None and size != (protocol.crop, protocol.crop):
         crop = f"{protocol.crop}x{protocol.crop}"
-        raise BadInputError(f"sliding window {crop} needs backends of that size; a backend is fixed at "
-                            f"{size[0]}x{size[1]} (export it with --input-size {crop})")  # fmt: skip
+        raise BadInputError(
+            f"sliding window {crop} needs backends of that size; a backend is fixed at "
+            f"{size[0]}x{size[1]} (export it with --input-size {crop})"
+        )
     if protocol.crop is None and size is not None and protocol.scales != (1.0,):
-        raise BadInputError(f"--scales runs each image at several sizes; a backend is fixed at {size[0]}x{size[1]} "
-                            "(export it with --dynamic)")  # fmt: skip
+        raise BadInputError(
+            f"--scales runs each image at several sizes; a backend is fixed at {size[0]}x{size[1]} "
+            "(export it with --dynamic)"
+        )
     resize_to = size if protocol.crop is None else None
     with activated(runners):
         config = config or runners[0].config  # a checkpoint runner knows its config once activated
@@ -314,9 +321,13 @@ def verify(
 
 
 def _evaluate(
-    dataset: Dataset, runners: Sequence[Runner], config: ModelConfig, protocol: EvalProtocol,
-    resize_to: tuple[int, int] | None, on_image: Callable[[int], None] | None,
-) -> list[_Accumulator]:  # fmt: skip
+    dataset: Dataset,
+    runners: Sequence[Runner],
+    config: ModelConfig,
+    protocol: EvalProtocol,
+    resize_to: tuple[int, int] | None,
+    on_image: Callable[[int], None] | None,
+) -> list[_Accumulator]:
     """Stream the dataset through the (active) runners; one accumulator per runner."""
     n = config.num_classes
     acc = [_Accumulator(n) for _ in runners]

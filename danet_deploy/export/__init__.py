@@ -1,7 +1,7 @@
 """Export stage: PyTorch DANet -> ONNX with config and provenance inside (`torch_export`), and the ONNX
 model artifact every later stage takes (`artifact`)."""
 
-from .artifact import (
+from danet_deploy.artifact import (
     META_CONFIG,
     META_GRAPH,
     META_IO,
@@ -15,7 +15,14 @@ from .artifact import (
     read_metadata,
     write_metadata,
 )
-from .torch_export import ExportOptions, ExportRecord, ParityResult, check_parity, export_onnx, io_spec
+from danet_deploy.export.torch_export import (
+    ExportOptions,
+    ExportRecord,
+    ParityResult,
+    check_parity,
+    export_onnx,
+    io_spec,
+)
 
 __all__ = [
     "META_CONFIG",

@@ -21,13 +21,20 @@ import onnx
 import torch
 from torch import nn
 
-from ..config import ModelConfig, check_number
-from ..errors import BadInputError, CheckFailedError
-from ..files import atomic_path, sha256_file
-from ..model.danet import PositionAttention, memory_efficient_attention
-from ..quiet import quiet_torch_export
-from ..versions import tool_versions
-from .artifact import META_CONFIG, META_IO, META_PRECISION, META_PROVENANCE, onnxruntime_session, write_metadata
+from danet_deploy.artifact import (
+    META_CONFIG,
+    META_IO,
+    META_PRECISION,
+    META_PROVENANCE,
+    onnxruntime_session,
+    write_metadata,
+)
+from danet_deploy.config import ModelConfig, check_number
+from danet_deploy.errors import BadInputError, CheckFailedError
+from danet_deploy.files import atomic_path, sha256_file
+from danet_deploy.library_noise import quiet_torch_export
+from danet_deploy.model.danet import PositionAttention, memory_efficient_attention
+from danet_deploy.versions import tool_versions
 
 MIN_DYNAMO_OPSET = 18
 MIN_OPSET = 11
@@ -70,7 +77,7 @@ class ExportOptions:
 class ParityResult:
     """ONNX Runtime vs PyTorch on one input: the error and whether it is within tolerance, and how each side
     evaluated the attention (exactly, but maybe in query blocks: see `memory_efficient_attention` and
-    `graph.bounded`)."""
+    `bounded_ort.query_blocks`)."""
 
     shape: tuple[int, ...]
     max_abs_diff: float
@@ -139,7 +146,7 @@ def io_spec(config: ModelConfig, options: ExportOptions) -> tuple[dict[str, Any]
 
 
 def _example_input(config: ModelConfig, options: ExportOptions, image: np.ndarray | None) -> torch.Tensor:
-    from ..data.preprocess import normalize, resize_image
+    from danet_deploy.data.preprocess import normalize, resize_image
 
     h, w = options.size(config)
     if image is None:
@@ -162,9 +169,15 @@ def _torch_export(wrapper: nn.Module, example: torch.Tensor, path: Path, options
                 dim = torch.export.Dim.AUTO
                 dynamic_shapes = {"image": dict.fromkeys(image_axes, dim)}
             program = torch.onnx.export(
-                wrapper, (example,), input_names=["image"], output_names=output_names,
-                opset_version=options.opset, dynamo=True, dynamic_shapes=dynamic_shapes, verbose=False,
-            )  # fmt: skip
+                wrapper,
+                (example,),
+                input_names=["image"],
+                output_names=output_names,
+                opset_version=options.opset,
+                dynamo=True,
+                dynamic_shapes=dynamic_shapes,
+                verbose=False,
+            )
             program.save(str(path))
         else:
             dynamic_axes = None
@@ -174,9 +187,16 @@ def _torch_export(wrapper: nn.Module, example: torch.Tensor, path: Path, options
                 if options.argmax:
                     dynamic_axes["labels"] = {0: "batch", 1: "height", 2: "width"}
             torch.onnx.export(
-                wrapper, (example,), str(path), input_names=["image"], output_names=output_names,
-                opset_version=options.opset, dynamo=False, dynamic_axes=dynamic_axes, do_constant_folding=True,
-            )  # fmt: skip
+                wrapper,
+                (example,),
+                str(path),
+                input_names=["image"],
+                output_names=output_names,
+                opset_version=options.opset,
+                dynamo=False,
+                dynamic_axes=dynamic_axes,
+                do_constant_folding=True,
+            )
 
 
 def _name_dynamic_dims(model: onnx.ModelProto, options: ExportOptions) -> None:
@@ -209,9 +229,13 @@ def reference_description(model: nn.Module) -> str:
 
 
 def check_parity(
-    onnx_path: Path, model: nn.Module, example: torch.Tensor, options: ExportOptions, session: Any = None,
+    onnx_path: Path,
+    model: nn.Module,
+    example: torch.Tensor,
+    options: ExportOptions,
+    session: Any = None,
     onnx_evaluation: str = "as written",
-) -> ParityResult:  # fmt: skip
+) -> ParityResult:
     """ONNX Runtime (`session`, default: the file as written) against PyTorch on `example`. PyTorch runs PAM in
     query blocks where the map as trained would be large (exact: `memory_efficient_attention`)."""
     session = session or onnxruntime_session(onnx_path)
@@ -222,8 +246,9 @@ def check_parity(
         got = session.run(["logits"], {"image": example.numpy()})[0]
     except Exception as exc:  # onnxruntime raises its own types, e.g. when an export fixed a dynamic axis
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CheckFailedError(f"{onnx_path}: ONNX Runtime cannot run the export at input {list(example.shape)}: "
-                               f"{first[:200]}") from None  # fmt: skip
+        raise CheckFailedError(
+            f"{onnx_path}: ONNX Runtime cannot run the export at input {list(example.shape)}: {first[:200]}"
+        ) from None
     if got.shape != reference.shape:
         raise CheckFailedError(f"{onnx_path}: ONNX output shape {got.shape} != PyTorch {reference.shape}")
     diff = np.abs(got.astype(np.float64) - reference)
@@ -254,7 +279,7 @@ def export_onnx(
     On any failure (including parity beyond tolerance) nothing is left at `out_path`.
     `image` is the real RGB image the parity check runs on (resized to the input size). `check_session` makes
     the ONNX Runtime session of the parity check (default: the file as written; `api.export` passes one that
-    evaluates large attention in query blocks, `graph.bounded`).
+    evaluates large attention in query blocks, `bounded_ort.query_blocks`).
     """
     options.check()
     model = model.eval()

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import onnx
 
-from .editor import GraphEditor
-from .sites import find_sites
+from danet_deploy.graph.editor import GraphEditor
+from danet_deploy.graph.sites import find_sites
 
 
 def simplify_cam(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:

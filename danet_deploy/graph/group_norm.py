@@ -18,9 +18,9 @@ from collections.abc import Callable
 import numpy as np
 import onnx
 
-from .editor import GraphEditor, opset_of
-from .shapes import infer_shapes
-from .sites import AttentionSite, find_light_sites
+from danet_deploy.graph.editor import GraphEditor, opset_of
+from danet_deploy.graph.shapes import infer_shapes
+from danet_deploy.graph.sites import AttentionSite, find_light_sites
 
 GROUP_NORM_FORMS = ("group-normalization", "decomposed")
 GROUP_NORMALIZATION_OPSET = 18
@@ -74,9 +74,12 @@ def _group_normalization(ed: GraphEditor, site: AttentionSite, opset: int, rank:
     scale = site.params["scale"] if per_channel else np.ones(groups, np.float32)
     bias = site.params["bias"] if per_channel else np.zeros(groups, np.float32)
     y = ed.add1(
-        "GroupNormalization", [site.input, ed.const("gn_scale", scale), ed.const("gn_bias", bias)],
-        "group_norm", num_groups=groups, epsilon=site.params["epsilon"],
-    )  # fmt: skip
+        "GroupNormalization",
+        [site.input, ed.const("gn_scale", scale), ed.const("gn_bias", bias)],
+        "group_norm",
+        num_groups=groups,
+        epsilon=site.params["epsilon"],
+    )
     return y if per_channel else _affine(ed, y, site, rank)
 
 

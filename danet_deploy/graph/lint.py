@@ -13,14 +13,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from ..export.artifact import InputSpec
-from ..progress import format_bytes
-from .cleanup import cleanup
-from .editor import GraphEditor, attribute, opset_of
-from .pam import value_heads
-from .shapes import elem_type, infer_shapes, with_input_shape
-from .simplify import Target, get_target
-from .sites import AttentionSite, find_light_sites, find_sites
+from danet_deploy.artifact import InputSpec
+from danet_deploy.graph.cleanup import cleanup
+from danet_deploy.graph.editor import GraphEditor, attribute, opset_of
+from danet_deploy.graph.pam import value_heads
+from danet_deploy.graph.shapes import elem_type, infer_shapes, with_input_shape
+from danet_deploy.graph.simplify import Target, get_target
+from danet_deploy.graph.sites import AttentionSite, find_light_sites, find_sites
+from danet_deploy.progress import format_bytes
 
 MAX_ELEMENTS = 2**31
 SOFTMAX_OUTER_LIMIT = 65536
@@ -75,20 +75,37 @@ def _check_ops(model: onnx.ModelProto, target: Target) -> list[Finding]:
         return findings
     opset = opset_of(model)
     if trt in MAX_OPSET and opset > MAX_OPSET[trt]:
-        findings.append(Finding("error", "opset", f"opset {opset}: TensorRT {trt[0]}.{trt[1]} parses opsets up to "
-                                f"{MAX_OPSET[trt]}; export with --opset {MAX_OPSET[trt]}"))  # fmt: skip
+        findings.append(
+            Finding(
+                "error",
+                "opset",
+                f"opset {opset}: TensorRT {trt[0]}.{trt[1]} parses opsets up to "
+                f"{MAX_OPSET[trt]}; export with --opset {MAX_OPSET[trt]}",
+            )
+        )
     ed = GraphEditor(model)
     for node in model.graph.node:
         if node.domain not in ("", "ai.onnx"):
             findings.append(Finding("error", "custom-op", f"{node.name}: custom op {node.domain}::{node.op_type}"))
         if node.op_type == "Attention" and trt < (10, 14):
-            findings.append(Finding("error", "attention-op", f"{node.name}: ONNX Attention is parsed from TensorRT "
-                                    "10.14; use --attention mha for this target"))  # fmt: skip
+            findings.append(
+                Finding(
+                    "error",
+                    "attention-op",
+                    f"{node.name}: ONNX Attention is parsed from TensorRT 10.14; use --attention mha for this target",
+                )
+            )
         if node.op_type == "GroupNormalization":
             findings += _group_normalization_findings(node, trt, opset)
         if node.op_type == "Scan":
-            findings.append(Finding("warning", "scan", f"{node.name}: Scan (blocked attention) is meant for ONNX "
-                                    "Runtime; for TensorRT use --attention mha or onnx-attention"))  # fmt: skip
+            findings.append(
+                Finding(
+                    "warning",
+                    "scan",
+                    f"{node.name}: Scan (blocked attention) is meant for ONNX "
+                    "Runtime; for TensorRT use --attention mha or onnx-attention",
+                )
+            )
         if node.op_type == "Resize":
             mode = _text(attribute(node, "mode", b"nearest"))
             coords = _text(attribute(node, "coordinate_transformation_mode", b"half_pixel"))
@@ -105,19 +122,35 @@ def _check_ops(model: onnx.ModelProto, target: Target) -> list[Finding]:
         if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) > 2:
             zero_point = ed.constant(node.input[2])
             if zero_point is None or np.any(zero_point != 0):
-                findings.append(Finding("error", "qdq-zero-point", f"{node.name}: {node.op_type} zero point must be 0 "
-                                        "(symmetric quantization) for TensorRT"))  # fmt: skip
+                findings.append(
+                    Finding(
+                        "error",
+                        "qdq-zero-point",
+                        f"{node.name}: {node.op_type} zero point must be 0 (symmetric quantization) for TensorRT",
+                    )
+                )
     return findings
 
 
 def _group_normalization_findings(node: onnx.NodeProto, trt: tuple[int, int], opset: int) -> list[Finding]:
     findings = []
     if trt < (10, 0):
-        findings.append(Finding("error", "group-norm", f"{node.name}: GroupNormalization needs TensorRT >= 10.0; "
-                                "use --group-norm decomposed for this target"))  # fmt: skip
+        findings.append(
+            Finding(
+                "error",
+                "group-norm",
+                f"{node.name}: GroupNormalization needs TensorRT >= 10.0; use --group-norm decomposed for this target",
+            )
+        )
     elif opset >= 21 and trt < (10, 9):
-        findings.append(Finding("error", "group-norm", f"{node.name}: opset-21 GroupNormalization (per-channel scale) "
-                                "is parsed from TensorRT 10.9; use opset 18 or --group-norm decomposed"))  # fmt: skip
+        findings.append(
+            Finding(
+                "error",
+                "group-norm",
+                f"{node.name}: opset-21 GroupNormalization (per-channel scale) "
+                "is parsed from TensorRT 10.9; use opset 18 or --group-norm decomposed",
+            )
+        )
     if attribute(node, "num_groups") == 1:
         message = (
             f"{node.name}: num_groups=1 normalizes per channel in TensorRT 10.16 (TensorRT issue 4756): check "

@@ -18,9 +18,9 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from .editor import GraphEditor, opset_of
-from .shapes import elem_type, infer_shapes
-from .sites import AttentionSite, find_sites
+from danet_deploy.graph.editor import GraphEditor, opset_of
+from danet_deploy.graph.shapes import elem_type, infer_shapes
+from danet_deploy.graph.sites import AttentionSite, find_sites
 
 ATTENTION_OPSET = 23
 DEFAULT_VALUE_HEAD = 64
@@ -138,8 +138,12 @@ def pam_to_blocked(model: onnx.ModelProto, block: int = DEFAULT_BLOCK) -> tuple[
             pads = ed.const("pam_block_pads", np.array([0, 0, 0, 0, blocks * b - n, 0], np.int64))
             query = ed.add1("Pad", [query, pads], "pam_block_pad")
         shape = ed.const("pam_block_shape", np.array([batch, blocks, b, d], np.int64))
-        q_blocks = ed.add1("Transpose", [ed.add1("Reshape", [query, shape], "pam_block_reshape")],
-                           "pam_block_scan_axis", perm=[1, 0, 2, 3])  # fmt: skip
+        q_blocks = ed.add1(
+            "Transpose",
+            [ed.add1("Reshape", [query, shape], "pam_block_reshape")],
+            "pam_block_scan_axis",
+            perm=[1, 0, 2, 3],
+        )
         value_t = ed.add1("Transpose", [site.value], "pam_block_value_t", perm=[0, 2, 1])  # [B, N, C], once
         # Scan body: one query block against all keys; K and V^T come from the outer scope.
         q_in, scores, probs, out = (ed.fresh(f"pam_block_{s}") for s in ("q", "scores", "probs", "context"))
@@ -155,11 +159,14 @@ def pam_to_blocked(model: onnx.ModelProto, block: int = DEFAULT_BLOCK) -> tuple[
         )
         stacked = ed.add1("Scan", [q_blocks], "pam_blocked_scan", body=body, num_scan_inputs=1)  # [nb, B, b, C]
         merged = ed.add1("Transpose", [stacked], "pam_block_merge_t", perm=[1, 3, 0, 2])  # [B, C, nb, b]
-        flat = ed.add1("Reshape", [merged, ed.const("pam_block_flat", np.array([batch, channels, blocks * b]))],
-                       "pam_block_flat")  # fmt: skip
+        flat = ed.add1(
+            "Reshape", [merged, ed.const("pam_block_flat", np.array([batch, channels, blocks * b]))], "pam_block_flat"
+        )
         if blocks * b != n:
-            starts, ends, axes = (ed.const(f"pam_block_slice_{k}", np.array([v], np.int64))
-                                  for k, v in (("start", 0), ("end", n), ("axis", 2)))  # fmt: skip
+            starts, ends, axes = (
+                ed.const(f"pam_block_slice_{k}", np.array([v], np.int64))
+                for k, v in (("start", 0), ("end", n), ("axis", 2))
+            )
             flat = ed.add1("Slice", [flat, starts, ends, axes], "pam_block_unpad")
         ed.replace_uses(site.output, flat)
     ed.commit()

@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from .editor import GraphEditor, attribute
-from .shapes import infer_shapes
-from .sites import AttentionSite, find_light_sites
+from danet_deploy.graph.editor import GraphEditor, attribute
+from danet_deploy.graph.shapes import infer_shapes
+from danet_deploy.graph.sites import AttentionSite, find_light_sites
 
 
 def shuffle_permutation(channels: int, groups: int) -> np.ndarray:

@@ -18,19 +18,25 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ..config import ModelConfig
-from ..data.preprocess import resize_image
-from ..errors import BadInputError, CheckFailedError, DeployError
-from ..export.artifact import META_GRAPH, InputSpec, OnnxModel, read_metadata, write_metadata
-from ..files import atomic_path, sha256_file
-from .bounded import bounded_session
-from .cam import simplify_cam
-from .cleanup import cleanup
-from .editor import opset_of
-from .group_norm import GROUP_NORM_FORMS, GROUP_NORMALIZATION_OPSET, check_model, to_decomposed, to_group_normalization
-from .pam import DEFAULT_BLOCK, RewriteError, pam_to_blocked, pam_to_mha, pam_to_onnx_attention
-from .shuffle import simplify_shuffles
-from .sites import find_light_sites, find_sites
+from danet_deploy.artifact import META_GRAPH, InputSpec, OnnxModel, read_metadata, write_metadata
+from danet_deploy.bounded_ort.query_blocks import bounded_session
+from danet_deploy.config import ModelConfig
+from danet_deploy.data.preprocess import resize_image
+from danet_deploy.errors import BadInputError, CheckFailedError, DeployError
+from danet_deploy.files import atomic_path, sha256_file
+from danet_deploy.graph.cam import simplify_cam
+from danet_deploy.graph.cleanup import cleanup
+from danet_deploy.graph.editor import opset_of
+from danet_deploy.graph.group_norm import (
+    GROUP_NORM_FORMS,
+    GROUP_NORMALIZATION_OPSET,
+    check_model,
+    to_decomposed,
+    to_group_normalization,
+)
+from danet_deploy.graph.pam import DEFAULT_BLOCK, RewriteError, pam_to_blocked, pam_to_mha, pam_to_onnx_attention
+from danet_deploy.graph.shuffle import simplify_shuffles
+from danet_deploy.graph.sites import find_light_sites, find_sites
 
 ATTENTION_FORMS = ("naive", "mha", "onnx-attention", "blocked")
 
@@ -93,7 +99,7 @@ class PassReport:
     max_abs_diff: float
     tolerance: float
     seconds: float
-    evaluated: str = "as written"  # how the check ran the graph after the pass (`graph.bounded`)
+    evaluated: str = "as written"  # how the check ran the graph after the pass (`bounded_ort.query_blocks`)
 
 
 @dataclass
@@ -123,7 +129,7 @@ def _input_feed(model: onnx.ModelProto, config: ModelConfig | None, images: list
 def _run(model: onnx.ModelProto, feeds: list[np.ndarray], logits: list[np.ndarray]) -> tuple[float, float, str]:
     """Run `model` on each feed and replace `logits` (the graph before's, on the same feeds) by its own, one image
     at a time; returns the max abs difference, the max |logit| before, and how the check evaluated the model: at
-    the feed's size, as written, or with large attention in query blocks (exact; `graph.bounded`): the N x N
+    the feed's size, as written, or with large attention in query blocks (exact; `bounded_ort.query_blocks`): the N x N
     maps of a 1024x2048 input need 8 GiB as written, per head in the multi-head forms. An empty `logits` is
     filled (the input model's run).
 
@@ -227,7 +233,7 @@ def simplify_model(
             f"PAM is already in the {', '.join(sorted(existing))} form; simplify the raw export to get {attention!r}"
         )
 
-    from ..data.bundled import sample_images
+    from danet_deploy.data.bundled import sample_images
 
     feeds = _input_feed(model, config, images if images is not None else sample_images(2))
     report = SimplifyReport(
@@ -250,8 +256,16 @@ def simplify_model(
             on_check(done, runs, f"checking pass {name}")
         diff, peak, evaluated = _run(candidate, feeds, logits)
         tolerance = atol + rtol * peak
-        result = PassReport(name, detail, nodes_before, len(candidate.graph.node), diff, tolerance,
-                            round(time.perf_counter() - started, 2), evaluated)  # fmt: skip
+        result = PassReport(
+            name,
+            detail,
+            nodes_before,
+            len(candidate.graph.node),
+            diff,
+            tolerance,
+            round(time.perf_counter() - started, 2),
+            evaluated,
+        )
         if on_pass:
             on_pass(result)
         if not np.isfinite(diff) or diff > tolerance:

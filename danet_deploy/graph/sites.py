@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from .editor import GraphEditor, attribute
+from danet_deploy.graph.editor import GraphEditor, attribute
 
 
 @dataclass
@@ -104,9 +104,15 @@ def _softmax_site(ed: GraphEditor, softmax: onnx.NodeProto) -> AttentionSite | N
         if len(transposed) == 1 and transposed[0].op_type == "MatMul" and transposed[0].input[1] == after.output[0]:
             out = transposed[0]
             return AttentionSite(
-                "pam", "naive", softmax.name, [source.name, softmax.name, after.name, out.name],
-                query=source.input[0], key=source.input[1], value=out.input[0], output=out.output[0],
-            )  # fmt: skip
+                "pam",
+                "naive",
+                softmax.name,
+                [source.name, softmax.name, after.name, out.name],
+                query=source.input[0],
+                key=source.input[1],
+                value=out.input[0],
+                output=out.output[0],
+            )
     return None
 
 
@@ -115,7 +121,7 @@ def _softmax_site(ed: GraphEditor, softmax: onnx.NodeProto) -> AttentionSite | N
 
 def find_light_sites(model: onnx.ModelProto, shapes: dict[str, list] | None = None) -> list[AttentionSite]:
     """GroupNorm, channel shuffle, SE and spatial-gate sites (see the module docstring)."""
-    from .shapes import infer_shapes
+    from danet_deploy.graph.shapes import infer_shapes
 
     shapes = shapes if shapes is not None else infer_shapes(model)
     ed = GraphEditor(model)

@@ -1,7 +1,14 @@
 """The DANet model family."""
 
-from .danet import ChannelAttention, DAHead, DANet, PositionAttention, build_danet, memory_efficient_attention
-from .resnet import DilatedResNet
+from danet_deploy.model.danet import (
+    ChannelAttention,
+    DAHead,
+    DANet,
+    PositionAttention,
+    build_danet,
+    memory_efficient_attention,
+)
+from danet_deploy.model.resnet import DilatedResNet
 
 __all__ = [
     "ChannelAttention",

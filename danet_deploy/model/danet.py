@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ModelConfig
-from .light_attention import ShuffleAttention, SpatialGate, SqueezeExcitation
-from .resnet import DilatedResNet
+from danet_deploy.config import ModelConfig
+from danet_deploy.model.light_attention import ShuffleAttention, SpatialGate, SqueezeExcitation
+from danet_deploy.model.resnet import DilatedResNet
 
 
 class ConvBNReLU(nn.Module):

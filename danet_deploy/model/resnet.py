@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..config import BLOCKS_PER_DEPTH, ModelConfig
+from danet_deploy.config import BLOCKS_PER_DEPTH, ModelConfig
 
 
 def conv3x3(in_ch: int, out_ch: int, stride: int = 1, dilation: int = 1) -> nn.Conv2d:

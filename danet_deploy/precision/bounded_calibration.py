@@ -7,8 +7,8 @@ output the tensors themselves, so one image holds every calibrated activation of
 6 GiB for DANet-R50 at 1024x2048), and the model's N x N attention maps besides. While `bounded_calibrators` is
 active:
 - every calibrator session, and the one ModelOpt runs to measure attention shapes, evaluates attention too large
-  to hold in query blocks (`graph.bounded`), so MinMax needs one inference's memory;
-- histogram calibrators collect segment by segment (`graph.segments`): the augmented model runs in consecutive
+  to hold in query blocks (`bounded_ort.query_blocks`), so MinMax needs one inference's memory;
+- histogram calibrators collect segment by segment (`bounded_ort.segments`): the augmented model runs in consecutive
   pieces whose calibrated tensors fit a budget, each piece's tensors go to the calibrator's own collector before
   the next runs, and are dropped. A collector treats every tensor on its own, in image order, so its histograms
   (and the ranges it computes from them) are those of the whole-model run.
@@ -26,9 +26,9 @@ from typing import Any
 
 import onnx
 
-from ..export.artifact import onnxruntime_session
-from ..graph.bounded import bounded_model
-from ..graph.segments import SegmentedRun
+from danet_deploy.artifact import onnxruntime_session
+from danet_deploy.bounded_ort.query_blocks import bounded_model
+from danet_deploy.bounded_ort.segments import SegmentedRun
 
 CALIBRATION_SEGMENT_BYTES = 256 << 20  # calibrated tensors held at once by a histogram calibrator
 
@@ -93,10 +93,13 @@ def _install(budget: int, replace: Callable[[Any, str, Any], None]) -> None:
 def _collector(calibrator: Any, collector_class: type) -> Any:
     if not calibrator.collector:
         calibrator.collector = collector_class(
-            method=calibrator.method, symmetric=calibrator.symmetric, num_bins=calibrator.num_bins,
-            num_quantized_bins=calibrator.num_quantized_bins, percentile=calibrator.percentile,
+            method=calibrator.method,
+            symmetric=calibrator.symmetric,
+            num_bins=calibrator.num_bins,
+            num_quantized_bins=calibrator.num_quantized_bins,
+            percentile=calibrator.percentile,
             scenario=calibrator.scenario,
-        )  # fmt: skip
+        )
     return calibrator.collector
 
 

@@ -19,12 +19,12 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
-from ..errors import BadInputError
-from ..export.artifact import OnnxModel
-from ..files import kept, write_bytes, write_json
-from ..versions import onnxruntime_package, package_version
-from .calibration_data import CalibrationSet, CalibrationWarning
+from danet_deploy import __version__
+from danet_deploy.artifact import OnnxModel
+from danet_deploy.errors import BadInputError
+from danet_deploy.files import kept, write_bytes, write_json
+from danet_deploy.precision.calibration_data import CalibrationSet, CalibrationWarning
+from danet_deploy.versions import onnxruntime_package, package_version
 
 log = logging.getLogger(__name__)
 

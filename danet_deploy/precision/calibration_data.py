@@ -17,13 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import ModelConfig
-from ..data.datasets import open_dataset
-from ..data.images import image_suffixes, max_pixels, probe_image, read_image
-from ..data.preprocess import resize_image
-from ..errors import BadInputError
-from ..export.artifact import InputSpec, OnnxModel
-from ..files import sha256_file
+from danet_deploy.artifact import InputSpec, OnnxModel
+from danet_deploy.config import ModelConfig
+from danet_deploy.data.datasets import open_dataset
+from danet_deploy.data.images import image_suffixes, max_pixels, probe_image, read_image
+from danet_deploy.data.preprocess import resize_image
+from danet_deploy.errors import BadInputError
+from danet_deploy.files import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -192,8 +192,9 @@ def calibration_set(
     if unreadable:
         _warn(f"{root}: skipped {unreadable} unreadable image file(s)", notes)
     if too_large:
-        _warn(f"{root}: skipped {too_large} image(s) over the decompression-bomb limit of {max_pixels():,} pixels",
-              notes)  # fmt: skip
+        _warn(
+            f"{root}: skipped {too_large} image(s) over the decompression-bomb limit of {max_pixels():,} pixels", notes
+        )
     tally = f"{non_image} non-image, {unreadable} unreadable, {too_large} too large"
     if not chosen:
         raise BadInputError(f"{root}: no readable calibration images ({tally})")

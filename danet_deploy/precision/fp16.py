@@ -29,17 +29,19 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ..errors import BadInputError, CheckFailedError
-from ..export.artifact import OnnxModel, onnxruntime_session
-from ..files import atomic_path, sha256_file
-from ..graph.bounded import Evaluation, bounded_session
-from ..graph.editor import GraphEditor
-from ..graph.sites import find_light_sites, find_sites
-from ..quiet import interrupts_held, quiet_modelopt
-from .calibration_cache import key_tool_versions
-from .calibration_data import CalibrationInfo, CalibrationSet, calibration_set
-from .probes import Agreement, MagnitudeProbe, compare_models, tensor_types
-from .stage import exact_names, finish_model, fp32_source
+from danet_deploy.artifact import OnnxModel, onnxruntime_session
+from danet_deploy.bounded_ort.query_blocks import Evaluation, bounded_session
+from danet_deploy.errors import BadInputError, CheckFailedError
+from danet_deploy.files import atomic_path, sha256_file
+from danet_deploy.graph.editor import GraphEditor
+from danet_deploy.graph.sites import find_light_sites, find_sites
+from danet_deploy.library_noise import quiet_modelopt
+from danet_deploy.precision.calibration_cache import key_tool_versions
+from danet_deploy.precision.calibration_data import CalibrationInfo, CalibrationSet, calibration_set
+from danet_deploy.precision.node_patterns import exact_names
+from danet_deploy.precision.probes import Agreement, MagnitudeProbe, compare_models, tensor_types
+from danet_deploy.precision.source import finish_model, fp32_source
+from danet_deploy.signals import interrupts_held
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +223,7 @@ def fp16_check_session(
     model: OnnxModel | onnx.ModelProto | str | os.PathLike[str], bounded: bool = True
 ) -> tuple[Any, Evaluation | None]:
     """An ONNX Runtime CPU session that computes an FP16 model with FP16 rounding (see `fp16_rounding_model`), and
-    how it evaluates the model: attention too large to hold as written runs in query blocks (`graph.bounded`;
+    how it evaluates the model: attention too large to hold as written runs in query blocks (`bounded_ort.query_blocks`;
     the rounding Identities move into the blocks with the attention ops). `bounded` False: as written."""
     if isinstance(model, OnnxModel):
         model = model.proto
@@ -315,7 +317,7 @@ def convert_fp16(
     extra node names or regular expressions (`re.match`) kept FP32 (protected mode only). Logits are
     compared with FP16 rounding emulated (`fp16_session`). A protected model that gives NaN/Inf raises
     CheckFailedError and writes nothing; a plain one only warns. `on_image(done, total)` as magnitudes are measured.
-    Every model run is bounded in memory (`MagnitudeProbe`, `graph.bounded`).
+    Every model run is bounded in memory (`MagnitudeProbe`, `bounded_ort.query_blocks`).
     """
     started = time.perf_counter()
     if not 0 < data_max <= FP16_MAX:

@@ -31,20 +31,27 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ..data.images import read_image
-from ..errors import BadInputError
-from ..graph.sites import find_sites
-from ..quiet import quiet
-from ..versions import cpu_model
-from .bounded_calibration import bounded_calibrators
-from .calibration_data import CalibrationSet
+from danet_deploy.data.images import read_image
+from danet_deploy.errors import BadInputError
+from danet_deploy.graph.sites import find_sites
+from danet_deploy.library_noise import quiet
+from danet_deploy.precision.bounded_calibration import bounded_calibrators
+from danet_deploy.precision.calibration_data import CalibrationSet
+from danet_deploy.versions import cpu_model
 
 log = logging.getLogger(__name__)
 
 ORT_QUANT_LOGGERS = ("onnxruntime.quantization", "root")
 # ONNX Runtime kernels that compute on 8-bit integers (after its graph optimizer fused the QDQ nodes).
-INTEGER_KERNELS = ("QLinearConv", "ConvInteger", "QLinearMatMul", "MatMulInteger", "MatMulIntegerToFloat",
-                   "DynamicQuantizeMatMul", "QGemm")  # fmt: skip
+INTEGER_KERNELS = (
+    "QLinearConv",
+    "ConvInteger",
+    "QLinearMatMul",
+    "MatMulInteger",
+    "MatMulIntegerToFloat",
+    "DynamicQuantizeMatMul",
+    "QGemm",
+)
 QUANTIZABLE = ("Conv", "MatMul", "Gemm")
 
 
@@ -144,9 +151,16 @@ def onnxruntime_quantization_restored() -> Iterator[None]:
     """
     from onnxruntime.quantization import base_quantizer, calibrate, qdq_quantizer, quantize, registry
 
-    owners: list[Any] = [calibrate, quantize, calibrate.CalibraterBase, calibrate.MinMaxCalibrater,
-                         calibrate.HistogramCalibrater, calibrate.HistogramCollector, qdq_quantizer.QDQQuantizer,
-                         base_quantizer.BaseQuantizer]  # fmt: skip
+    owners: list[Any] = [
+        calibrate,
+        quantize,
+        calibrate.CalibraterBase,
+        calibrate.MinMaxCalibrater,
+        calibrate.HistogramCalibrater,
+        calibrate.HistogramCollector,
+        qdq_quantizer.QDQQuantizer,
+        base_quantizer.BaseQuantizer,
+    ]
     saved = [(owner, dict(vars(owner))) for owner in owners]
     tables = [registry.QLinearOpsRegistry, registry.QDQRegistry, registry.IntegerOpsRegistry]
     saved_tables = [(table, dict(table)) for table in tables]
@@ -210,8 +224,11 @@ def run_onnxruntime_quantizer(
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
-    methods = {"entropy": CalibrationMethod.Entropy, "max": CalibrationMethod.MinMax,
-               "percentile": CalibrationMethod.Percentile}  # fmt: skip
+    methods = {
+        "entropy": CalibrationMethod.Entropy,
+        "max": CalibrationMethod.MinMax,
+        "percentile": CalibrationMethod.Percentile,
+    }
     types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
     excluded = set(exclude)
     # Only op types that something still quantizes: the calibrator then never collects the N x N attention maps.
@@ -225,8 +242,11 @@ def run_onnxruntime_quantizer(
         # the caller's initializers into references to a file in its (deleted) temp folder.
         src, out = Path(tmp) / "model.onnx", Path(tmp) / "model.int8.onnx"
         onnx.save(model, str(src))
-        with quiet(ORT_QUANT_LOGGERS, capture_stdout=True, capture_stderr=True, ignore_warnings=True), \
-                onnxruntime_quantization_restored(), bounded_calibrators():  # fmt: skip
+        with (
+            quiet(ORT_QUANT_LOGGERS, capture_stdout=True, capture_stderr=True, ignore_warnings=True),
+            onnxruntime_quantization_restored(),
+            bounded_calibrators(),
+        ):
             quantize_static(
                 str(src),
                 str(out),

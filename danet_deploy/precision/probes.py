@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ..export.artifact import onnxruntime_session
-from ..graph.bounded import bounded_model
-from ..graph.shapes import infer_shapes_and_types
-from .calibration_data import CalibrationSet
+from danet_deploy.artifact import onnxruntime_session
+from danet_deploy.bounded_ort.query_blocks import bounded_model
+from danet_deploy.graph.shapes import infer_shapes_and_types
+from danet_deploy.precision.calibration_data import CalibrationSet
 
 FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
 
@@ -59,7 +59,7 @@ class MagnitudeProbe:
     The model computes each tensor's min and max itself (ReduceMin / ReduceMax outputs are scalars), so no
     intermediate tensor leaves ONNX Runtime and its memory planner frees each one as usual: one image at a time
     costs what one inference costs. Attention maps too large to hold are computed and reduced in query blocks
-    (`graph.bounded`), so their magnitudes are measured too.
+    (`bounded_ort.query_blocks`), so their magnitudes are measured too.
     """
 
     def __init__(self, model: onnx.ModelProto, tensors: list[str] | None = None, threads: int | None = None):

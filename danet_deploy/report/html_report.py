@@ -24,13 +24,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..config import ModelConfig
-from ..data.datasets import Dataset
-from ..data.preprocess import resize_image
-from ..evaluate.protocols import EvalProtocol, predict
-from ..evaluate.verify import VerifyReport, common_input_size
-from ..files import atomic_path
-from ..runners.base import Runner, activated
+from danet_deploy.config import ModelConfig
+from danet_deploy.data.datasets import Dataset
+from danet_deploy.data.preprocess import resize_image
+from danet_deploy.evaluate.protocols import EvalProtocol, predict
+from danet_deploy.evaluate.verify import VerifyReport, common_input_size
+from danet_deploy.files import atomic_path
+from danet_deploy.runners.base import Runner, activated
 
 # The page needs inline styles (<style> and style="" attributes), data: PNG images and inline SVG (no
 # directive); nothing else, scripts above all. base-uri and form-action do not fall back to default-src.
@@ -48,9 +48,13 @@ class Example:
 
 
 def collect_examples(
-    dataset: Dataset, runners: Sequence[Runner], report: VerifyReport, config: ModelConfig, protocol: EvalProtocol,
+    dataset: Dataset,
+    runners: Sequence[Runner],
+    report: VerifyReport,
+    config: ModelConfig,
+    protocol: EvalProtocol,
     limit: int = 4,
-) -> list[Example]:  # fmt: skip
+) -> list[Example]:
     """Re-run the images with the lowest pixel agreement (over all backends) for the report.
 
     Runners not active yet are activated for this and deactivated after it.
@@ -106,19 +110,25 @@ def svg_per_class(report: VerifyReport) -> str:
     n = len(report.backends)
     bar, gap, left, width = 7, 6, 130, 420
     height = len(classes) * (n * bar + gap) + 30
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 60}" height="{height}" role="img" '
-             'aria-label="per-class IoU">']  # fmt: skip
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 60}" height="{height}" role="img" '
+        'aria-label="per-class IoU">'
+    ]
     for i, name in enumerate(classes):
         y0 = i * (n * bar + gap)
-        parts.append(f'<text x="{left - 6}" y="{y0 + n * bar / 2 + 4}" text-anchor="end" font-size="11">'
-                     f"{html.escape(name)}</text>")  # fmt: skip
+        parts.append(
+            f'<text x="{left - 6}" y="{y0 + n * bar / 2 + 4}" text-anchor="end" font-size="11">'
+            f"{html.escape(name)}</text>"
+        )
         for j, backend in enumerate(report.backends):
             value = backend.per_class_iou.get(name)
             w = 0 if value is None else width * value / 100
             colour = BACKEND_COLOURS[j % len(BACKEND_COLOURS)]
             label = "n/a" if value is None else f"{value:.1f}"
-            parts.append(f'<rect x="{left}" y="{y0 + j * bar}" width="{w:.1f}" height="{bar - 1}" fill="{colour}">'
-                         f"<title>{html.escape(backend.name)}: {label}</title></rect>")  # fmt: skip
+            parts.append(
+                f'<rect x="{left}" y="{y0 + j * bar}" width="{w:.1f}" height="{bar - 1}" fill="{colour}">'
+                f"<title>{html.escape(backend.name)}: {label}</title></rect>"
+            )
     for tick in range(0, 101, 25):
         x = left + width * tick / 100
         parts.append(f'<text x="{x}" y="{height - 8}" text-anchor="middle" font-size="10">{tick}</text>')
@@ -133,8 +143,10 @@ def svg_latency(results: list[dict[str, Any]]) -> str:
         return ""
     top = max(r["p99_ms"] for r in ok) * 1.1
     left, width, row = 190, 420, 26
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 90}" height="{len(ok) * row + 10}" '
-             'role="img" aria-label="latency">']  # fmt: skip
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 90}" height="{len(ok) * row + 10}" '
+        'role="img" aria-label="latency">'
+    ]
     for i, r in enumerate(ok):
         y = i * row + 5
         colour = BACKEND_COLOURS[i % len(BACKEND_COLOURS)]
@@ -159,9 +171,11 @@ def _backend_rows(report: VerifyReport) -> str:
         )
         miou = "-" if b.miou is None else f"{b.miou:.2f}"
         delta = "-" if b.miou_delta is None else f"{b.miou_delta:+.2f}"
-        rows.append(f"<tr><td>{html.escape(b.name)}</td><td>{html.escape(b.precision_label)}</td><td>{miou}</td><td>{delta}</td>"
-                    f"<td>{b.pixel_agreement:.4%}</td><td>{b.max_abs_diff:.2e}</td><td>{b.p99_abs_diff:.1e}</td>"
-                    f"<td>{b.cosine:.6f}</td><td>{b.nonfinite_values}</td><td>{status}</td></tr>")  # fmt: skip
+        rows.append(
+            f"<tr><td>{html.escape(b.name)}</td><td>{html.escape(b.precision_label)}</td><td>{miou}</td><td>{delta}</td>"
+            f"<td>{b.pixel_agreement:.4%}</td><td>{b.max_abs_diff:.2e}</td><td>{b.p99_abs_diff:.1e}</td>"
+            f"<td>{b.cosine:.6f}</td><td>{b.nonfinite_values}</td><td>{status}</td></tr>"
+        )
     return "\n".join(rows)
 
 
@@ -173,12 +187,16 @@ def _examples_html(examples: list[Example], report: VerifyReport, palette: Seque
         cells = [f'<figure><img src="{_png(ex.image)}" alt="input"><figcaption>input</figcaption></figure>']
         for b, labels, agreement in zip(report.backends, ex.labels, ex.agreement):
             name = html.escape(b.name)
-            cells.append(f'<figure><img src="{_png(colourize(labels, palette))}" alt="{name}">'
-                         f"<figcaption>{name}<br>{agreement:.3%} agree</figcaption></figure>")  # fmt: skip
+            cells.append(
+                f'<figure><img src="{_png(colourize(labels, palette))}" alt="{name}">'
+                f"<figcaption>{name}<br>{agreement:.3%} agree</figcaption></figure>"
+            )
         for b, labels in zip(report.backends[1:], ex.labels[1:]):
-            cells.append(f'<figure><img src="{_png(disagreement_map(ex.image, labels, ex.labels[0]))}" '
-                         f'alt="disagreement"><figcaption>{html.escape(b.name)} vs {html.escape(report.reference)}'
-                         "</figcaption></figure>")  # fmt: skip
+            cells.append(
+                f'<figure><img src="{_png(disagreement_map(ex.image, labels, ex.labels[0]))}" '
+                f'alt="disagreement"><figcaption>{html.escape(b.name)} vs {html.escape(report.reference)}'
+                "</figcaption></figure>"
+            )
         blocks.append(f'<h3>{html.escape(ex.name)}</h3><div class="row">{"".join(cells)}</div>')
     return "\n".join(blocks)
 
@@ -196,13 +214,21 @@ td:first-child,th:first-child{text-align:left}.pass{color:#1a7f37;font-weight:60
 
 
 def write_html(
-    report: VerifyReport, examples: list[Example], config: ModelConfig, path: str | os.PathLike[str],
-    benchmark: dict[str, Any] | None = None, title: str = "danet-deploy verify report",
-) -> Path:  # fmt: skip
-    legend = "".join(f'<span><i style="background:{BACKEND_COLOURS[i % len(BACKEND_COLOURS)]}"></i>'
-                     f"{html.escape(b.name)}</span>" for i, b in enumerate(report.backends))  # fmt: skip
-    classes = "".join(f'<span><i style="background:{_rgb(config.palette[i])}"></i>{html.escape(n)}</span>'
-                      for i, n in enumerate(config.class_names))  # fmt: skip
+    report: VerifyReport,
+    examples: list[Example],
+    config: ModelConfig,
+    path: str | os.PathLike[str],
+    benchmark: dict[str, Any] | None = None,
+    title: str = "danet-deploy verify report",
+) -> Path:
+    legend = "".join(
+        f'<span><i style="background:{BACKEND_COLOURS[i % len(BACKEND_COLOURS)]}"></i>{html.escape(b.name)}</span>'
+        for i, b in enumerate(report.backends)
+    )
+    classes = "".join(
+        f'<span><i style="background:{_rgb(config.palette[i])}"></i>{html.escape(n)}</span>'
+        for i, n in enumerate(config.class_names)
+    )
     bench = ""
     if benchmark:
         bench = f"<h2>Latency (median; whisker p90-p99)</h2><p>{html.escape(str(benchmark.get('device', '')))}</p>"
@@ -260,9 +286,11 @@ def write_markdown(report: VerifyReport, path: str | os.PathLike[str], html_name
         miou = "-" if b.miou is None else f"{b.miou:.2f}"
         delta = "-" if b.miou_delta is None else f"{b.miou_delta:+.2f}"
         result = "pass" if b.passed else "FAIL: " + "; ".join(b.failures)
-        lines.append(f"| {md_escape(b.name)} | {md_escape(b.precision_label)} | {miou} | {delta} | "
-                     f"{b.pixel_agreement:.4%} | {b.max_abs_diff:.2e} | {b.p99_abs_diff:.1e} | {b.cosine:.6f} | "
-                     f"{md_escape(result)} |")  # fmt: skip
+        lines.append(
+            f"| {md_escape(b.name)} | {md_escape(b.precision_label)} | {miou} | {delta} | "
+            f"{b.pixel_agreement:.4%} | {b.max_abs_diff:.2e} | {b.p99_abs_diff:.1e} | {b.cosine:.6f} | "
+            f"{md_escape(result)} |"
+        )
     if html_name:
         code = html_name.replace("`", "")  # a code span: backslash escapes do not work inside one
         lines += ["", f"Full report with per-class IoU and the worst images: `{code}`."]

@@ -7,14 +7,14 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from ..engine.plan import BuildPlan
-from ..engine.sidecar import EngineSidecar
-from ..evaluate.verify import VerifyReport
-from ..export import ExportRecord
-from ..export.artifact import precision_label
-from ..graph.lint import LintReport
-from ..graph.simplify import SimplifyReport
-from ..progress import format_bytes
+from danet_deploy.artifact import precision_label
+from danet_deploy.engine.plan import BuildPlan
+from danet_deploy.engine.sidecar import EngineSidecar
+from danet_deploy.evaluate.verify import VerifyReport
+from danet_deploy.export import ExportRecord
+from danet_deploy.graph.lint import LintReport
+from danet_deploy.graph.simplify import SimplifyReport
+from danet_deploy.progress import format_bytes
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -25,17 +25,34 @@ def verify_table(report: VerifyReport) -> Table:
     size = "x".join(map(str, report.input_size)) if report.input_size else "native"
     title = f"verify: {report.images} images, {report.protocol}, input {size}, reference {report.reference}"
     table = Table(title=title)
-    columns = ("backend", "precision", "mIoU %", "delta", "pixel agreement", "max |diff|", "p99 |diff|", "cosine",
-               "NaN/Inf", "result")  # fmt: skip
+    columns = (
+        "backend",
+        "precision",
+        "mIoU %",
+        "delta",
+        "pixel agreement",
+        "max |diff|",
+        "p99 |diff|",
+        "cosine",
+        "NaN/Inf",
+        "result",
+    )
     for column in columns:
         table.add_column(column, justify="left" if column in ("backend", "precision", "result") else "right")
     for b in report.backends:
         result = "[green]pass[/]" if b.passed else f"[red]FAIL[/] {escape('; '.join(b.failures))}"
         table.add_row(
-            escape(b.name), b.precision_label, _fmt(b.miou, ".2f"), _fmt(b.miou_delta, "+.2f"),
+            escape(b.name),
+            b.precision_label,
+            _fmt(b.miou, ".2f"),
+            _fmt(b.miou_delta, "+.2f"),
             f"{b.pixel_agreement:.4%}",
-            f"{b.max_abs_diff:.2e}", f"{b.p99_abs_diff:.1e}", f"{b.cosine:.6f}", str(b.nonfinite_values), result,
-        )  # fmt: skip
+            f"{b.max_abs_diff:.2e}",
+            f"{b.p99_abs_diff:.1e}",
+            f"{b.cosine:.6f}",
+            str(b.nonfinite_values),
+            result,
+        )
     return table
 
 
@@ -72,9 +89,11 @@ def simplify_lines(report: SimplifyReport) -> list[str]:
         lines.append(f"  GroupNorm form '{report.group_norm}' ({report.group_norm_reason})")
     if report.passes:
         size = "x".join(str(d) for d in report.check_input[-2:])
-        lines.append(f"  every pass checked with ONNX Runtime on {report.check_images} bundled image(s) at {size} "
-                     f"(the model's size), each against the graph before it; input graph evaluated "
-                     f"{report.input_evaluated}")  # fmt: skip
+        lines.append(
+            f"  every pass checked with ONNX Runtime on {report.check_images} bundled image(s) at {size} "
+            f"(the model's size), each against the graph before it; input graph evaluated "
+            f"{report.input_evaluated}"
+        )
     for p in report.passes:
         how = "" if p.evaluated == "as written" else f"  [evaluated: {p.evaluated}]"
         lines.append(
@@ -104,20 +123,35 @@ def inspect_tables(
         summary.add_row(
             "model", escape(f"{arch}, stem {config['stem_channels']}, layer4 dilations {config['layer4_dilations']}")
         )
-        summary.add_row("preprocessing", escape(f"mean {config['mean']} std {config['std']}, align_corners "
-                        f"{config['align_corners']}, config input {config['input_size']}"))  # fmt: skip
+        summary.add_row(
+            "preprocessing",
+            escape(
+                f"mean {config['mean']} std {config['std']}, align_corners "
+                f"{config['align_corners']}, config input {config['input_size']}"
+            ),
+        )
     else:
         summary.add_row("model config", "none (not exported by danet-deploy)")
     provenance = meta.get("provenance", {})
     if provenance:
         sha = str(provenance.get("checkpoint_sha256", ""))[:12]
-        summary.add_row("provenance", escape(f"{provenance.get('checkpoint', '?')} (sha256 {sha}...), "
-                        f"{provenance.get('exporter', '?')}, {provenance.get('created', '')}"))  # fmt: skip
+        summary.add_row(
+            "provenance",
+            escape(
+                f"{provenance.get('checkpoint', '?')} (sha256 {sha}...), "
+                f"{provenance.get('exporter', '?')}, {provenance.get('created', '')}"
+            ),
+        )
     graph = meta.get("graph")
     if graph:
         gn = f", GroupNorm {graph['group_norm']}" if graph.get("group_norm") else ""
-        summary.add_row("graph passes", escape(f"target {graph['target']}, PAM {graph['attention']}{gn}: "
-                        + ", ".join(str(p["name"]) for p in graph["passes"])))  # fmt: skip
+        summary.add_row(
+            "graph passes",
+            escape(
+                f"target {graph['target']}, PAM {graph['attention']}{gn}: "
+                + ", ".join(str(p["name"]) for p in graph["passes"])
+            ),
+        )
     if precision is not None:
         summary.add_row("precision", escape(precision))
     summary.add_row("lint input", escape(f"{report.input_shape} for target {report.target}"))
@@ -225,8 +259,10 @@ def engine_inspect_lines(path: str, sidecar: EngineSidecar, live: Any = None, no
 def _agreement(agreement: Any) -> str:
     if agreement is None:
         return "not measured"
-    return (f"label agreement {agreement.label_agreement:.4%}, max |diff| {agreement.max_abs_diff:.3g}, "
-            f"NaN/Inf {agreement.nonfinite} on {agreement.images} calibration images")  # fmt: skip
+    return (
+        f"label agreement {agreement.label_agreement:.4%}, max |diff| {agreement.max_abs_diff:.3g}, "
+        f"NaN/Inf {agreement.nonfinite} on {agreement.images} calibration images"
+    )
 
 
 def int8_lines(record: Any, budget: Any = None) -> list[str]:
@@ -236,8 +272,10 @@ def int8_lines(record: Any, budget: Any = None) -> list[str]:
         what = "INT8 Q/DQ for TensorRT (symmetric, per-channel weights)"
     else:
         bits = ", 7-bit range" if profile.reduce_range else ""
-        what = (f"INT8 QDQ for ONNX Runtime on {profile.description} ({profile.activation_type} activations, "
-                f"{profile.weight_type} per-channel weights{bits})")  # fmt: skip
+        what = (
+            f"INT8 QDQ for ONNX Runtime on {profile.description} ({profile.activation_type} activations, "
+            f"{profile.weight_type} per-channel weights{bits})"
+        )
     lines = [
         f"wrote {record.onnx_path}: {what}, method {record.method}, "
         f"{calib.images} images from {calib.source} (seed {calib.seed}), "
@@ -252,12 +290,16 @@ def int8_lines(record: Any, budget: Any = None) -> list[str]:
     if record.nodes_to_exclude:
         lines.append(f"kept in higher precision: {', '.join(record.nodes_to_exclude)}")
     if budget is not None:
-        lines.append(f"mIoU budget {budget.max_miou_drop:g} points vs FP32 {budget.fp32_miou:.2f} on "
-                     f"{budget.eval_images} images of {budget.eval_data}:")  # fmt: skip
+        lines.append(
+            f"mIoU budget {budget.max_miou_drop:g} points vs FP32 {budget.fp32_miou:.2f} on "
+            f"{budget.eval_images} images of {budget.eval_data}:"
+        )
         for i, step in enumerate(budget.steps):
             kept = f"{len(step.excluded)} layers kept FP32" if step.excluded else "all layers INT8"
-            lines.append(f"  step {i}: {kept}: mIoU {step.miou:.2f} (drop {step.drop:.2f}) "
-                         f"{'meets' if step.passed else 'misses'} the budget")  # fmt: skip
+            lines.append(
+                f"  step {i}: {kept}: mIoU {step.miou:.2f} (drop {step.drop:.2f}) "
+                f"{'meets' if step.passed else 'misses'} the budget"
+            )
     return lines
 
 
@@ -293,14 +335,25 @@ def fp16_lines(record: Any) -> list[str]:
 def benchmark_table(results: list[dict[str, Any]], device: str) -> Table:
     first = results[0]
     table = Table(title=f"benchmark: {first['warmup']} warm-up + {first['iterations']} timed runs, {device}")
-    for column in ("backend", "precision", "input", "median ms", "p90 ms", "p99 ms", "end-to-end ms", "images/s",
-                   "peak RSS", "threads"):  # fmt: skip
+    for column in (
+        "backend",
+        "precision",
+        "input",
+        "median ms",
+        "p90 ms",
+        "p99 ms",
+        "end-to-end ms",
+        "images/s",
+        "peak RSS",
+        "threads",
+    ):
         table.add_column(column, justify="left" if column in ("backend", "precision", "input") else "right")
     for r in results:
         shape = "x".join(map(str, r["input_shape"]))
         times = [f"{r[k]:.1f}" for k in ("median_ms", "p90_ms", "p99_ms", "end_to_end_median_ms")]
         memory = f"{r['peak_rss_mib']:.0f} MiB"
         label = precision_label(r["precision"], r.get("quantized_for"))
-        table.add_row(escape(str(r["name"])), label, shape, *times, f"{r['throughput_ips']:.2f}", memory,
-                      str(r["threads"] or "-"))  # fmt: skip
+        table.add_row(
+            escape(str(r["name"])), label, shape, *times, f"{r['throughput_ips']:.2f}", memory, str(r["threads"] or "-")
+        )
     return table

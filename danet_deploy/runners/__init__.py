@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .base import Runner, activated, cpu_device
+from danet_deploy.runners.base import Runner, activated, cpu_device
 
 if TYPE_CHECKING:
-    from .onnxruntime import OnnxRuntimeRunner
-    from .pytorch import PyTorchRunner
-    from .tensorrt import TensorRTRunner
+    from danet_deploy.runners.onnxruntime import OnnxRuntimeRunner
+    from danet_deploy.runners.pytorch import PyTorchRunner
+    from danet_deploy.runners.tensorrt import TensorRTRunner
 
 __all__ = ["OnnxRuntimeRunner", "PyTorchRunner", "Runner", "TensorRTRunner", "activated", "cpu_device"]
 

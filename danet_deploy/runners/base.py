@@ -19,9 +19,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..config import ModelConfig
-from ..export.artifact import InputSpec, Precision, precision_label
-from ..versions import cpu_model
+from danet_deploy.artifact import InputSpec, Precision, precision_label
+from danet_deploy.config import ModelConfig
+from danet_deploy.versions import cpu_model
 
 
 def cpu_device() -> str:
@@ -39,9 +39,13 @@ class Runner(abc.ABC):
     kind: ClassVar[str] = "runner"  # backend family reported by benchmark: "pytorch", "onnxruntime", "tensorrt"
 
     def __init__(
-        self, name: str, precision: Precision = Precision.FP32, input_spec: InputSpec | None = None,
-        config: ModelConfig | None = None, quantized_for: str | None = None,
-    ):  # fmt: skip
+        self,
+        name: str,
+        precision: Precision = Precision.FP32,
+        input_spec: InputSpec | None = None,
+        config: ModelConfig | None = None,
+        quantized_for: str | None = None,
+    ):
         self._name = name
         self._precision = precision
         self._quantized_for = quantized_for
@@ -79,7 +83,7 @@ class Runner(abc.ABC):
     @property
     def evaluated(self) -> str:
         """How the backend evaluates the model: 'as written', or e.g. with large attention in query blocks
-        (exact, to bound memory: see `graph.bounded`)."""
+        (exact, to bound memory: see `bounded_ort.query_blocks`)."""
         return "as written"
 
     @property

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..errors import BadInputError
-from ..export.artifact import OnnxModel, Precision, onnxruntime_session
-from .base import Runner, cpu_device
+from danet_deploy.artifact import OnnxModel, Precision, onnxruntime_session
+from danet_deploy.errors import BadInputError
+from danet_deploy.runners.base import Runner, cpu_device
 
 
 @contextlib.contextmanager
@@ -37,7 +37,7 @@ class OnnxRuntimeRunner(Runner):
     """An ONNX file on ONNX Runtime's CPU provider; the session is created at activation. FP32 and INT8 models
     run with denormals flushed to zero (`denormals_flushed`).
 
-    `bounded`: evaluate attention too large to hold as written in query blocks (exact; `graph.bounded`), with
+    `bounded`: evaluate attention too large to hold as written in query blocks (exact; `bounded_ort.query_blocks`), with
     activations returned to the system after each run, for checks such as verify, where every backend is open
     at once. Benchmarks time the graph as written (the default)."""
 
@@ -55,8 +55,13 @@ class OnnxRuntimeRunner(Runner):
         self._bounded = bounded
         self._evaluated = "as written"
         self._session: Any = None
-        super().__init__(name or f"onnxruntime:{self.path.name}", model.precision, model.input_spec, model.config,
-                         model.quantized_for)  # fmt: skip
+        super().__init__(
+            name or f"onnxruntime:{self.path.name}",
+            model.precision,
+            model.input_spec,
+            model.config,
+            model.quantized_for,
+        )
 
     @property
     def device(self) -> str:
@@ -80,7 +85,7 @@ class OnnxRuntimeRunner(Runner):
             if self._precision == Precision.FP16:
                 # ORT's CPU provider runs most FP16 ops in FP32 and never rounds between them, which hides
                 # FP16 overflow; this session stores every FP16 intermediate in FP16, as a GPU would.
-                from ..precision.fp16 import fp16_check_session, fp16_session
+                from danet_deploy.precision.fp16 import fp16_check_session, fp16_session
 
                 if self._bounded:
                     self._session, evaluation = fp16_check_session(self.path)
@@ -88,7 +93,7 @@ class OnnxRuntimeRunner(Runner):
                 else:
                     self._session = fp16_session(self.path, bounded=False)
             elif self._bounded:
-                from ..graph.bounded import bounded_session
+                from danet_deploy.bounded_ort.query_blocks import bounded_session
 
                 self._session, evaluation = bounded_session(self.path, threads=self._threads, flush_denormals=True)
                 self._evaluated = evaluation.describe()

@@ -10,11 +10,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import ModelConfig
-from ..errors import EXIT_MISSING_DEPENDENCY, DeployError
-from ..export.artifact import InputSpec, Precision
-from ..model.danet import PositionAttention, memory_efficient_attention
-from .base import Runner, cpu_device
+from danet_deploy.artifact import InputSpec, Precision
+from danet_deploy.config import ModelConfig
+from danet_deploy.errors import EXIT_MISSING_DEPENDENCY, DeployError
+from danet_deploy.model.danet import PositionAttention, memory_efficient_attention
+from danet_deploy.runners.base import Runner, cpu_device
 
 _FP16_NEEDS_CUDA = "PyTorch FP16 needs a CUDA GPU (none found, or torch is a CPU build)"
 
@@ -59,17 +59,26 @@ class PyTorchRunner(Runner):
 
     @classmethod
     def from_model(
-        cls, model: torch.nn.Module, config: ModelConfig, name: str = "pytorch", half: bool = False,
+        cls,
+        model: torch.nn.Module,
+        config: ModelConfig,
+        name: str = "pytorch",
+        half: bool = False,
         threads: int | None = None,
-    ) -> PyTorchRunner:  # fmt: skip
+    ) -> PyTorchRunner:
         """A runner of an in-memory model (moved to the CPU, or copied to the GPU for FP16, at activation)."""
         return cls(model, config, name, half, threads)
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | os.PathLike[str], layout: str | None = None, overrides: dict[str, Any] | None = None,
-        name: str = "pytorch", half: bool = False, threads: int | None = None,
-    ) -> PyTorchRunner:  # fmt: skip
+        cls,
+        path: str | os.PathLike[str],
+        layout: str | None = None,
+        overrides: dict[str, Any] | None = None,
+        name: str = "pytorch",
+        half: bool = False,
+        threads: int | None = None,
+    ) -> PyTorchRunner:
         """A runner that loads `path` (danet_deploy.checkpoints.load_checkpoint) when activated."""
         return cls(path, None, name, half, threads, layout=layout, overrides=overrides)
 
@@ -90,7 +99,7 @@ class PyTorchRunner(Runner):
             torch.set_num_threads(self._threads)
         model = self._model
         if model is None:
-            from ..checkpoints import load_checkpoint
+            from danet_deploy.checkpoints import load_checkpoint
 
             assert self.checkpoint is not None
             self.loaded = load_checkpoint(self.checkpoint, self.layout, **self.overrides)

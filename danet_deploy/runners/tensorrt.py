@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from ..config import ModelConfig
-from ..engine.sidecar import check_compatible, read_sidecar
-from ..errors import BadInputError
-from ..export.artifact import Precision
-from .base import Runner
+from danet_deploy.artifact import Precision
+from danet_deploy.config import ModelConfig
+from danet_deploy.engine.sidecar import check_compatible, read_sidecar
+from danet_deploy.errors import BadInputError
+from danet_deploy.runners.base import Runner
 
 
 class TensorRTRunner(Runner):
@@ -40,8 +40,7 @@ class TensorRTRunner(Runner):
         self.warnings: list[str] = []  # compatibility warnings, filled by activate()
         self._running: Any = None  # engine.system.RunningSystem, known once activated
         self._runner: Any = None
-        super().__init__(name or f"tensorrt:{self.path.name}", Precision(sidecar.precision), sidecar.spec,
-                         config)  # fmt: skip
+        super().__init__(name or f"tensorrt:{self.path.name}", Precision(sidecar.precision), sidecar.spec, config)
 
     @property
     def device(self) -> str:
@@ -57,7 +56,7 @@ class TensorRTRunner(Runner):
         return self._sidecar
 
     def activate_impl(self) -> None:
-        from ..engine.system import running_system
+        from danet_deploy.engine.system import running_system
 
         # Compare versions and GPU before deserializing: a mismatched plan fails inside TensorRT otherwise.
         running = running_system()

@@ -4,7 +4,7 @@ long work; a command whose peak exceeds the available memory stops with exit cod
 The estimates are a model of what each step holds, with constants measured on DANet-R50/R101 at 512x1024 and
 1024x2048 (`bench/memory_bench.py`, docs/benchmarks.md): the process's runtimes, copies of the weights (ONNX
 protos, sessions, ModelOpt's working copies), activations per input pixel, and the attention maps as the step
-evaluates them (PAM over N positions: as written, or in query blocks: `graph.bounded`,
+evaluates them (PAM over N positions: as written, or in query blocks: `bounded_ort.query_blocks`,
 `model.memory_efficient_attention`). They aim a little high: a plan that says "fits" should fit.
 """
 
@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from .errors import BadInputError
-from .export.artifact import OnnxModel
-from .graph.bounded import BLOCK_BYTES, CHECK_ATTENTION_BYTES, plan_evaluation
-from .graph.shapes import structure_only
-from .precision.bounded_calibration import CALIBRATION_SEGMENT_BYTES
-from .progress import format_bytes
-from .versions import available_memory
+from danet_deploy.artifact import OnnxModel
+from danet_deploy.bounded_ort.query_blocks import BLOCK_BYTES, CHECK_ATTENTION_BYTES, plan_evaluation
+from danet_deploy.errors import BadInputError
+from danet_deploy.graph.shapes import structure_only
+from danet_deploy.precision.bounded_calibration import CALIBRATION_SEGMENT_BYTES
+from danet_deploy.progress import Progress, format_bytes
+from danet_deploy.versions import available_memory
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -75,6 +75,12 @@ class MemoryPlan:
             lines.append(f"  {s.step}: {format_bytes(s.bytes)}" + (f" ({s.detail})" if s.detail else ""))
         return lines
 
+    def show_and_check(self, progress: Progress, force: bool) -> None:
+        """Print the plan before long work, then `check` it."""
+        for line in self.lines():
+            progress.note(line)
+        self.check(force)
+
     def check(self, force: bool) -> None:
         """BadInputError (exit 2) when the peak exceeds the available memory, unless `force`."""
         if force or self.available is None or self.peak.bytes <= self.available:
@@ -123,8 +129,14 @@ def onnx_facts(model: onnx.ModelProto, input_shape: list[int], num_classes: int)
     weights = sum(_initializer_bytes(i) for i in model.graph.initializer)
     evaluation = plan_evaluation(structure_only(model), input_shape)
     pixels = math.prod(input_shape) // 3
-    return ModelFacts(weights, pixels, evaluation.bytes_evaluated, evaluation.bytes_as_written, evaluation.describe(),
-                      pixels * num_classes * 4)  # fmt: skip
+    return ModelFacts(
+        weights,
+        pixels,
+        evaluation.bytes_evaluated,
+        evaluation.bytes_as_written,
+        evaluation.describe(),
+        pixels * num_classes * 4,
+    )
 
 
 def onnx_file_facts(
@@ -164,7 +176,8 @@ def ort_run(facts: ModelFacts, attention: int | None = None, per_pixel: int = OR
 
 
 def export_plan(weights: int, batch: int, size: tuple[int, int], pam: bool, classes: int) -> MemoryPlan:
-    """PyTorch export, then the parity check: PyTorch (PAM in query blocks) and ONNX Runtime (see `graph.bounded`)."""
+    """PyTorch export, then the parity check: PyTorch (PAM in query blocks) and ONNX Runtime
+    (`bounded_ort.query_blocks`)."""
     plan = new_plan("export", size)
     pixels = batch * size[0] * size[1]
     as_written, checked = pam_attention_bytes(batch, size, pam)
@@ -172,11 +185,17 @@ def export_plan(weights: int, batch: int, size: tuple[int, int], pam: bool, clas
     facts = ModelFacts(weights, pixels, checked, as_written, "", pixels * classes * 4)
     plan.steps = [
         StepEstimate("torch.onnx export", RUNTIME_TORCH + EXPORT_WEIGHT_COPIES * weights),
-        StepEstimate("parity: PyTorch", RUNTIME_TORCH + weights + TORCH_BYTES_PER_PIXEL * pixels + torch_attention,
-                     "PAM in query blocks" if torch_attention < as_written else "PAM as trained"),
-        StepEstimate("parity: ONNX Runtime", RUNTIME_TORCH + weights + ort_run(facts) + 2 * facts.logits,
-                     "attention in query blocks" if checked < as_written else "as written"),
-    ]  # fmt: skip
+        StepEstimate(
+            "parity: PyTorch",
+            RUNTIME_TORCH + weights + TORCH_BYTES_PER_PIXEL * pixels + torch_attention,
+            "PAM in query blocks" if torch_attention < as_written else "PAM as trained",
+        ),
+        StepEstimate(
+            "parity: ONNX Runtime",
+            RUNTIME_TORCH + weights + ort_run(facts) + 2 * facts.logits,
+            "attention in query blocks" if checked < as_written else "as written",
+        ),
+    ]
     return plan
 
 
@@ -187,10 +206,15 @@ def simplify_plan(facts: ModelFacts, size: tuple[int, int], heads: int, images: 
     target = per_head if per_head <= CHECK_ATTENTION_BYTES else 2 * BLOCK_BYTES
     attention = max(facts.checked_attention, target)
     plan.steps = [
-        StepEstimate("pass checks", RUNTIME + PROTO_COPIES_SIMPLIFY * facts.weights
-                     + ort_run(facts, attention, ORT_PLAIN_BYTES_PER_PIXEL)
-                     + 2 * images * facts.logits, facts.check),
-    ]  # fmt: skip
+        StepEstimate(
+            "pass checks",
+            RUNTIME
+            + PROTO_COPIES_SIMPLIFY * facts.weights
+            + ort_run(facts, attention, ORT_PLAIN_BYTES_PER_PIXEL)
+            + 2 * images * facts.logits,
+            facts.check,
+        ),
+    ]
     return plan
 
 
@@ -206,23 +230,33 @@ def quantize_plan(
         plan.steps = [
             StepEstimate("magnitude probe", RUNTIME + facts.weights + ort_run(facts), "streamed, one image at a time"),
             StepEstimate("AutoCast", RUNTIME + PROTO_COPIES_AUTOCAST * facts.weights),
-            StepEstimate("check against FP32", RUNTIME + facts.weights + ort_run(facts) + fp16_run + 2 * facts.logits,
-                         facts.check),
-        ]  # fmt: skip
+            StepEstimate(
+                "check against FP32",
+                RUNTIME + facts.weights + ort_run(facts) + fp16_run + 2 * facts.logits,
+                facts.check,
+            ),
+        ]
         return plan
     copies = PROTO_COPIES_MODELOPT if target == "tensorrt" else PROTO_COPIES_SIMPLIFY
     segment = CALIBRATION_SEGMENT_BYTES
     calibrated = segment * (1 + HISTOGRAM_FACTOR) if method != "max" else 0
     plan.steps = [
-        StepEstimate("calibration", RUNTIME + copies * facts.weights + ort_run(facts) + calibrated,
-                     f"{method}: tensors streamed in segments of {format_bytes(segment)}"),
+        StepEstimate(
+            "calibration",
+            RUNTIME + copies * facts.weights + ort_run(facts) + calibrated,
+            f"{method}: tensors streamed in segments of {format_bytes(segment)}",
+        ),
         StepEstimate("check against FP32", check, facts.check),
-    ]  # fmt: skip
+    ]
     if budget:
         probes = 2 * ALL_ACTIVATIONS_PER_PIXEL * facts.pixels + facts.attention_as_written
-        plan.steps.append(StepEstimate("sensitivity ranking", RUNTIME + 3 * facts.weights + probes,
-                                       "if the budget is missed: every probed tensor of an image at once, "
-                                       "attention as written"))  # fmt: skip
+        plan.steps.append(
+            StepEstimate(
+                "sensitivity ranking",
+                RUNTIME + 3 * facts.weights + probes,
+                "if the budget is missed: every probed tensor of an image at once, attention as written",
+            )
+        )
     return plan
 
 
@@ -237,8 +271,13 @@ def verify_plan(torch_weights: int | None, backends: list[ModelFacts], size: tup
         runs.append(TORCH_BYTES_PER_PIXEL * pixels + 2 * BLOCK_BYTES)
     one_output = backends[0].logits if backends else pixels * CITYSCAPES_CLASSES * 4  # checkpoint only: a guess
     logits = (len(backends) + (torch_weights is not None)) * one_output * 2
-    plan.steps = [StepEstimate("backends on each image", base + held + max(runs, default=0) + logits,
-                               f"{len(backends) + (torch_weights is not None)} backend(s) open")]  # fmt: skip
+    plan.steps = [
+        StepEstimate(
+            "backends on each image",
+            base + held + max(runs, default=0) + logits,
+            f"{len(backends) + (torch_weights is not None)} backend(s) open",
+        )
+    ]
     return plan
 
 
@@ -249,8 +288,13 @@ def benchmark_plan(
     plan = new_plan("benchmark", size)
     pixels = size[0] * size[1]
     if torch_weights is not None:
-        plan.steps.append(StepEstimate("pytorch", RUNTIME_TORCH + torch_weights + TORCH_BYTES_PER_PIXEL * pixels
-                                       + 2 * BLOCK_BYTES, "PAM in query blocks"))  # fmt: skip
+        plan.steps.append(
+            StepEstimate(
+                "pytorch",
+                RUNTIME_TORCH + torch_weights + TORCH_BYTES_PER_PIXEL * pixels + 2 * BLOCK_BYTES,
+                "PAM in query blocks",
+            )
+        )
     for name, b in backends:
         run = RUNTIME + int(SESSION_WEIGHT_COPIES * b.weights + ORT_ARENA_FACTOR * ORT_BYTES_PER_PIXEL * b.pixels)
         plan.steps.append(StepEstimate(name, run + b.attention_as_written, "as written"))

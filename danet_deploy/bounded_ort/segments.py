@@ -20,10 +20,10 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from ..export.artifact import onnxruntime_session
-from .bounded import ITEMSIZE
-from .editor import _subgraph_inputs
-from .shapes import infer_shapes_and_types
+from danet_deploy.artifact import onnxruntime_session
+from danet_deploy.bounded_ort.query_blocks import ITEMSIZE
+from danet_deploy.graph.editor import _subgraph_inputs
+from danet_deploy.graph.shapes import infer_shapes_and_types
 
 
 @dataclass
@@ -92,8 +92,13 @@ def _segment_model(model: onnx.ModelProto, segment: Segment, types: dict[str, in
         shape = shapes.get(name)
         return helper.make_tensor_value_info(name, types.get(name, onnx.TensorProto.FLOAT), shape)
 
-    graph = helper.make_graph(list(segment.nodes), "segment", [value(i) for i in segment.inputs],
-                              [value(o) for o in segment.outputs], initializers)  # fmt: skip
+    graph = helper.make_graph(
+        list(segment.nodes),
+        "segment",
+        [value(i) for i in segment.inputs],
+        [value(o) for o in segment.outputs],
+        initializers,
+    )
     part = helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
     part.functions.extend(model.functions)
     return part
@@ -104,9 +109,12 @@ class SegmentedRun:
     segment's session (default: ONNX Runtime CPU, no arena)."""
 
     def __init__(
-        self, model: onnx.ModelProto, fetch: list[str], max_bytes: int,
+        self,
+        model: onnx.ModelProto,
+        fetch: list[str],
+        max_bytes: int,
         session: Callable[[bytes], Any] = lambda data: onnxruntime_session(data, arena=False),
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.input_names = [i.name for i in model.graph.input]
         self.fetch_inputs = [name for name in fetch if name in self.input_names]
         self.segments = split(model, fetch, max_bytes)

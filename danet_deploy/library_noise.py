@@ -10,9 +10,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
-import signal
-import threading
 import warnings
 from collections.abc import Iterable, Iterator
 
@@ -73,24 +70,3 @@ def quiet_modelopt() -> contextlib.AbstractContextManager[None]:
 def quiet_torch_export() -> contextlib.AbstractContextManager[None]:
     """Silence the torch exporters' progress prints, INFO logging and warnings; errors still raise."""
     return quiet(TORCH_EXPORT_LOGGERS, capture_stdout=True, ignore_warnings=True)
-
-
-@contextlib.contextmanager
-def interrupts_held() -> Iterator[None]:
-    """Hold Ctrl-C while native extensions load and raise it after: a KeyboardInterrupt raised inside a
-    nanobind/pybind11 module's initialisation (ModelOpt imports `lief`) aborts the whole process with a C++
-    `terminate` and a hundred lines, instead of unwinding to the one-line "interrupted" (exit 130)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held: list[tuple[int, object]] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append((signum, frame)))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if held:
-        if callable(previous):
-            previous(*held[0])  # Python's handler (or the CLI's) raises KeyboardInterrupt
-        elif previous == signal.SIG_DFL:
-            os.kill(os.getpid(), signal.SIGINT)

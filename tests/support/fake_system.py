@@ -40,8 +40,11 @@ ORIN = Gpu("Orin", "8.7", 64 * 2**30, True, "GPU-00000000-0000-0000-0000-0000000
 H100 = Gpu("NVIDIA H100 80GB HBM3", "9.0", 80 * 2**30, False, "GPU-11111111-1111-1111-1111-111111111111")
 
 
-def jetson_root(tmp: Path, release: str = "# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: "
-                "aarch64", model: str = "NVIDIA Jetson AGX Orin Developer Kit") -> Path:  # fmt: skip
+def jetson_root(
+    tmp: Path,
+    release: str = "# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64",
+    model: str = "NVIDIA Jetson AGX Orin Developer Kit",
+) -> Path:
     (tmp / "etc").mkdir(parents=True, exist_ok=True)
     (tmp / "proc" / "device-tree").mkdir(parents=True, exist_ok=True)
     (tmp / "etc" / "nv_tegra_release").write_text(release + "\n")

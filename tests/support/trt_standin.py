@@ -48,27 +48,73 @@ from typing import Any, ClassVar
 
 import onnx
 
-SURFACE = json.loads((Path(__file__).parent / "data" / "tensorrt_api_surface.json").read_text())
+SURFACE = json.loads((Path(__file__).parent.parent / "data" / "tensorrt_api_surface.json").read_text())
 # tensorrt.__version__ -> release tag in the data
-RELEASES = {"8.6.1": "v8.6.1", "10.3.0": "v10.3.0", "10.13.3": "v10.13.3", "10.14.1": "v10.14", "11.0.0": "v11.0",
-            "11.1.0": "v11.1"}  # fmt: skip
+RELEASES = {
+    "8.6.1": "v8.6.1",
+    "10.3.0": "v10.3.0",
+    "10.13.3": "v10.13.3",
+    "10.14.1": "v10.14",
+    "11.0.0": "v11.0",
+    "11.1.0": "v11.1",
+}
 ENGINE_MAGIC = b"STANDIN-ENGINE\n"
 SEVERITIES = ("INTERNAL_ERROR", "ERROR", "WARNING", "INFO", "VERBOSE")
-CONTEXT_MANAGED = ("ILogger", "ICudaEngine", "IExecutionContext", "Runtime", "IHostMemory", "Builder",
-                   "INetworkDefinition", "OnnxParser", "IBuilderConfig")  # fmt: skip
+CONTEXT_MANAGED = (
+    "ILogger",
+    "ICudaEngine",
+    "IExecutionContext",
+    "Runtime",
+    "IHostMemory",
+    "Builder",
+    "INetworkDefinition",
+    "OnnxParser",
+    "IBuilderConfig",
+)
 # Module attributes that alias DataType values (names from the data's "attrs").
-DTYPE_ALIASES = {"float32": "FLOAT", "float16": "HALF", "bfloat16": "BF16", "int8": "INT8", "int32": "INT32",
-                 "int64": "INT64", "int4": "INT4", "uint8": "UINT8", "bool": "BOOL", "fp8": "FP8", "fp4": "FP4",
-                 "e8m0": "E8M0"}  # fmt: skip
-ONNX_LAYER_TYPES = {"Conv": "CONVOLUTION", "MatMul": "MATRIX_MULTIPLY", "Gemm": "MATRIX_MULTIPLY",
-                    "Softmax": "SOFTMAX", "QuantizeLinear": "QUANTIZE", "DequantizeLinear": "DEQUANTIZE",
-                    "Relu": "ACTIVATION", "Sigmoid": "ACTIVATION", "Add": "ELEMENTWISE", "Mul": "ELEMENTWISE",
-                    "Sub": "ELEMENTWISE", "Div": "ELEMENTWISE", "Max": "ELEMENTWISE", "Reshape": "SHUFFLE",
-                    "Transpose": "SHUFFLE", "ReduceMax": "REDUCE", "ReduceMean": "REDUCE", "Resize": "RESIZE",
-                    "Cast": "CAST", "Concat": "CONCATENATION", "MaxPool": "POOLING",
-                    "Constant": "CONSTANT"}  # fmt: skip
-JSON_FORMATS = {"FP32": "Row major linear FP32", "FP16": "Row major linear FP16 format",
-                "INT8": "Thirty-two wide channel vectorized row major Int8 format"}  # fmt: skip
+DTYPE_ALIASES = {
+    "float32": "FLOAT",
+    "float16": "HALF",
+    "bfloat16": "BF16",
+    "int8": "INT8",
+    "int32": "INT32",
+    "int64": "INT64",
+    "int4": "INT4",
+    "uint8": "UINT8",
+    "bool": "BOOL",
+    "fp8": "FP8",
+    "fp4": "FP4",
+    "e8m0": "E8M0",
+}
+ONNX_LAYER_TYPES = {
+    "Conv": "CONVOLUTION",
+    "MatMul": "MATRIX_MULTIPLY",
+    "Gemm": "MATRIX_MULTIPLY",
+    "Softmax": "SOFTMAX",
+    "QuantizeLinear": "QUANTIZE",
+    "DequantizeLinear": "DEQUANTIZE",
+    "Relu": "ACTIVATION",
+    "Sigmoid": "ACTIVATION",
+    "Add": "ELEMENTWISE",
+    "Mul": "ELEMENTWISE",
+    "Sub": "ELEMENTWISE",
+    "Div": "ELEMENTWISE",
+    "Max": "ELEMENTWISE",
+    "Reshape": "SHUFFLE",
+    "Transpose": "SHUFFLE",
+    "ReduceMax": "REDUCE",
+    "ReduceMean": "REDUCE",
+    "Resize": "RESIZE",
+    "Cast": "CAST",
+    "Concat": "CONCATENATION",
+    "MaxPool": "POOLING",
+    "Constant": "CONSTANT",
+}
+JSON_FORMATS = {
+    "FP32": "Row major linear FP32",
+    "FP16": "Row major linear FP16 format",
+    "INT8": "Thirty-two wide channel vectorized row major Int8 format",
+}
 
 
 class StandInGap(Exception):
@@ -262,8 +308,13 @@ def _parse_from_file(parser: Any, path: str) -> bool:
     trt = parser._surface_class()._trt
     network = _state(parser)["network"]
     model = onnx.load(path, load_external_data=False)
-    dtypes = {onnx.TensorProto.FLOAT: "FLOAT", onnx.TensorProto.FLOAT16: "HALF", onnx.TensorProto.UINT8: "UINT8",
-              onnx.TensorProto.INT64: "INT64", onnx.TensorProto.INT32: "INT32"}  # fmt: skip
+    dtypes = {
+        onnx.TensorProto.FLOAT: "FLOAT",
+        onnx.TensorProto.FLOAT16: "HALF",
+        onnx.TensorProto.UINT8: "UINT8",
+        onnx.TensorProto.INT64: "INT64",
+        onnx.TensorProto.INT32: "INT32",
+    }
     data_types = _members_of(trt.DataType)
     layer_types = _members_of(trt.LayerType)
     initializers = {init.name for init in model.graph.initializer}
@@ -294,10 +345,13 @@ def _build(builder: Any, network: Any, config: Any) -> _HostMemory:
     net, conf = _state(network), _state(config)
     stored = config.__dict__["_state"]
     layers = [
-        {"name": _state(layer)["name"], "op": _state(layer)["op"],
-         "precision": getattr(_state(layer).get("precision"), "name", None)}
+        {
+            "name": _state(layer)["name"],
+            "op": _state(layer)["op"],
+            "precision": getattr(_state(layer).get("precision"), "name", None),
+        }
         for layer in net["layers"]
-    ]  # fmt: skip
+    ]
     payload = {
         "version": builder._recorder.version,
         "network_flags": _flag_names(net["flag_set"]),
@@ -338,17 +392,34 @@ def fake_layer_information(payload: dict[str, Any]) -> str:
             precision = "INT8"
         else:
             precision = "FP16" if fp16 else "FP32"
-        tensor = {"Name": f"{layer['name']}_out", "Location": "Device", "Dimensions": [1],
-                  "Format/Datatype": JSON_FORMATS[precision]}  # fmt: skip
-        layers.append({"Name": layer["name"], "LayerType": layer["op"], "Inputs": [tensor], "Outputs": [tensor],
-                       "Metadata": f"[ONNX Layer: {layer['name']}]"})  # fmt: skip
+        tensor = {
+            "Name": f"{layer['name']}_out",
+            "Location": "Device",
+            "Dimensions": [1],
+            "Format/Datatype": JSON_FORMATS[precision],
+        }
+        layers.append(
+            {
+                "Name": layer["name"],
+                "LayerType": layer["op"],
+                "Inputs": [tensor],
+                "Outputs": [tensor],
+                "Metadata": f"[ONNX Layer: {layer['name']}]",
+            }
+        )
     return json.dumps({"Layers": layers, "Bindings": [name for name, _ in payload["inputs"]] + payload["outputs"]})
 
 
 def _network_init(network: Any, flags: int = 0) -> None:
     created_with = network._trt.NetworkDefinitionCreationFlag.__members__.values()
-    _state(network).update(flags=flags, inputs=[], outputs=[], layers=[], onnx_fp16=False,
-                           flag_set={f for f in created_with if flags & 1 << f.value})  # fmt: skip
+    _state(network).update(
+        flags=flags,
+        inputs=[],
+        outputs=[],
+        layers=[],
+        onnx_fp16=False,
+        flag_set={f for f in created_with if flags & 1 << f.value},
+    )
 
 
 def _engine_information(inspector: Any, fmt: Any) -> str:
@@ -500,9 +571,15 @@ def make_tensorrt(
 
     classes: dict[str, type] = {}
     for name, members in {"ILogger": [], **release["classes"]}.items():
-        attrs: dict[str, Any] = {"_generated": True, "_name": name, "_members": frozenset(members),
-                                 "_behaviour": BEHAVIOUR.get(name, {}), "_recorder": recorder, "_trt": module,
-                                 "_layer_information": staticmethod(layer_information)}  # fmt: skip
+        attrs: dict[str, Any] = {
+            "_generated": True,
+            "_name": name,
+            "_members": frozenset(members),
+            "_behaviour": BEHAVIOUR.get(name, {}),
+            "_recorder": recorder,
+            "_trt": module,
+            "_layer_information": staticmethod(layer_information),
+        }
         spec = BEHAVIOUR.get(name, {})
         if "__len__" in members and "num_layers" in spec:
             attrs["__len__"] = lambda self: len(_state(self)["layers"])

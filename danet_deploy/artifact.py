@@ -19,18 +19,23 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ..config import ModelConfig
-from ..data.preprocess import normalize
-from ..errors import BadInputError
-from ..files import sha256_file
+from danet_deploy.config import ModelConfig
+from danet_deploy.data.preprocess import normalize
+from danet_deploy.errors import BadInputError
+from danet_deploy.files import sha256_file
 
 META_CONFIG = "danet_deploy.model_config"
 META_PROVENANCE = "danet_deploy.provenance"
 META_IO = "danet_deploy.io"
 META_GRAPH = "danet_deploy.graph"
 META_PRECISION = "danet_deploy.precision"
-_META_KEYS = {META_CONFIG: "model_config", META_PROVENANCE: "provenance", META_IO: "io", META_GRAPH: "graph",
-              META_PRECISION: "precision"}  # fmt: skip
+_META_KEYS = {
+    META_CONFIG: "model_config",
+    META_PROVENANCE: "provenance",
+    META_IO: "io",
+    META_GRAPH: "graph",
+    META_PRECISION: "precision",
+}
 
 _ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.UINT8: "uint8"}
 
@@ -152,10 +157,15 @@ def graph_precision(model: onnx.ModelProto) -> Precision:
 
 
 def onnxruntime_session(
-    model: str | os.PathLike[str] | bytes | onnx.ModelProto, threads: int | None = None, optimize: bool = True,
-    flush_denormals: bool = False, arena: bool = True, disabled_optimizers: list[str] | None = None,
-    in_order: bool = False, layout: bool = True,
-) -> Any:  # fmt: skip
+    model: str | os.PathLike[str] | bytes | onnx.ModelProto,
+    threads: int | None = None,
+    optimize: bool = True,
+    flush_denormals: bool = False,
+    arena: bool = True,
+    disabled_optimizers: list[str] | None = None,
+    in_order: bool = False,
+    layout: bool = True,
+) -> Any:
     """An ONNX Runtime CPU session from a path, serialized bytes or a ModelProto; quiet logging.
 
     `flush_denormals`: the session's pool threads treat denormal floats as zero (the calling thread needs the
@@ -213,8 +223,9 @@ class OnnxModel:
             proto = onnx.load(str(where), load_external_data=external_data)
         except Exception as exc:  # onnx raises several types for corrupt files
             detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
-            raise BadInputError(f"{where}: not a readable ONNX model ({type(exc).__name__}{': ' * bool(detail)}"
-                                f"{detail})") from None  # fmt: skip
+            raise BadInputError(
+                f"{where}: not a readable ONNX model ({type(exc).__name__}{': ' * bool(detail)}{detail})"
+            ) from None
         return cls.from_proto(proto, where)
 
     @classmethod
@@ -252,8 +263,10 @@ class OnnxModel:
                 continue
             if domain not in ("", "ai.onnx") or not onnx.defs.has(node.op_type, ""):
                 op = f"{domain}::{node.op_type}" if domain else node.op_type
-                raise BadInputError(f"{self.path}: node {node.name!r} uses operator {op!r}, which ONNX Runtime does "
-                                    "not have (a custom or unknown op); this stage runs the model")  # fmt: skip
+                raise BadInputError(
+                    f"{self.path}: node {node.name!r} uses operator {op!r}, which ONNX Runtime does "
+                    "not have (a custom or unknown op); this stage runs the model"
+                )
 
     @property
     def has_config(self) -> bool:

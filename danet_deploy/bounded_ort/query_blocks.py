@@ -27,17 +27,23 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from ..export.artifact import OnnxModel, onnxruntime_session
-from ..model.danet import QUERY_CHUNK_BYTES
-from ..progress import format_bytes
-from .editor import GraphEditor, _subgraph_inputs, attribute
-from .shapes import infer_shapes_and_types, structure_only, with_input_shape
+from danet_deploy.artifact import OnnxModel, onnxruntime_session
+from danet_deploy.graph.editor import GraphEditor, _subgraph_inputs, attribute
+from danet_deploy.graph.shapes import infer_shapes_and_types, structure_only, with_input_shape
+from danet_deploy.model.danet import QUERY_CHUNK_BYTES
+from danet_deploy.progress import format_bytes
 
 CHECK_ATTENTION_BYTES = 1 << 30  # attention maps a check may hold as written, all sites together
 BLOCK_BYTES = QUERY_CHUNK_BYTES  # one query block's attention map (per tensor), as PyTorch's reference blocks it
 MAP_OPS = ("Cast", "Identity", "QuantizeLinear", "DequantizeLinear")  # elementwise ops on an attention map
-ITEMSIZE = {onnx.TensorProto.FLOAT: 4, onnx.TensorProto.FLOAT16: 2, onnx.TensorProto.BFLOAT16: 2,
-            onnx.TensorProto.DOUBLE: 8, onnx.TensorProto.INT8: 1, onnx.TensorProto.UINT8: 1}  # fmt: skip
+ITEMSIZE = {
+    onnx.TensorProto.FLOAT: 4,
+    onnx.TensorProto.FLOAT16: 2,
+    onnx.TensorProto.BFLOAT16: 2,
+    onnx.TensorProto.DOUBLE: 8,
+    onnx.TensorProto.INT8: 1,
+    onnx.TensorProto.UINT8: 1,
+}
 AMAX_SUFFIX = "__absmax"
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 
@@ -76,8 +82,10 @@ class Evaluation:
         if not self.blocked:
             return "as written"
         note = "; Q/DQ not propagated by ONNX Runtime" if self.quantized else ""
-        return (f"attention in query blocks of {self.block} (exact; as written it needs "
-                f"~{format_bytes(self.bytes_as_written)}{note})")  # fmt: skip
+        return (
+            f"attention in query blocks of {self.block} (exact; as written it needs "
+            f"~{format_bytes(self.bytes_as_written)}{note})"
+        )
 
 
 # finding the regions -------------------------------------------------------------------------------------
@@ -168,8 +176,15 @@ def _softmax_region(g: _Graph, softmax: onnx.NodeProto, shapes: dict, types: dic
     nodes = [score, *before, softmax, *after, context]
     maps = [n.output[0] for n in nodes[:-1]]
     itemsize = max(ITEMSIZE.get(types.get(t, onnx.TensorProto.FLOAT), 4) for t in maps)
-    return AttentionRegion(nodes, score.input[0], context.output[0], output_axis, maps, scores_shape[-2],
-                           math.prod(scores_shape) * itemsize)  # fmt: skip
+    return AttentionRegion(
+        nodes,
+        score.input[0],
+        context.output[0],
+        output_axis,
+        maps,
+        scores_shape[-2],
+        math.prod(scores_shape) * itemsize,
+    )
 
 
 def _attention_node_region(g: _Graph, node: onnx.NodeProto, shapes: dict, types: dict) -> AttentionRegion | None:
@@ -251,16 +266,18 @@ def _block_region(
     body_query_shape[qaxis] = block
     body_output_shape = list(output_shape)
     body_output_shape[oaxis] = block
-    body_outputs = [helper.make_tensor_value_info(renamed[region.output], _element_type(types, region.output),
-                                                  body_output_shape)]  # fmt: skip
+    body_outputs = [
+        helper.make_tensor_value_info(renamed[region.output], _element_type(types, region.output), body_output_shape)
+    ]
     amax: dict[str, str] = {}
     if reduce_maps:  # max |value| of each map per block, as extra scan outputs
         for tensor in region.maps:
             magnitude = ed.fresh(f"bounded_abs_{tensor}")
             peak = ed.fresh(f"bounded_peak_{tensor}")
             body_nodes.append(helper.make_node("Abs", [renamed[tensor]], [magnitude], name=ed.fresh("bounded_abs")))
-            body_nodes.append(helper.make_node("ReduceMax", [magnitude], [peak], name=ed.fresh("bounded_reduce"),
-                                               keepdims=0))  # fmt: skip
+            body_nodes.append(
+                helper.make_node("ReduceMax", [magnitude], [peak], name=ed.fresh("bounded_reduce"), keepdims=0)
+            )
             body_outputs.append(helper.make_tensor_value_info(peak, onnx.TensorProto.FLOAT, []))
             amax[tensor] = peak
     body = helper.make_graph(
@@ -270,27 +287,39 @@ def _block_region(
         body_outputs,
     )
     out_names = [ed.fresh("bounded_stacked")] + [ed.fresh(f"bounded_blocks_{t}") for t in amax]
-    scan = helper.make_node("Scan", [q_blocks], out_names, name=ed.fresh("bounded_scan"), body=body,
-                            num_scan_inputs=1, scan_input_axes=[qaxis],
-                            scan_output_axes=[oaxis] + [0] * len(amax))  # fmt: skip
+    scan = helper.make_node(
+        "Scan",
+        [q_blocks],
+        out_names,
+        name=ed.fresh("bounded_scan"),
+        body=body,
+        num_scan_inputs=1,
+        scan_input_axes=[qaxis],
+        scan_output_axes=[oaxis] + [0] * len(amax),
+    )
     ed.graph.node.append(scan)
     merged_shape = list(output_shape)
     merged_shape[oaxis] = padded
     merge = ed.const("bounded_merge", np.array(merged_shape, np.int64))
     if padded == region.queries:
-        ed.graph.node.append(helper.make_node("Reshape", [out_names[0], merge], [region.output],
-                                              name=ed.fresh("bounded_merge")))  # fmt: skip
+        ed.graph.node.append(
+            helper.make_node("Reshape", [out_names[0], merge], [region.output], name=ed.fresh("bounded_merge"))
+        )
     else:
         merged = ed.add1("Reshape", [out_names[0], merge], "bounded_merge")
-        starts, ends, axes = (ed.const(f"bounded_slice_{k}", np.array([v], np.int64))
-                              for k, v in (("start", 0), ("end", region.queries), ("axis", oaxis)))  # fmt: skip
-        ed.graph.node.append(helper.make_node("Slice", [merged, starts, ends, axes], [region.output],
-                                              name=ed.fresh("bounded_unpad")))  # fmt: skip
+        starts, ends, axes = (
+            ed.const(f"bounded_slice_{k}", np.array([v], np.int64))
+            for k, v in (("start", 0), ("end", region.queries), ("axis", oaxis))
+        )
+        ed.graph.node.append(
+            helper.make_node("Slice", [merged, starts, ends, axes], [region.output], name=ed.fresh("bounded_unpad"))
+        )
     result = {}
     for (tensor, _), stacked in zip(amax.items(), out_names[1:]):
         result[tensor] = f"{tensor}{AMAX_SUFFIX}"
-        ed.graph.node.append(helper.make_node("ReduceMax", [stacked], [result[tensor]],
-                                              name=ed.fresh("bounded_amax"), keepdims=0))  # fmt: skip
+        ed.graph.node.append(
+            helper.make_node("ReduceMax", [stacked], [result[tensor]], name=ed.fresh("bounded_amax"), keepdims=0)
+        )
     ed.remove(region.nodes)
     return result
 
@@ -312,9 +341,11 @@ def _plan(regions: list[AttentionRegion], limit: int, block_bytes: int) -> tuple
 
 
 def plan_evaluation(
-    model: onnx.ModelProto, input_shape: list[int] | None = None, limit: int | None = None,
+    model: onnx.ModelProto,
+    input_shape: list[int] | None = None,
+    limit: int | None = None,
     block_bytes: int | None = None,
-) -> Evaluation:  # fmt: skip
+) -> Evaluation:
     """How a check would evaluate `model` (see `bounded_model`), without building anything: for memory plans."""
     limit, block_bytes = _limits(limit, block_bytes)
     dims = model.graph.input[0].type.tensor_type.shape.dim
@@ -396,5 +427,6 @@ def bounded_session(
     disabled = ["QDQPropagationTransformer"] if evaluation.quantized else None
     data = checked.SerializeToString()
     del model, checked
-    return onnxruntime_session(data, threads, optimize, flush_denormals, arena=False, disabled_optimizers=disabled,
-                               layout=layout), evaluation  # fmt: skip
+    return onnxruntime_session(
+        data, threads, optimize, flush_denormals, arena=False, disabled_optimizers=disabled, layout=layout
+    ), evaluation
