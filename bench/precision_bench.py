@@ -20,7 +20,7 @@ from danet_deploy.checkpoints import load_checkpoint
 from danet_deploy.data.bundled import DEMO_CHECKPOINT, sample_image
 from danet_deploy.data.synthetic import write_calibration_images
 from danet_deploy.evaluate.benchmark import benchmark
-from danet_deploy.export import ExportOptions, export_onnx
+from danet_deploy.onnx_export import ExportOptions, export_onnx
 from danet_deploy.precision import convert_fp16, quantize_int8
 from danet_deploy.runners.onnxruntime import OnnxRuntimeRunner
 

@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from danet_deploy.evaluate.benchmark import peak_rss_bytes
-from danet_deploy.export import onnxruntime_session
+from danet_deploy.onnx_export import onnxruntime_session
 
 
 def main() -> None:

@@ -30,7 +30,7 @@ from danet_deploy.checkpoints import load_checkpoint  # noqa: E402
 from danet_deploy.config import parse_size  # noqa: E402
 from danet_deploy.data.bundled import DEMO_CHECKPOINTS, sample_images  # noqa: E402
 from danet_deploy.evaluate.benchmark import benchmark  # noqa: E402
-from danet_deploy.export import ExportOptions, export_onnx  # noqa: E402
+from danet_deploy.onnx_export import ExportOptions, export_onnx  # noqa: E402
 from danet_deploy.graph.simplify import SimplifyReport, simplify_model  # noqa: E402
 from danet_deploy.runners.onnxruntime import OnnxRuntimeRunner  # noqa: E402
 

@@ -299,3 +299,21 @@ class OnnxModel:
     def session(self, threads: int | None = None, optimize: bool = True) -> Any:
         """An ONNX Runtime CPU session of the file (ONNX Runtime reads the path itself, weights included)."""
         return onnxruntime_session(self.path, threads, optimize)
+
+
+PRECISION_TAGS = ("fp32", "fp16", "int8")
+
+
+def output_beside(source: str | os.PathLike[str], tag: str | None, suffix: str) -> Path:
+    """The default output of a step: beside its input, named after it, e.g. `danet.onnx` + ("int8", ".engine") ->
+    `danet.int8.engine`. A precision tag the input already carries is not repeated (`danet.fp16.onnx` + fp16 ->
+    `danet.fp16.engine`), and a tag of another precision is replaced (`danet.fp16.onnx` + int8 -> `danet.int8...`)."""
+    path = Path(source)
+    stem = path.name[: -len(path.suffix)] if path.suffix else path.name
+    parts = stem.split(".")
+    if tag and tag.split(".")[0] in PRECISION_TAGS:
+        while len(parts) > 1 and parts[-1] in (*PRECISION_TAGS, "ort"):
+            parts.pop()
+    if tag:
+        parts.append(tag)
+    return path.with_name(".".join(parts) + suffix)

@@ -1,9 +1,18 @@
-"""danet-deploy command line: each command parses its options, calls one `api` function and prints its record."""
+"""danet-deploy command line: each command parses its flags into the step's typed options, calls one `api` step
+and prints its result.
+
+Only light modules are imported here (the option types, parsers, errors): the steps load torch, ONNX and ONNX
+Runtime when a command runs, so `--help` and `--version` answer at once.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import enum
 import functools
+import inspect as pyinspect
+import logging
 import math
 import os
 import signal
@@ -12,17 +21,15 @@ import traceback
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeRemainingColumn
 
-from danet_deploy import api
-from danet_deploy.artifact import Precision
+from danet_deploy import __version__
 from danet_deploy.config import check_class_names, parse_dims, parse_shape, parse_size
-from danet_deploy.engine.plan import BuildOptions
 from danet_deploy.errors import (
     EXIT_BAD_INPUT,
     EXIT_INTERNAL,
@@ -30,39 +37,66 @@ from danet_deploy.errors import (
     INTERRUPTED,
     CheckFailedError,
     DeployError,
+    OptionError,
 )
-from danet_deploy.export.torch_export import ExportOptions
 from danet_deploy.files import check_output, removed_on_failure, write_json
-from danet_deploy.graph.pam import DEFAULT_BLOCK
-from danet_deploy.memory_plan import return_large_allocations
+from danet_deploy.options import (
+    BenchmarkOptions,
+    BudgetOptions,
+    ExportOptions,
+    Fp16Options,
+    InspectOptions,
+    Int8Options,
+    ModelOverrides,
+    SimplifyOptions,
+)
 from danet_deploy.progress import PeriodicLines
 from danet_deploy.progress import Progress as LibraryProgress
-from danet_deploy.report.text import (
-    benchmark_table,
-    engine_audit_line,
-    engine_inspect_lines,
-    export_summary,
-    fp16_lines,
-    inspect_tables,
-    int8_lines,
-    per_class_table,
-    plan_lines,
-    simplify_lines,
-    verify_table,
-)
+
+if TYPE_CHECKING:
+    from danet_deploy import api
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # Click's plain help: full option names and wrapped help text at 80 columns (Rich's panels truncate names).
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     help="From a trained DANet checkpoint to verified ONNX (and TensorRT) inference models.",
 )
 # Off a terminal (CI logs, pipes) Rich would wrap tables at 80 columns; logs can be wider.
 out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
-
 F = TypeVar("F", bound=Callable[..., Any])
+
+# Option fields whose flag is not `--` + the field name with dashes (see OptionError).
+FLAG_OF_FIELD = {
+    "layer4_dilations": "--dilations",
+    "workspace_mib": "--workspace",
+    "image": "--image",
+    "data": "--data",
+}
+
+
+def one_line(text: str) -> str:
+    """A message as exactly one printable line: control characters (newlines from file names or metadata among
+    them) shown escaped, so no fake lines can be injected into the output."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def flag_message(exc: DeployError) -> str:
+    """The error's message, an option error's field shown as the flag that set it."""
+    if isinstance(exc, OptionError):
+        return exc.as_flag(FLAG_OF_FIELD.get(exc.field, "--" + exc.field.replace("_", "-")))
+    return str(exc)
+
+
+class Verbosity(enum.IntEnum):
+    QUIET = 0  # results and errors only
+    NORMAL = 1  # + notes and progress
+    VERBOSE = 2  # + the libraries' log lines (INFO) and tracebacks of internal errors
 
 
 _sigint_seen = False  # set by the SIGINT handler: a library may turn the KeyboardInterrupt into its own error
@@ -74,22 +108,41 @@ def _on_sigint(signum: int, frame: Any) -> None:
     signal.default_int_handler(signum, frame)  # raises KeyboardInterrupt
 
 
-def _interrupted(exc: BaseException) -> bool:
+def _interrupted(exc: BaseException | None) -> bool:
     """Ctrl-C, also when a library wrapped it (torch.onnx raises TorchExportError from it)."""
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         if isinstance(exc, KeyboardInterrupt):
             return True
         seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+        exc = exc.__cause__ or exc.__context__
     return _sigint_seen
 
 
+def _verbosity_parameters() -> list[pyinspect.Parameter]:
+    kind = pyinspect.Parameter.KEYWORD_ONLY
+    verbose = Annotated[bool, typer.Option("-v", "--verbose", help="Also show the libraries' log lines.")]
+    quiet = Annotated[bool, typer.Option("-q", "--quiet", help="Only results and errors (no notes, no progress).")]
+    return [
+        pyinspect.Parameter("verbose", kind, default=False, annotation=verbose),
+        pyinspect.Parameter("quiet", kind, default=False, annotation=quiet),
+    ]
+
+
 def guarded(fn: F) -> F:
-    """One line and a documented exit code for every expected failure; no tracebacks for bad input."""
+    """Every command: -v/-q, one line and a documented exit code for every expected failure (no tracebacks for bad
+    input), Ctrl-C as one line and exit 130, and none of the files it made left behind when it fails."""
 
     @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(*args: Any, verbose: bool = False, quiet: bool = False, **kwargs: Any) -> Any:
+        if verbose and quiet:
+            raise _usage_error("choose one of -v/--verbose and -q/--quiet")
+        PROGRESS.verbosity = Verbosity.VERBOSE if verbose else Verbosity.QUIET if quiet else Verbosity.NORMAL
+        if verbose:
+            logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
+        from danet_deploy.memory_plan import return_large_allocations
+
+        return_large_allocations()
         try:
             # A failed or interrupted command leaves none of the files it made; a failed check keeps its reports.
             with removed_on_failure(keep=(CheckFailedError,)):
@@ -101,7 +154,7 @@ def guarded(fn: F) -> F:
         except DeployError as exc:
             if _sigint_seen:
                 raise _exit_interrupted() from None
-            err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            err.print(f"[red]error:[/] {escape(one_line(flag_message(exc)))}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             raise _exit_interrupted() from None
@@ -110,15 +163,19 @@ def guarded(fn: F) -> F:
         except Exception as exc:
             if _interrupted(exc):
                 raise _exit_interrupted() from None
-            if os.environ.get("DANET_DEPLOY_DEBUG"):
+            if verbose or os.environ.get("DANET_DEPLOY_DEBUG"):
                 traceback.print_exc()
             first = str(exc).splitlines()[0] if str(exc) else ""
-            hint = "set DANET_DEPLOY_DEBUG=1 for a traceback"
-            err.print(
-                f"[red]internal error:[/] {type(exc).__name__}: {first} ({hint})", highlight=False, soft_wrap=True
-            )
+            hint = "run with -v or DANET_DEPLOY_DEBUG=1 for a traceback"
+            message = one_line(f"{type(exc).__name__}: {first} ({hint})")
+            err.print(f"[red]internal error:[/] {escape(message)}", highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_INTERNAL) from None
 
+    # Typer reads the parameters from the signature: the command's own plus -v/-q, which only the wrapper takes.
+    signature = pyinspect.signature(fn, eval_str=True)
+    params = [p for p in signature.parameters.values() if p.kind is not pyinspect.Parameter.VAR_KEYWORD]
+    wrapper.__signature__ = signature.replace(parameters=[*params, *_verbosity_parameters()])  # type: ignore[attr-defined]
+    del wrapper.__wrapped__  # type: ignore[attr-defined]
     return wrapper  # type: ignore[return-value]
 
 
@@ -127,18 +184,28 @@ def _exit_interrupted() -> typer.Exit:
     return typer.Exit(EXIT_INTERRUPTED)
 
 
+def _usage_error(message: str) -> DeployError:
+    return DeployError(message, EXIT_BAD_INPUT)
+
+
 class RichProgress(LibraryProgress):
     """The library's progress as Rich: in a terminal a bar with ETA for counted tasks, a spinner otherwise; in logs
-    (stderr not a terminal) plain periodic lines; notes on stderr."""
+    (stderr not a terminal) plain periodic lines; notes on stderr. Quiet: neither notes nor progress."""
+
+    verbosity = Verbosity.NORMAL
 
     def note(self, message: str) -> None:
-        err.print(escape(message), highlight=False, soft_wrap=True)
+        if self.verbosity >= Verbosity.NORMAL:
+            err.print(escape(message), highlight=False, soft_wrap=True)
 
     def show(self, message: str) -> None:
         out.print(message, highlight=False, soft_wrap=True)
 
     @contextlib.contextmanager
     def task(self, description: str, total: int | None = None) -> Iterator[Callable[..., None]]:
+        if self.verbosity < Verbosity.NORMAL:
+            yield lambda *args, **kwargs: None
+            return
         if not err.is_terminal:
             lines = PeriodicLines(description, total, self.note)
             yield lines.update
@@ -167,7 +234,7 @@ def warnings_as_lines() -> Iterator[None]:
 
     def show(message: Any, category: type[Warning], filename: str, *_: Any, **__: Any) -> None:
         if issubclass(category, UserWarning) and "danet_deploy" in (filename or ""):
-            err.print(f"warning: {escape(str(message))}", highlight=False, soft_wrap=True)
+            err.print(f"warning: {escape(one_line(str(message)))}", highlight=False, soft_wrap=True)
 
     with warnings.catch_warnings():  # restores the filters and showwarning afterwards
         warnings.simplefilter("always")
@@ -178,6 +245,33 @@ def warnings_as_lines() -> Iterator[None]:
 def _lines(lines: list[str]) -> None:
     for line in lines:
         out.print(escape(line), highlight=False, soft_wrap=True)
+
+
+def _jsonable(value: Any) -> Any:
+    """A result record as JSON data: dataclasses as objects, paths and enums as strings."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    return str(value)
+
+
+def _write_record(json_path: Path | None, record: Any, inputs: list[Path | None]) -> None:
+    if json_path is not None:
+        write_json(check_output(json_path, inputs), _jsonable(record))
+        out.print(f"record: {escape(str(json_path))}", highlight=False)
 
 
 def _ints(text: str | None, option: str) -> tuple[int, ...] | None:
@@ -191,10 +285,8 @@ def _floats3(text: str | None, option: str) -> tuple[float, float, float] | None
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
         values = ()
-    if len(values) != 3 or not all(math.isfinite(v) for v in values):
-        raise DeployError(f"{option}: expected three comma-separated numbers, got {text!r}", EXIT_BAD_INPUT)
-    if option == "--std" and min(values) <= 0:
-        raise DeployError(f"--std {text}: every standard deviation must be > 0", EXIT_BAD_INPUT)
+    if len(values) != 3:
+        raise _usage_error(f"{option}: expected three comma-separated numbers, got {text!r}")
     return values  # type: ignore[return-value]
 
 
@@ -207,47 +299,59 @@ def _class_names(text: str | None) -> tuple[tuple[str, ...] | None, Path | None]
         try:
             names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         except (OSError, UnicodeDecodeError) as exc:
-            raise DeployError(
-                f"--class-names {path}: not a readable UTF-8 text file ({type(exc).__name__})", EXIT_BAD_INPUT
-            ) from None
+            raise _usage_error(f"--class-names {path}: not a readable UTF-8 text file ({type(exc).__name__})") from None
     elif "," not in text:  # one name is no segmentation model: a mistyped file name
-        raise DeployError(
-            f"--class-names {text}: no such file (give a file with one name per line, or a,b,c)", EXIT_BAD_INPUT
-        )
+        raise _usage_error(f"--class-names {text}: no such file (give a file with one name per line, or a,b,c)")
     else:
         path, names = None, [n.strip() for n in text.split(",") if n.strip()]
     try:
         check_class_names(tuple(names))
     except ValueError as exc:
-        raise DeployError(f"--class-names {text}: {exc}", EXIT_BAD_INPUT) from None
+        raise _usage_error(f"--class-names {text}: {exc}") from None
     if not names:
-        raise DeployError(f"--class-names: no names in {text!r}", EXIT_BAD_INPUT)
+        raise _usage_error(f"--class-names: no names in {text!r}")
     return tuple(names), path
 
 
+def _default_output(output: Path | None, source: Path, tag: str | None, suffix: str) -> Path:
+    """-o, else the input's name with `tag` (see `artifact.output_beside`), said on stderr."""
+    if output is not None:
+        return output
+    from danet_deploy.artifact import output_beside
+
+    chosen = output_beside(source, tag, suffix)
+    PROGRESS.note(f"output: {chosen} (named after the input; -o chooses another)")
+    return chosen
+
+
+JsonOpt = Annotated[Path | None, typer.Option("--json", help="Also write the result record as JSON.")]
+OutputOpt = Annotated[
+    Path | None, typer.Option("-o", "--output", help="File to write (default: named after the input, beside it).")
+]
 TargetOpt = Annotated[
     str | None, typer.Option(help="Deployment target: trt8.6, trt10.3, trt10.14, trt11, ort (sets the PAM form).")
 ]
 AttentionOpt = Annotated[
     str | None, typer.Option(help="PAM form: naive, mha, onnx-attention, blocked (default: chosen from --target).")
 ]
-BlockOpt = Annotated[int, typer.Option(min=1, help="Query block size of the blocked PAM form.")]
+BlockOpt = Annotated[int, typer.Option(min=1, metavar="N", help="Query block size of the blocked PAM form.")]
 GroupNormOpt = Annotated[
     str | None,
     typer.Option(help="GroupNorm form (Shuffle Attention): group-normalization, decomposed (default: from --target)."),
 ]
-FoldShuffleOpt = Annotated[
-    bool,
-    typer.Option(
-        "--fold-shuffle/--keep-shuffle", help="Fold channel shuffles into the next Conv, or keep one reshape/transpose."
-    ),
+KeepShuffleOpt = Annotated[
+    bool, typer.Option("--keep-shuffle", help="Keep channel shuffles as one reshape/transpose (default: folded).")
 ]
 LayoutOpt = Annotated[str | None, typer.Option(help="Checkpoint layout: ours, official, mmseg (default: detected).")]
 IgnoreUnknownLabelsOpt = Annotated[
-    bool, typer.Option(help="Count mask values that are neither a class id nor 255 as ignored (default: an error).")
+    bool,
+    typer.Option(
+        "--ignore-unknown-labels",
+        help="Count mask values that are neither a class id nor 255 as ignored (not an error).",
+    ),
 ]
 AllowUnlabeledOpt = Annotated[
-    bool, typer.Option(help="Evaluate the labeled images of a partly labeled set (default: an error).")
+    bool, typer.Option("--allow-unlabeled", help="Evaluate the labeled images of a partly labeled set.")
 ]
 DilationsOpt = Annotated[
     str | None,
@@ -265,22 +369,43 @@ ForceOpt = Annotated[
 ]
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        out.print(f"danet-deploy {__version__}", highlight=False)
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _app_options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """From a trained DANet checkpoint to verified ONNX (and TensorRT) inference models."""
+
+
 @app.command()
 @guarded
 def export(
     ckpt: Annotated[Path, typer.Argument(help="Checkpoint (.pth): ours, official DANet or MMSegmentation.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="ONNX file to write.")] = Path("model.onnx"),
-    input_size: Annotated[str | None, typer.Option(help="HxW, e.g. 512x1024 (default: model config).")] = None,
-    batch: Annotated[int, typer.Option(min=1, help="Batch size of a static export.")] = 1,
+    output: OutputOpt = None,
+    input_size: Annotated[
+        str | None, typer.Option(metavar="HxW", help="e.g. 512x1024 (default: model config).")
+    ] = None,
+    batch: Annotated[
+        int, typer.Option(min=1, metavar="N", help="Batch size of a static export.")
+    ] = ExportOptions.batch,
     dynamic: Annotated[bool, typer.Option("--dynamic/--static", help="Dynamic batch, height and width.")] = False,
-    opset: Annotated[int, typer.Option(help="ONNX opset; >= 18 uses the dynamo exporter, < 18 the legacy one.")] = 18,
-    argmax: Annotated[bool, typer.Option(help="Add an int32 'labels' output (N x H x W).")] = False,
+    opset: Annotated[
+        int, typer.Option(metavar="N", help="ONNX opset; >= 18 uses the dynamo exporter, < 18 the legacy one.")
+    ] = ExportOptions.opset,
+    argmax: Annotated[bool, typer.Option("--argmax", help="Add an int32 'labels' output (N x H x W).")] = False,
     uint8_input: Annotated[
-        bool, typer.Option(help="Bake preprocessing: input 'image' is uint8 N x H x W x 3 RGB (0-255).")
+        bool, typer.Option("--uint8-input", help="Bake preprocessing: input 'image' is uint8 N x H x W x 3 RGB.")
     ] = False,
     image: Annotated[Path | None, typer.Option(help="Real image for the parity check (default: bundled).")] = None,
-    atol: Annotated[float, typer.Option(help="Parity tolerance: atol + rtol * max|logit|.")] = 1e-4,
-    rtol: Annotated[float, typer.Option(help="Parity tolerance, relative part.")] = 1e-4,
+    atol: Annotated[float, typer.Option(help="Parity tolerance: atol + rtol * max|logit|.")] = ExportOptions.atol,
+    rtol: Annotated[float, typer.Option(help="Parity tolerance, relative part.")] = ExportOptions.rtol,
     layout: LayoutOpt = None,
     dilations: DilationsOpt = None,
     align_corners: AlignOpt = None,
@@ -290,17 +415,29 @@ def export(
     simplify: Annotated[bool, typer.Option("--simplify", help="Run the graph passes (see `simplify`).")] = False,
     target: TargetOpt = None,
     attention: AttentionOpt = None,
-    block: BlockOpt = DEFAULT_BLOCK,
+    block: BlockOpt = SimplifyOptions.block,
     group_norm: GroupNormOpt = None,
-    fold_shuffle: FoldShuffleOpt = True,
+    keep_shuffle: KeepShuffleOpt = False,
     force: ForceOpt = False,
+    json_path: JsonOpt = None,
 ) -> None:
     """Export a checkpoint to ONNX, then check it with onnx.checker and ONNX Runtime vs PyTorch."""
+    from danet_deploy import api
+    from danet_deploy.report.text import export_summary
+
     if (target or attention or group_norm) and not simplify:
-        raise DeployError("--target/--attention/--group-norm take effect with --simplify", EXIT_BAD_INPUT)
-    size = parse_size(input_size) if input_size else None
+        raise _usage_error("--target/--attention/--group-norm take effect with --simplify")
+    names, names_file = _class_names(class_names)
+    overrides = ModelOverrides(
+        layer4_dilations=_ints(dilations, "--dilations"),  # type: ignore[arg-type]
+        align_corners=align_corners,
+        class_names=names,
+        mean=_floats3(mean, "--mean"),
+        std=_floats3(std, "--std"),
+        class_names_file=names_file,
+    )
     options = ExportOptions(
-        input_size=size,
+        input_size=parse_size(input_size) if input_size else None,
         batch=batch,
         dynamic=dynamic,
         opset=opset,
@@ -308,43 +445,32 @@ def export(
         uint8_input=uint8_input,
         atol=atol,
         rtol=rtol,
+        image=image,
+        layout=layout,
+        model=overrides,
+        force=force,
     )
-    names, names_file = _class_names(class_names)
-    overrides = {
-        "layer4_dilations": _ints(dilations, "--dilations"),
-        "align_corners": align_corners,
-        "class_names": names,
-        "mean": _floats3(mean, "--mean"),
-        "std": _floats3(std, "--std"),
-    }
-    passes = api.SimplifyOptions(
+    passes = SimplifyOptions(
         target=target,
         attention=attention,
         block=block,
         atol=atol,
         rtol=rtol,
         group_norm=group_norm,
-        fold_shuffle=fold_shuffle,
+        fold_shuffle=not keep_shuffle,
         force=force,
     )
-    result = api.export(
-        ckpt,
-        output,
-        options,
-        layout=layout,
-        overrides=overrides,
-        image=image,
-        simplify=passes if simplify else None,
-        force=force,
-        option_files=[names_file] if names_file else [],
-        progress=PROGRESS,
-    )
+    output = _default_output(output, ckpt, None, ".onnx")
+    result = api.export(ckpt, output, options, passes if simplify else None, PROGRESS)
     _lines(export_summary(result.record))
     if result.simplified:
         _print_simplified(result.simplified)
+    _write_record(json_path, result, [ckpt, output, image, names_file])
 
 
 def _print_simplified(result: api.SimplifyResult) -> None:
+    from danet_deploy.report.text import simplify_lines
+
     _lines([*simplify_lines(result.report), f"wrote {result.path} ({result.size_bytes / 2**20:.1f} MiB)"])
 
 
@@ -352,21 +478,24 @@ def _print_simplified(result: api.SimplifyResult) -> None:
 @guarded
 def simplify(
     model: Annotated[Path, typer.Argument(help="ONNX model (from `danet-deploy export`).")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="ONNX file to write.")],
+    output: OutputOpt = None,
     target: TargetOpt = None,
     attention: AttentionOpt = None,
-    block: BlockOpt = DEFAULT_BLOCK,
+    block: BlockOpt = SimplifyOptions.block,
     heads: Annotated[
-        int | None, typer.Option(min=1, help="PAM value heads for mha/onnx-attention (default C/64).")
+        int | None, typer.Option(min=1, metavar="N", help="PAM value heads for mha/onnx-attention (default C/64).")
     ] = None,
-    atol: Annotated[float, typer.Option(help="Per-pass tolerance: atol + rtol * max|logit|.")] = 1e-4,
-    rtol: Annotated[float, typer.Option(help="Per-pass tolerance, relative part.")] = 1e-4,
+    atol: Annotated[float, typer.Option(help="Per-pass tolerance: atol + rtol * max|logit|.")] = SimplifyOptions.atol,
+    rtol: Annotated[float, typer.Option(help="Per-pass tolerance, relative part.")] = SimplifyOptions.rtol,
     group_norm: GroupNormOpt = None,
-    fold_shuffle: FoldShuffleOpt = True,
+    keep_shuffle: KeepShuffleOpt = False,
     force: ForceOpt = False,
+    json_path: JsonOpt = None,
 ) -> None:
     """Simplify the attention graph for a target; every pass is checked against the previous graph."""
-    passes = api.SimplifyOptions(
+    from danet_deploy import api
+
+    passes = SimplifyOptions(
         target=target,
         attention=attention,
         block=block,
@@ -374,25 +503,31 @@ def simplify(
         atol=atol,
         rtol=rtol,
         group_norm=group_norm,
-        fold_shuffle=fold_shuffle,
+        fold_shuffle=not keep_shuffle,
         force=force,
     )
-    _print_simplified(api.simplify_model_file(model, output, passes, PROGRESS))
+    output = _default_output(output, model, target or "simplified", ".onnx")
+    result = api.simplify_model_file(model, output, passes, PROGRESS)
+    _print_simplified(result)
+    _write_record(json_path, result, [model, output])
 
 
 @app.command()
 @guarded
 def inspect(
     model: Annotated[Path, typer.Argument(help="ONNX model, or a TensorRT engine (.engine/.plan/.trt) with sidecar.")],
-    target: Annotated[str, typer.Option(help="trt8.6, trt10.3, trt10.14, trt11 or ort.")] = "trt10.3",
-    input_size: Annotated[str | None, typer.Option(help="HxW to lint at (required for dynamic models).")] = None,
+    target: Annotated[str, typer.Option(help="trt8.6, trt10.3, trt10.14, trt11 or ort.")] = InspectOptions.target,
+    input_size: Annotated[str | None, typer.Option(metavar="HxW", help="Size to lint at (dynamic models).")] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the findings as JSON.")] = None,
-    strict: Annotated[bool, typer.Option(help="Exit 1 when the lint finds errors for the target.")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit 1 when the lint finds errors for the target.")] = False,
 ) -> None:
     """Op histogram, attention sites and their form, model config, TensorRT readiness lint, memory estimate. For an
     engine: its sidecar's facts and layers per precision (read from the engine too where TensorRT is present)."""
-    size = parse_size(input_size) if input_size else None
-    result = api.inspect(model, target, size, json_path, PROGRESS)
+    from danet_deploy import api
+    from danet_deploy.report.text import engine_inspect_lines, inspect_tables
+
+    options = InspectOptions(target=target, input_size=parse_size(input_size) if input_size else None)
+    result = api.inspect(model, options, json_path, PROGRESS)
     if isinstance(result, api.EngineInspectResult):
         _lines(engine_inspect_lines(str(model), result.sidecar, result.live, result.notes))
         if strict and result.live is not None and result.live.failures:
@@ -406,30 +541,42 @@ def inspect(
         )
 
 
+def _only_with(flag: str, given: dict[str, object]) -> None:
+    """Flags that apply to one precision only: given with the other one, they would be silently ignored."""
+    extra = [name for name, value in given.items() if value not in (None, False, ())]
+    if extra:
+        raise _usage_error(f"{', '.join(extra)} apply to {flag} only")
+
+
 @app.command()
 @guarded
 def quantize(
     model: Annotated[Path, typer.Argument(help="FP32 ONNX model (from `danet-deploy export`).")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="ONNX file to write.")],
+    output: OutputOpt = None,
     fp16: Annotated[bool, typer.Option("--fp16", help="FP16 ONNX (FP32 I/O, overflow-prone parts kept FP32).")] = False,
-    plain: Annotated[bool, typer.Option(help="With --fp16: plain cast, no protection (for comparison).")] = False,
-    calib: Annotated[Path | None, typer.Option(help="Calibration images (folder or Cityscapes root).")] = None,
-    method: Annotated[str, typer.Option(help="INT8 calibration: entropy, max or percentile.")] = "entropy",
-    count: Annotated[int | None, typer.Option(min=1, help="Calibration images to use (default: up to 500).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the calibration sample.")] = 0,
-    split: Annotated[str, typer.Option(help="Cityscapes split for calibration.")] = "train",
+    int8: Annotated[bool, typer.Option("--int8", help="INT8 Q/DQ ONNX calibrated on --calib.")] = False,
+    calib: Annotated[
+        Path | None, typer.Option(help="Calibration images (folder or Cityscapes root); required for --int8.")
+    ] = None,
+    plain: Annotated[bool, typer.Option("--plain", help="With --fp16: plain cast, no protection.")] = False,
+    method: Annotated[str | None, typer.Option(help="INT8 calibration: entropy (default), max, percentile.")] = None,
+    count: Annotated[
+        int | None, typer.Option(min=1, metavar="N", help="Calibration images to use (default: INT8 500, FP16 32).")
+    ] = None,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the calibration sample.")] = Int8Options.seed,
+    split: Annotated[str, typer.Option(help="Cityscapes split for calibration.")] = Int8Options.split,
     max_miou_drop: Annotated[
         float | None,
         typer.Option(help="INT8: keep the most sensitive layers FP32 until the mIoU drop fits (needs --data)."),
     ] = None,
     data: Annotated[Path | None, typer.Option(help="Labeled data for --max-miou-drop.")] = None,
     exclude: Annotated[list[str] | None, typer.Option(help="Node name or regex to keep FP32; repeatable.")] = None,
-    recalibrate: Annotated[bool, typer.Option(help="Ignore the calibration cache.")] = False,
+    recalibrate: Annotated[bool, typer.Option("--recalibrate", help="INT8: ignore the calibration cache.")] = False,
     cache_dir: Annotated[Path | None, typer.Option(help="Calibration cache (default ~/.cache/danet-deploy).")] = None,
     target: Annotated[
-        str,
-        typer.Option(help="INT8 for tensorrt (Q/DQ for TensorRT engines) or ort (ONNX Runtime CPU integer kernels)."),
-    ] = "tensorrt",
+        str | None,
+        typer.Option(help="INT8 for tensorrt (default: Q/DQ for TensorRT) or ort (ONNX Runtime CPU integer kernels)."),
+    ] = None,
     cpu: Annotated[
         str | None,
         typer.Option(help="With --target ort: CPU to quantize for, auto (this one), x86-vnni, x86 or arm64."),
@@ -437,37 +584,68 @@ def quantize(
     ignore_unknown_labels: IgnoreUnknownLabelsOpt = False,
     allow_unlabeled: AllowUnlabeledOpt = False,
     force: ForceOpt = False,
+    json_path: JsonOpt = None,
 ) -> None:
-    """FP16 or INT8 ONNX from an FP32 ONNX, measured against it on calibration images. INT8 is a Q/DQ model for
-    TensorRT by default, or with --target ort one that ONNX Runtime's CPU provider runs with integer kernels."""
-    options = api.QuantizeOptions(
-        calib=calib,
-        plain=plain,
-        method=method,
-        count=count,
-        seed=seed,
-        split=split,
-        max_miou_drop=max_miou_drop,
-        data=data,
-        exclude=tuple(exclude or ()),
-        recalibrate=recalibrate,
-        cache_dir=cache_dir,
-        target=target,
-        cpu=cpu,
-        ignore_unknown_labels=ignore_unknown_labels,
-        allow_unlabeled=allow_unlabeled,
-        force=force,
-    )
+    """FP16 (--fp16) or INT8 (--int8 --calib DIR) ONNX from an FP32 ONNX, measured against it on calibration images.
+    INT8 is a Q/DQ model for TensorRT by default, or with --target ort one that ONNX Runtime's CPU provider runs with
+    integer kernels."""
+    from danet_deploy import api
+    from danet_deploy.report.text import fp16_lines, int8_lines
+
+    if fp16 == int8:
+        raise _usage_error("choose one of --fp16 and --int8 (with --calib DIR)")
+    options: Fp16Options | Int8Options
+    if fp16:
+        int8_only = {"--method": method, "--max-miou-drop": max_miou_drop, "--data": data, "--target": target}
+        _only_with("--int8", {**int8_only, "--recalibrate": recalibrate, "--cache-dir": cache_dir, "--cpu": cpu})
+        options = Fp16Options(
+            calib=calib, plain=plain, count=count, seed=seed, split=split, exclude=tuple(exclude or ()), force=force
+        )
+        tag = "fp16"
+    else:
+        _only_with("--fp16", {"--plain": plain})
+        if calib is None:
+            raise _usage_error("--int8 needs --calib DIR (calibration images)")
+        if (max_miou_drop is None) != (data is None):
+            raise _usage_error("--max-miou-drop and --data go together (the budget is measured on labeled data)")
+        budget = None
+        if max_miou_drop is not None and data is not None:
+            budget = BudgetOptions(
+                max_miou_drop=max_miou_drop,
+                data=data,
+                ignore_unknown_labels=ignore_unknown_labels,
+                allow_unlabeled=allow_unlabeled,
+            )
+        options = Int8Options(
+            calib=calib,
+            target=target or Int8Options.target,
+            method=method or Int8Options.method,
+            count=count,
+            seed=seed,
+            split=split,
+            exclude=tuple(exclude or ()),
+            cpu=cpu,
+            recalibrate=recalibrate,
+            cache_dir=cache_dir,
+            budget=budget,
+            force=force,
+        )
+        tag = "int8.ort" if options.target_name == "onnxruntime" else "int8"
+    output = _default_output(output, model, tag, ".onnx")
     with warnings_as_lines():
-        result = api.quantize(model, output, Precision.FP16 if fp16 else Precision.INT8, options, PROGRESS)
-    _lines(fp16_lines(result.record) if fp16 else int8_lines(result.record, result.budget))
+        result = api.quantize(model, output, options, PROGRESS)
+    if isinstance(options, Fp16Options):
+        _lines(fp16_lines(result.record))
+    else:
+        _lines(int8_lines(result.record, result.budget))
+    _write_record(json_path, result, [model, output, calib, data])
 
 
 @app.command("build-engine")
 @guarded
 def build_engine(
     model: Annotated[Path, typer.Argument(help="ONNX model (FP32 from `export`, or an FP16 / Q/DQ ONNX).")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Engine file to write.")] = Path("model.engine"),
+    output: OutputOpt = None,
     fp16: Annotated[bool, typer.Option("--fp16", help="FP16 engine (path chosen for the TensorRT version).")] = False,
     int8: Annotated[bool, typer.Option("--int8", help="INT8 engine from a Q/DQ ONNX (made from --calib).")] = False,
     calib: Annotated[Path | None, typer.Option(help="Calibration images for --int8 (see calibration/).")] = None,
@@ -477,11 +655,15 @@ def build_engine(
     workspace: Annotated[int | None, typer.Option(min=1, help="Workspace limit in MiB.")] = None,
     timing_cache: Annotated[Path | None, typer.Option(help="Timing cache to load and update.")] = None,
     dla_core: Annotated[int | None, typer.Option(min=0, help="Build for this DLA core (Jetson Orin).")] = None,
-    gpu_fallback: Annotated[bool, typer.Option(help="With --dla-core: let unsupported layers run on the GPU.")] = False,
-    version_compatible: Annotated[bool, typer.Option(help="Engine runs on later TensorRT of the same major.")] = False,
+    gpu_fallback: Annotated[
+        bool, typer.Option("--gpu-fallback", help="With --dla-core: let unsupported layers run on the GPU.")
+    ] = False,
+    version_compatible: Annotated[
+        bool, typer.Option("--version-compatible", help="Engine runs on later TensorRT of the same major.")
+    ] = False,
     hardware_compat: Annotated[str | None, typer.Option(help="ampere+ or same-cc: engine runs on other GPUs.")] = None,
     builder_opt_level: Annotated[int | None, typer.Option(help="Builder optimization level 0-5.")] = None,
-    dry_run: Annotated[bool, typer.Option(help="Print the build plan; needs no TensorRT.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the build plan; needs no TensorRT.")] = False,
     plan_json: Annotated[
         Path | None, typer.Option("--plan-json", help="With --dry-run: write the plan as JSON.")
     ] = None,
@@ -489,9 +671,14 @@ def build_engine(
         str | None, typer.Option(help="Plan for this TensorRT version (default: installed, else 11.4).")
     ] = None,
 ) -> None:
-    """Build a TensorRT engine (and model.engine.json) through Polygraphy; --dry-run shows the plan."""
+    """Build a TensorRT engine (and its .json sidecar) through Polygraphy; --dry-run shows the plan."""
+    from danet_deploy import api
+    from danet_deploy.artifact import Precision
+    from danet_deploy.engine.plan import BuildOptions
+    from danet_deploy.report.text import engine_audit_line, plan_lines
+
     if fp16 and int8:
-        raise DeployError("choose one of --fp16 and --int8", EXIT_BAD_INPUT)
+        raise _usage_error("choose one of --fp16 and --int8")
     shapes = {
         name: parse_shape(text, f"--{name.replace('_', '-')}") if text else None
         for name, text in (("min_shape", min_shape), ("opt_shape", opt_shape), ("max_shape", max_shape))
@@ -517,6 +704,7 @@ def build_engine(
         if plan_json:
             write_json(check_output(plan_json, [model]), result.plan.to_dict())
         return
+    output = _default_output(output, model, None if precision is Precision.FP32 else precision.value, ".engine")
     result = api.build_engine(model, output, options, tensorrt_version, PROGRESS)
     _lines(plan_lines(result.plan))
     s = result.sidecar
@@ -531,7 +719,9 @@ def verify(
     ckpt: Annotated[Path | None, typer.Option(help="PyTorch checkpoint: the reference backend.")] = None,
     onnx: Annotated[list[Path] | None, typer.Option(help="ONNX model(s) run with ONNX Runtime; repeatable.")] = None,
     engine: Annotated[list[Path] | None, typer.Option(help="TensorRT engine(s) with sidecar; repeatable.")] = None,
-    pytorch_fp16: Annotated[bool, typer.Option(help="Also run the checkpoint in FP16 on a CUDA GPU.")] = False,
+    pytorch_fp16: Annotated[
+        bool, typer.Option("--pytorch-fp16", help="Also run the checkpoint in FP16 on a CUDA GPU.")
+    ] = False,
     split: Annotated[str, typer.Option(help="Cityscapes split.")] = "val",
     limit: Annotated[int | None, typer.Option(min=1, help="Evaluate only the first N images.")] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the full report as JSON.")] = None,
@@ -547,7 +737,7 @@ def verify(
     ] = None,
     crop: Annotated[int | None, typer.Option(min=8, help="Sliding-window crop (e.g. 768), with --stride.")] = None,
     stride: Annotated[int | None, typer.Option(min=1, help="Sliding-window stride (e.g. 512).")] = None,
-    flip: Annotated[bool, typer.Option(help="Average with the horizontally flipped image.")] = False,
+    flip: Annotated[bool, typer.Option("--flip", help="Average with the horizontally flipped image.")] = False,
     scales: Annotated[str | None, typer.Option(help="Multi-scale, e.g. 0.75,1,1.25 (logits averaged).")] = None,
     threads: Annotated[int | None, typer.Option(min=1, help="ONNX Runtime intra-op threads.")] = None,
     layout: LayoutOpt = None,
@@ -562,10 +752,12 @@ def verify(
 
     Exit code 0 when every backend is within tolerance of the reference, 1 when not, 2 on bad input.
     """
+    from danet_deploy import api
+
     try:
         scale_values = tuple(float(v) for v in scales.split(",")) if scales else (1.0,)
     except ValueError:
-        raise DeployError(f"--scales: expected numbers like 0.75,1,1.25, got {scales!r}", EXIT_BAD_INPUT) from None
+        raise _usage_error(f"--scales: expected numbers like 0.75,1,1.25, got {scales!r}") from None
     options = api.VerifyOptions(
         split=split,
         limit=limit,
@@ -599,6 +791,8 @@ def verify(
 
 
 def _print_verify(result: api.VerifyResult) -> None:
+    from danet_deploy.report.text import engine_audit_line, per_class_table, verify_table
+
     out.print(verify_table(result.report))
     _lines([engine_audit_line(name, sidecar) for name, sidecar in result.engines])
     for b in result.report.backends:
@@ -620,29 +814,29 @@ def benchmark(
     onnx: Annotated[list[Path] | None, typer.Option(help="ONNX Runtime backend(s); repeatable.")] = None,
     engine: Annotated[list[Path] | None, typer.Option(help="TensorRT engine backend(s); repeatable.")] = None,
     image: Annotated[Path | None, typer.Option(help="Input image (default: a bundled scene).")] = None,
-    warmup: Annotated[int, typer.Option(min=0, help="Warm-up runs per backend.")] = 3,
-    iterations: Annotated[int, typer.Option(min=1, help="Timed runs per backend.")] = 20,
-    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads (PyTorch, ONNX Runtime).")] = None,
+    warmup: Annotated[
+        int, typer.Option(min=0, metavar="N", help="Warm-up runs per backend.")
+    ] = BenchmarkOptions.warmup,
+    iterations: Annotated[
+        int, typer.Option(min=1, metavar="N", help="Timed runs per backend.")
+    ] = BenchmarkOptions.iterations,
+    threads: Annotated[
+        int | None, typer.Option(min=1, metavar="N", help="CPU threads (PyTorch, ONNX Runtime).")
+    ] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON.")] = None,
     force: ForceOpt = False,
 ) -> None:
     """Latency per backend: median/p90/p99, throughput, end-to-end vs compute, peak memory, each in its own process."""
-    result = api.benchmark(
-        ckpt,
-        onnx or [],
-        engine or [],
-        image=image,
-        warmup=warmup,
-        iterations=iterations,
-        threads=threads,
-        json_path=json_path,
-        force=force,
-        progress=PROGRESS,
-    )
+    from danet_deploy import api
+
+    options = BenchmarkOptions(image=image, warmup=warmup, iterations=iterations, threads=threads, force=force)
+    result = api.benchmark(ckpt, onnx or [], engine or [], options, json_path=json_path, progress=PROGRESS)
     _print_benchmark(result)
 
 
 def _print_benchmark(result: api.BenchmarkResult) -> None:
+    from danet_deploy.report.text import benchmark_table
+
     if result.ok:
         out.print(benchmark_table(result.ok, result.results["device"]))
     if result.json_path:
@@ -657,12 +851,14 @@ def demo(
     workdir: Annotated[Path, typer.Option(help="Where the demo writes its models and report.")] = Path(
         "danet-deploy-demo"
     ),
-    calib_images: Annotated[int, typer.Option(min=8, help="Synthetic calibration images for INT8/FP16.")] = 100,
+    calib_images: Annotated[int, typer.Option(min=8, metavar="N", help="Synthetic calibration images.")] = 100,
     variant: Annotated[
         str, typer.Option(help="Bundled model: danet (PAM + CAM) or shuffle (Shuffle Attention + CAM).")
     ] = "danet",
 ) -> None:
     """The whole pipeline on the bundled model and data: export, simplify, FP16, INT8, benchmark, verify, report."""
+    from danet_deploy import api
+
     with warnings_as_lines():
         result = api.demo(workdir, variant, calib_images, PROGRESS)
     _print_benchmark(result.benchmark)
@@ -671,12 +867,42 @@ def demo(
     out.print("[green]passed[/]")
 
 
+def _check_arguments(argv: list[str]) -> None:
+    """What Click accepts silently but a user did not mean: a single-value option given twice (Click keeps the
+    last) and `-` as a file (it would be a file named '-': no option here reads standard input or writes standard
+    output)."""
+    if "-" in argv:
+        raise _usage_error("'-' (standard input/output) is not supported; give a file")
+    # Click is vendored by newer Typer: its objects are read through their public interface only.
+    commands = getattr(typer.main.get_command(app), "commands", {})
+    if not argv or argv[0] not in commands:
+        return
+    single: dict[str, str] = {}
+    for param in commands[argv[0]].params:
+        if getattr(param, "param_type_name", "") == "option" and not (
+            param.multiple or getattr(param, "is_flag", False) or getattr(param, "count", False)
+        ):
+            single.update({name: param.opts[-1] for name in param.opts})
+    seen: set[str] = set()
+    for arg in argv[1:]:
+        if arg == "--":
+            break
+        name = single.get(arg.split("=", 1)[0])
+        if name in seen:
+            raise _usage_error(f"{argv[0]}: {name} given more than once")
+        if name is not None:
+            seen.add(name)
+
+
 def main() -> None:
     """The `danet-deploy` entry point: usage errors as one line (exit 2), Ctrl-C as exit 130 in every stage."""
     signal.signal(signal.SIGINT, _on_sigint)
-    return_large_allocations()
     try:
+        _check_arguments(sys.argv[1:])
         code = app(standalone_mode=False)
+    except DeployError as exc:
+        err.print(f"[red]error:[/] {escape(one_line(str(exc)))} (see --help)", highlight=False, soft_wrap=True)
+        code = exc.exit_code
     except (typer.Exit, typer.Abort) as exc:
         code = exc.exit_code if isinstance(exc, typer.Exit) else _exit_interrupted().exit_code
     except KeyboardInterrupt:
@@ -686,13 +912,12 @@ def main() -> None:
         if not (hasattr(exc, "format_message") and hasattr(exc, "exit_code")):
             raise
         if type(exc).__name__ == "NoArgsIsHelpError":
-            exc.show()  # the help text
+            exc.show()  # type: ignore[attr-defined]  # the help text
         else:
             ctx = getattr(exc, "ctx", None)
             where = f"{ctx.command_path}: " if ctx is not None else ""
-            err.print(
-                f"[red]error:[/] {escape(where + exc.format_message())} (see --help)", highlight=False, soft_wrap=True
-            )
+            message = one_line(where + exc.format_message())
+            err.print(f"[red]error:[/] {escape(message)} (see --help)", highlight=False, soft_wrap=True)
         code = EXIT_BAD_INPUT
     sys.exit(code if isinstance(code, int) else 0)
 

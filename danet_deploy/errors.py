@@ -30,3 +30,16 @@ class CheckFailedError(DeployError):
     """A verification ran and its result is outside tolerance."""
 
     exit_code = EXIT_CHECK_FAILED
+
+
+class OptionError(BadInputError):
+    """An option value no stage can use, in the library's words: `field` is the option's field name (e.g.
+    `max_miou_drop`), so a Python caller sees what they passed; the CLI shows the field as its flag."""
+
+    def __init__(self, field: str, value: object, problem: str):
+        self.field, self.value, self.problem = field, value, problem
+        super().__init__(f"{field}={value!r}: {problem}")
+
+    def as_flag(self, flag: str) -> str:
+        """The message with the field shown as the command-line flag that set it."""
+        return f"{flag} {self.value}: {self.problem}"

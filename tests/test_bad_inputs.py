@@ -160,7 +160,7 @@ CASES = [
     ),
     Case(
         "quantize-over-model",
-        lambda w: ["quantize", w.onnx, "--calib", w.calib, "-o", w.onnx],
+        lambda w: ["quantize", w.onnx, "--int8", "--calib", w.calib, "-o", w.onnx],
         2,
         "is also an input",
         unchanged=lambda w: [w.onnx],
@@ -332,7 +332,7 @@ CASES = [
     ),
     Case(
         "bad-exclude-regex-int8",
-        lambda w: ["quantize", w.onnx, "--calib", w.calib, "--exclude", "[", "-o", w.tmp / "q.onnx"],
+        lambda w: ["quantize", w.onnx, "--int8", "--calib", w.calib, "--exclude", "[", "-o", w.tmp / "q.onnx"],
         2,
         "--exclude '['",
     ),
@@ -405,6 +405,7 @@ CASES = [
         lambda w: [
             "quantize",
             w.onnx,
+            "--int8",
             "--calib",
             w.calib,
             "--max-miou-drop",
@@ -445,6 +446,7 @@ CASES = [
         lambda w: [
             "quantize",
             w.onnx,
+            "--int8",
             "--calib",
             w.calib,
             "--max-miou-drop",
@@ -459,13 +461,13 @@ CASES = [
     ),
     Case(
         "negative-seed",
-        lambda w: ["quantize", w.onnx, "--calib", w.calib, "--seed", "-5", "-o", w.tmp / "q.onnx"],
+        lambda w: ["quantize", w.onnx, "--int8", "--calib", w.calib, "--seed", "-5", "-o", w.tmp / "q.onnx"],
         2,
         "--seed -5",
     ),
     Case(
         "exclude-overflowing-regex",
-        lambda w: ["quantize", w.onnx, "--calib", w.calib, "--exclude", "a{99999999999}", "-o", w.tmp / "q.onnx"],
+        lambda w: ["quantize", w.onnx, "--int8", "--calib", w.calib, "--exclude", "a{99999999999}", "-o", w.tmp / "q.onnx"],
         2,
         "not a valid regular expression",
     ),
@@ -718,6 +720,7 @@ def test_label_opt_ins_evaluate_and_say_so_in_every_report(workspace: Workspace)
     result = run(
         "quantize",
         w.onnx,
+        "--int8",
         "--calib",
         w.calib,
         "--method",
@@ -748,6 +751,7 @@ def test_calibration_skips_and_counts_decompression_bombs(workspace: Workspace) 
     result = run(
         "quantize",
         w.onnx,
+        "--int8",
         "--calib",
         calib,
         "--method",
@@ -818,13 +822,14 @@ INTERRUPT_STAGES = {
     ),
     "quantize-int8-tensorrt": (
         "onnxruntime",
-        lambda w, o: ["quantize", w.onnx, "--calib", w.calib, "--cache-dir", o / "cache", "-o", o / "q.onnx"],
+        lambda w, o: ["quantize", w.onnx, "--int8", "--calib", w.calib, "--cache-dir", o / "cache", "-o", o / "q.onnx"],
     ),
     "quantize-int8-ort": (
         "onnxruntime",
         lambda w, o: [
             "quantize",
             w.onnx,
+            "--int8",
             "--calib",
             w.calib,
             "--target",

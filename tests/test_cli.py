@@ -168,12 +168,14 @@ def test_benchmark_reports_latency_per_backend(exported: Path, tiny_ckpt: Path, 
 @pytest.mark.slow
 def test_quantize_option_errors(exported: Path, tmp_path: Path) -> None:
     out = tmp_path / "q.onnx"
-    assert_one_line_error(run("quantize", exported, "-o", out), 2, "INT8 needs --calib")
-    assert_one_line_error(run("quantize", exported, "-o", out, "--plain"), 2, "--plain goes with --fp16")
+    assert_one_line_error(run("quantize", exported, "-o", out), 2, "choose one of --fp16 and --int8")
+    assert_one_line_error(run("quantize", exported, "-o", out, "--int8"), 2, "--int8 needs --calib")
+    assert_one_line_error(run("quantize", exported, "-o", out, "--int8", "--plain"), 2, "--plain apply to --fp16")
+    assert_one_line_error(run("quantize", exported, "-o", out, "--fp16", "--method", "max"), 2, "apply to --int8")
     assert_one_line_error(
-        run("quantize", exported, "-o", out, "--calib", tmp_path, "--max-miou-drop", "1"), 2, "needs --data"
+        run("quantize", exported, "-o", out, "--int8", "--calib", tmp_path, "--max-miou-drop", "1"), 2, "go together"
     )
-    assert_one_line_error(run("quantize", exported, "-o", out, "--calib", tmp_path / "none"), 2, "none")
+    assert_one_line_error(run("quantize", exported, "-o", out, "--int8", "--calib", tmp_path / "none"), 2, "none")
     assert not out.exists()
 
 

@@ -14,7 +14,7 @@ from danet_deploy.data.synthetic import generate_scene
 from danet_deploy.engine.plan import BuildOptions, plan_build
 from danet_deploy.engine.sidecar import EngineSidecar, RunningSystem, check_compatible, read_sidecar, write_sidecar
 from danet_deploy.errors import BadInputError, DeployError
-from danet_deploy.export import ExportOptions, InputSpec, export_onnx
+from danet_deploy.onnx_export import ExportOptions, InputSpec, export_onnx
 from danet_deploy.model import DANet
 
 from .conftest import TINY
@@ -204,7 +204,7 @@ def test_strongly_typed_fp16_plan_prepares_an_fp16_onnx(static_onnx: Path, tmp_p
     import shutil
 
     from danet_deploy.api import prepare_network
-    from danet_deploy.export import OnnxModel
+    from danet_deploy.onnx_export import OnnxModel
 
     source = tmp_path / "m.onnx"
     shutil.copy(static_onnx, source)

@@ -12,12 +12,12 @@ from onnx import TensorProto, helper, numpy_helper
 
 from danet_deploy.data.synthetic import generate_scene
 from danet_deploy.errors import BadInputError
-from danet_deploy.export import ExportOptions, export_onnx, read_metadata
+from danet_deploy.onnx_export import ExportOptions, export_onnx, read_metadata
 from danet_deploy.graph.cam import simplify_cam
 from danet_deploy.graph.cleanup import cleanup
 from danet_deploy.graph.lint import attention_memory, lint
 from danet_deploy.graph.pam import pam_to_blocked, pam_to_mha, pam_to_onnx_attention, value_heads
-from danet_deploy.graph.simplify import simplify_model
+from danet_deploy.graph.simplify import SimplifyOptions, simplify_model
 from danet_deploy.graph.sites import find_sites
 from danet_deploy.model import DANet
 
@@ -88,7 +88,7 @@ def test_pass_checks_compare_graphs_not_onnx_runtime_kernels(static_onnx: onnx.M
     x = np.random.default_rng(2).standard_normal((1, 3, 61, 99), dtype=np.float32)
     logits = [onnxruntime_session(m, layout=False).run(["logits"], {"image": x})[0] for m in (static_onnx, converted)]
     assert np.array_equal(logits[0], logits[1])  # same graph, same kernels: the same numbers
-    _, report = simplify_model(copy.deepcopy(static_onnx), attention="onnx-attention")
+    _, report = simplify_model(copy.deepcopy(static_onnx), SimplifyOptions(attention="onnx-attention"))
     check = next(p for p in report.passes if p.name == "pam-onnx-attention")
     assert check.max_abs_diff == 0.0  # the Attention node is PAM exactly; nothing else changed
 
@@ -115,7 +115,7 @@ def test_blocked_pam_is_exact_with_padding(static_onnx: onnx.ModelProto, block: 
 
 def test_blocked_needs_static_shapes(dynamic_onnx: onnx.ModelProto) -> None:
     with pytest.raises(BadInputError, match="static shapes"):
-        simplify_model(copy.deepcopy(dynamic_onnx), attention="blocked")
+        simplify_model(copy.deepcopy(dynamic_onnx), SimplifyOptions(attention="blocked"))
 
 
 @pytest.mark.parametrize(
@@ -133,7 +133,7 @@ def test_blocked_needs_static_shapes(dynamic_onnx: onnx.ModelProto) -> None:
 def test_target_defaults(
     dynamic_onnx: onnx.ModelProto, static_onnx: onnx.ModelProto, target: str | None, static: bool, form: str
 ) -> None:
-    model, report = simplify_model(copy.deepcopy(static_onnx if static else dynamic_onnx), target=target)
+    model, report = simplify_model(copy.deepcopy(static_onnx if static else dynamic_onnx), SimplifyOptions(target=target))
     assert report.attention == form and report.reason
     assert [p.name for p in report.passes][:2] == ["cleanup", "cam"]
     assert all(p.max_abs_diff <= p.tolerance for p in report.passes)

@@ -16,7 +16,7 @@ from danet_deploy.artifact import precision_label
 from danet_deploy.data.synthetic import generate_scene
 from danet_deploy.engine.plan import BuildOptions, plan_build
 from danet_deploy.errors import BadInputError
-from danet_deploy.export import OnnxModel, Precision
+from danet_deploy.onnx_export import OnnxModel, Precision
 from danet_deploy.graph.sites import find_sites
 from danet_deploy.precision import quantize_int8, quantize_with_budget
 from danet_deploy.precision.int8 import Int8Target
@@ -216,7 +216,7 @@ def test_bad_options_are_exit_2_before_any_work(fp32_onnx: Path, calib_dir: Path
         (["--target", "ort", "--exclude", "node_[conv"], "not a valid regular expression"),
     ]
     for extra, message in cases:
-        result = run("quantize", fp32_onnx, "--calib", calib_dir, "-o", out, *extra)
+        result = run("quantize", fp32_onnx, "--int8", "--calib", calib_dir, "-o", out, *extra)
         assert_one_line_error(result, 2, message)
         assert not out.exists()
 
@@ -229,6 +229,7 @@ def test_cli_quantize_inspect_verify_and_benchmark_label_the_onnxruntime_model(
     result = run(
         "quantize",
         fp32_onnx,
+        "--int8",
         "--calib",
         calib_dir,
         "--method",

@@ -22,9 +22,9 @@ from danet_deploy.bounded_ort.query_blocks import bounded_model
 from danet_deploy.bounded_ort.segments import SegmentedRun
 from danet_deploy.cli import app
 from danet_deploy.data.synthetic import generate_scene
-from danet_deploy.export import ExportOptions, export_onnx
+from danet_deploy.onnx_export import ExportOptions, export_onnx
 from danet_deploy.graph.shapes import infer_shapes
-from danet_deploy.graph.simplify import simplify_model
+from danet_deploy.graph.simplify import SimplifyOptions, simplify_model
 from danet_deploy.model import DANet, PositionAttention, memory_efficient_attention
 from danet_deploy.model import danet as danet_module
 from danet_deploy.precision import bounded_calibration, convert_fp16, quantize_int8
@@ -114,7 +114,7 @@ def test_checks_evaluate_every_attention_form_in_query_blocks_exactly(
 ) -> None:
     model = onnx.load(str(fp32_onnx))
     if form != "naive":
-        model, _ = simplify_model(model, attention=form, images=[generate_scene(5, 64, 128).image])
+        model, _ = simplify_model(model, SimplifyOptions(attention=form), images=[generate_scene(5, 64, 128).image])
     x = _image_batch()
     as_written = onnxruntime_session(model).run(["logits"], {"image": x})[0]
     checked, evaluation, _ = bounded_model(model)
@@ -254,7 +254,7 @@ def test_a_plan_that_does_not_fit_stops_with_exit_2_before_the_work(
     args = {
         "export": ["export", tiny_ckpt, "-o", out],
         "simplify": ["simplify", fp32_onnx, "-o", out, "--target", "ort"],
-        "quantize": ["quantize", fp32_onnx, "-o", out, "--calib", city_data],
+        "quantize": ["quantize", fp32_onnx, "-o", out, "--int8", "--calib", city_data],
         "verify": [
             "verify",
             "--ckpt",
@@ -317,7 +317,7 @@ def test_cli_in_a_log_prints_counted_progress(fp32_onnx: Path, tmp_path: Path) -
     from .test_precision import _write_images
 
     calib = _write_images(tmp_path / "calib", range(2))
-    result = _cli("quantize", fp32_onnx, "-o", tmp_path / "q.onnx", "--calib", calib, "--cache-dir", tmp_path / "c")
+    result = _cli("quantize", fp32_onnx, "-o", tmp_path / "q.onnx", "--int8", "--calib", calib, "--cache-dir", tmp_path / "c")
     assert result.exit_code == 0, result.output
     assert "INT8 Q/DQ for TensorRT (ModelOpt): calibrating (entropy, images): started" in result.output
     assert ": 2/2 (100%)" in result.output and "; finished" in result.output

@@ -20,7 +20,7 @@ from danet_deploy.data.preprocess import normalize
 from danet_deploy.data.synthetic import generate_scene
 from danet_deploy.errors import BadInputError, CheckFailedError
 from danet_deploy.evaluate.verify import verify
-from danet_deploy.export import (
+from danet_deploy.onnx_export import (
     META_CONFIG,
     ExportOptions,
     OnnxModel,

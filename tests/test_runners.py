@@ -14,7 +14,7 @@ from danet_deploy.artifact import InputSpec, Precision
 from danet_deploy.config import ModelConfig
 from danet_deploy.engine.sidecar import EngineSidecar, write_sidecar
 from danet_deploy.errors import BadInputError
-from danet_deploy.export import ExportOptions, export_onnx
+from danet_deploy.onnx_export import ExportOptions, export_onnx
 from danet_deploy.runners import OnnxRuntimeRunner, PyTorchRunner, Runner, TensorRTRunner, activated, cpu_device
 
 from .conftest import TINY

@@ -99,9 +99,9 @@ def networks(fp32_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     precision stage (ONNX Runtime on the CPU)."""
     folder = tmp_path_factory.mktemp("contract")
     shutil.copy(fp32_onnx, folder / "tiny.onnx")
-    api.quantize(folder / "tiny.onnx", folder / "tiny.fp16.onnx", "fp16")
-    calib = api.QuantizeOptions(calib=ROOT / "calibration" / "images", count=8, cache_dir=folder / "cache")
-    api.quantize(folder / "tiny.onnx", folder / "tiny.int8.onnx", "int8", calib)
+    api.quantize(folder / "tiny.onnx", folder / "tiny.fp16.onnx", api.Fp16Options())
+    calib = api.Int8Options(calib=ROOT / "calibration" / "images", count=8, cache_dir=folder / "cache")
+    api.quantize(folder / "tiny.onnx", folder / "tiny.int8.onnx", calib)
     return folder
 
 

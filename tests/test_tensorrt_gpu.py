@@ -17,7 +17,7 @@ from danet_deploy.data.bundled import DEMO_CHECKPOINT, DEMO_DATA, sample_image
 from danet_deploy.engine.plan import BuildOptions
 from danet_deploy.engine.system import running_system
 from danet_deploy.errors import DeployError
-from danet_deploy.export import ExportOptions, export_onnx
+from danet_deploy.onnx_export import ExportOptions, export_onnx
 
 from .support.tensorrt_gate import REQUIRE_VARIABLE, tensorrt_required
 
@@ -102,7 +102,7 @@ def test_benchmark_of_an_engine_names_the_gpu(engines: dict[str, Path], demo_onn
     with TensorRTRunner(engine) as runner:
         assert runner.infer(sample_image()).shape[1] == 19
         assert runner.last_inference_time() is not None and runner.device == gpu.device
-    result = api.benchmark(engines=[engine], warmup=1, iterations=3)
+    result = api.benchmark(engines=[engine], options=api.BenchmarkOptions(warmup=1, iterations=3))
     (row,) = result.results["backends"]
     assert "error" not in row, row
     assert row["kind"] == "tensorrt" and row["device"] == gpu.device and row["precision"] == "fp16"

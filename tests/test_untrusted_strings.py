@@ -13,7 +13,7 @@ from danet_deploy.artifact import META_CONFIG
 from danet_deploy.config import ModelConfig
 from danet_deploy.errors import BadInputError
 from danet_deploy.evaluate.verify import BackendResult, VerifyReport
-from danet_deploy.export import OnnxModel
+from danet_deploy.onnx_export import OnnxModel
 from danet_deploy.report.html_report import CSP, md_escape, write_html, write_markdown
 
 from .conftest import TINY

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -19,11 +20,11 @@ from danet_deploy.data.datasets import open_dataset
 from danet_deploy.data.preprocess import normalize, resize_image
 from danet_deploy.errors import BadInputError
 from danet_deploy.evaluate.verify import verify
-from danet_deploy.export import ExportOptions, export_onnx, onnxruntime_session
+from danet_deploy.onnx_export import ExportOptions, export_onnx, onnxruntime_session
 from danet_deploy.graph.group_norm import check_model, to_decomposed, to_group_normalization
 from danet_deploy.graph.lint import lint
 from danet_deploy.graph.shuffle import shuffle_permutation
-from danet_deploy.graph.simplify import simplify_model
+from danet_deploy.graph.simplify import SimplifyOptions, simplify_model
 from danet_deploy.graph.sites import find_light_sites
 from danet_deploy.model import build_danet
 from danet_deploy.model.light_attention import ShuffleAttention, SqueezeExcitation, channel_shuffle
@@ -32,8 +33,8 @@ from danet_deploy.runners.onnxruntime import OnnxRuntimeRunner
 from danet_deploy.runners.pytorch import PyTorchRunner
 
 from .conftest import TINY, randomize
-from .test_cli import run
 from .support.upstream_reference import SELayer, sa_layer
+from .test_cli import run
 
 ROOT = Path(__file__).resolve().parents[1]
 SA = TINY.with_overrides(position_attention="shuffle", sa_groups=2)  # head channels 16: 4 per half-group
@@ -165,8 +166,8 @@ def test_each_variant_exports_exactly(name: str, dynamic: bool, opset: int, tmp_
 # graph passes ------------------------------------------------------------------------------------------
 
 
-def _simplify_and_compare(model: torch.nn.Module, onnx_path: Path, **kwargs: object) -> onnx.ModelProto:
-    simplified, report = simplify_model(onnx.load(str(onnx_path)), images=[_image()], **kwargs)
+def _simplify_and_compare(model: torch.nn.Module, onnx_path: Path, **kwargs: Any) -> onnx.ModelProto:
+    simplified, report = simplify_model(onnx.load(str(onnx_path)), SimplifyOptions(**kwargs), images=[_image()])
     check_model(simplified)  # also what simplify_file runs before writing
     x = normalize(_image(index=1), SA)
     expected = model(torch.from_numpy(x)).detach().numpy()
@@ -198,7 +199,7 @@ def test_decomposed_group_norm_for_tensorrt_8_6(sa_model: torch.nn.Module, tmp_p
     assert [s.form for s in find_light_sites(simplified) if s.kind == "group-norm"] == ["decomposed"]
     assert not [f for f in lint(simplified, "trt8.6").errors if f.code in ("group-norm", "opset")]
     with pytest.raises(BadInputError, match="opset >= 18"):
-        simplify_model(onnx.load(str(path)), group_norm="group-normalization", images=[_image()])
+        simplify_model(onnx.load(str(path)), SimplifyOptions(group_norm="group-normalization"), images=[_image()])
     result = run("simplify", path, "-o", tmp_path / "out.onnx", "--group-norm", "group-normalization")
     assert result.returncode == 2 and "Traceback" not in result.stderr and not (tmp_path / "out.onnx").exists()
     assert f"{path}: GroupNormalization needs opset >= 18; this model is opset 17" in result.stderr
@@ -257,7 +258,7 @@ def test_shuffle_folds_into_the_next_conv_or_stays_one_reshape_transpose(
     # Dynamic shapes: the 4-D form takes its output shape from the graph, at any batch and size.
     path = tmp_path / "dyn.onnx"
     export_onnx(sa_model, SA, path, ExportOptions(dynamic=True), _image())
-    dyn, _ = simplify_model(onnx.load(str(path)), target="ort", fold_shuffle=False, images=[_image()])
+    dyn, _ = simplify_model(onnx.load(str(path)), SimplifyOptions(target="ort", fold_shuffle=False), images=[_image()])
     x = np.concatenate([normalize(_image((48, 80), i), SA) for i in range(2)])
     np.testing.assert_allclose(_run_onnx(dyn, x), sa_model(torch.from_numpy(x)).detach().numpy(), rtol=0, atol=5e-5)
 

@@ -14,7 +14,7 @@ from danet_deploy.artifact import Precision
 from danet_deploy.data.datasets import open_dataset
 from danet_deploy.errors import BadInputError
 from danet_deploy.evaluate.verify import DEFAULT_THRESHOLDS, thresholds_with, verify
-from danet_deploy.export import graph_precision
+from danet_deploy.onnx_export import graph_precision
 from danet_deploy.runners.pytorch import PyTorchRunner
 
 from .conftest import TINY
@@ -143,7 +143,7 @@ def test_protocol_validation() -> None:
 @pytest.mark.slow
 def test_verify_under_sliding_window_and_flip(tiny_model, city_data: Path, tmp_path: Path) -> None:
     from danet_deploy.evaluate.protocols import EvalProtocol
-    from danet_deploy.export import ExportOptions, export_onnx
+    from danet_deploy.onnx_export import ExportOptions, export_onnx
     from danet_deploy.runners.onnxruntime import OnnxRuntimeRunner
 
     path = tmp_path / "crop.onnx"

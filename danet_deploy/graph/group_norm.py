@@ -22,7 +22,6 @@ from danet_deploy.graph.editor import GraphEditor, opset_of
 from danet_deploy.graph.shapes import infer_shapes
 from danet_deploy.graph.sites import AttentionSite, find_light_sites
 
-GROUP_NORM_FORMS = ("group-normalization", "decomposed")
 GROUP_NORMALIZATION_OPSET = 18
 PER_CHANNEL_SCALE_OPSET = 21
 

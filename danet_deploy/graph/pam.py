@@ -21,10 +21,10 @@ from onnx import helper
 from danet_deploy.graph.editor import GraphEditor, opset_of
 from danet_deploy.graph.shapes import elem_type, infer_shapes
 from danet_deploy.graph.sites import AttentionSite, find_sites
+from danet_deploy.options import DEFAULT_BLOCK
 
 ATTENTION_OPSET = 23
 DEFAULT_VALUE_HEAD = 64
-DEFAULT_BLOCK = 1024
 
 
 class RewriteError(ValueError):

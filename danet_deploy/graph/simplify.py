@@ -28,17 +28,15 @@ from danet_deploy.graph.cam import simplify_cam
 from danet_deploy.graph.cleanup import cleanup
 from danet_deploy.graph.editor import opset_of
 from danet_deploy.graph.group_norm import (
-    GROUP_NORM_FORMS,
     GROUP_NORMALIZATION_OPSET,
     check_model,
     to_decomposed,
     to_group_normalization,
 )
-from danet_deploy.graph.pam import DEFAULT_BLOCK, RewriteError, pam_to_blocked, pam_to_mha, pam_to_onnx_attention
+from danet_deploy.graph.pam import RewriteError, pam_to_blocked, pam_to_mha, pam_to_onnx_attention
 from danet_deploy.graph.shuffle import simplify_shuffles
 from danet_deploy.graph.sites import find_light_sites, find_sites
-
-ATTENTION_FORMS = ("naive", "mha", "onnx-attention", "blocked")
+from danet_deploy.options import ATTENTION_FORMS, GROUP_NORM_FORMS, TARGET_NAMES, SimplifyOptions
 
 
 @dataclass(frozen=True)
@@ -58,6 +56,7 @@ TARGETS: dict[str, Target] = {
         Target("ort", None, "ONNX Runtime (CPU / edge)"),
     )
 }
+assert tuple(TARGETS) == TARGET_NAMES  # options.py names them without importing this module
 
 
 def get_target(name: str) -> Target:
@@ -155,16 +154,9 @@ def _run(model: onnx.ModelProto, feeds: list[np.ndarray], logits: list[np.ndarra
 
 def simplify_model(
     model: onnx.ModelProto,
-    target: str | None = None,
-    attention: str | None = None,
+    options: SimplifyOptions = SimplifyOptions(),
     images: list[np.ndarray] | None = None,
-    block: int = DEFAULT_BLOCK,
-    heads: int | None = None,
-    atol: float = 1e-4,
-    rtol: float = 1e-4,
     on_pass: Callable[[PassReport], None] | None = None,
-    group_norm: str | None = None,
-    fold_shuffle: bool = True,
     on_check: Callable[[int, int, str], None] | None = None,
 ) -> tuple[onnx.ModelProto, SimplifyReport]:
     """Run the passes for `target` (PAM form `attention`, GroupNorm form `group_norm` or the target's defaults),
@@ -175,6 +167,15 @@ def simplify_model(
     model's own size; attention too large to hold as written is evaluated in query blocks (exact), and each
     report line says how. `on_check(done, total, what)` is called before each check run.
     """
+    options.check()
+    target, attention, group_norm = options.target, options.attention, options.group_norm
+    block, heads, atol, rtol, fold_shuffle = (
+        options.block,
+        options.heads,
+        options.atol,
+        options.rtol,
+        options.fold_shuffle,
+    )
     tgt = get_target(target) if target else None
     meta = read_metadata(model)
     original_props = [onnx.StringStringEntryProto(key=p.key, value=p.value) for p in model.metadata_props]
@@ -291,7 +292,11 @@ def _shuffles(model: onnx.ModelProto, fold: bool) -> tuple[onnx.ModelProto, str]
 
 
 def simplify_file(
-    in_path: str | os.PathLike[str], out_path: str | os.PathLike[str], **kwargs: Any
+    in_path: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    options: SimplifyOptions = SimplifyOptions(),
+    on_pass: Callable[[PassReport], None] | None = None,
+    on_check: Callable[[int, int, str], None] | None = None,
 ) -> tuple[SimplifyReport, dict[str, Any]]:
     """File to file; nothing is written unless every pass passes its check."""
     where = Path(in_path)
@@ -301,7 +306,7 @@ def simplify_file(
     del source
     try:
         # Only simplify_model holds the input model, so it is freed once the first pass has copied it.
-        simplified, report = simplify_model(protos.pop(), **kwargs)
+        simplified, report = simplify_model(protos.pop(), options, on_pass=on_pass, on_check=on_check)
     except DeployError as exc:  # name the file, as every user-facing error does
         raise type(exc)(f"{where}: {exc}", exc.exit_code) from None
     with atomic_path(out_path) as tmp:

@@ -22,9 +22,10 @@ from danet_deploy.bounded_ort.query_blocks import bounded_session
 from danet_deploy.errors import BadInputError, CheckFailedError
 from danet_deploy.files import save_onnx, sha256_file
 from danet_deploy.graph.editor import opset_of
+from danet_deploy.options import DEFAULT_PERCENTILE, METHODS
 from danet_deploy.precision.calibration_cache import CalibrationCache, cache_key, cache_key_material, key_tool_versions
 from danet_deploy.precision.calibration_data import CalibrationInfo, calibration_set
-from danet_deploy.precision.int8_modelopt import DEFAULT_PERCENTILE, run_modelopt
+from danet_deploy.precision.int8_modelopt import run_modelopt
 from danet_deploy.precision.int8_ort import (
     CpuProfile,
     KernelChoice,
@@ -43,9 +44,6 @@ from danet_deploy.precision.qdq import QdqSummary, check_qdq, qdq_summary
 from danet_deploy.precision.source import finish_model, fp32_source
 
 log = logging.getLogger(__name__)
-
-
-METHODS = ("entropy", "max", "percentile")
 
 
 TRT86_MAX_OPSET = 17  # JetPack 6.0

@@ -38,9 +38,6 @@ from danet_deploy.precision.probes import (
 )
 from danet_deploy.signals import interrupts_held
 
-DEFAULT_PERCENTILE = 99.99
-
-
 PERCENTILE_BINS = 2048
 
 

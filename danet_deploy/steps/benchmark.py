@@ -15,6 +15,7 @@ from danet_deploy.files import (
     check_output,
     write_json,
 )
+from danet_deploy.options import BenchmarkOptions
 from danet_deploy.progress import SILENT, Progress
 from danet_deploy.steps.backends import backends_plan, engine_runners, with_sidecars
 
@@ -60,24 +61,21 @@ def benchmark(
     checkpoint: PathLike | None = None,
     onnx: Sequence[PathLike] = (),
     engines: Sequence[PathLike] = (),
-    *,
-    image: PathLike | None = None,
-    warmup: int = 3,
-    iterations: int = 20,
-    threads: int | None = None,
+    options: BenchmarkOptions = BenchmarkOptions(),
     json_path: PathLike | None = None,
-    force: bool = False,
     progress: Progress = SILENT,
 ) -> BenchmarkResult:
-    """Latency of each backend in its own process on one real image; failures are rows with an error. A memory
-    plan (each backend runs its model as written) is shown first; one that does not fit stops (exit 2) unless
-    `force`."""
+    """Latency of each backend (PyTorch `checkpoint`, ONNX Runtime `onnx` models, TensorRT `engines`) in its own
+    process on one real image; failures are rows with an error. A memory plan (each backend runs its model as
+    written) is shown first; one that does not fit stops (BadInputError) unless `options.force`."""
     from danet_deploy.data.bundled import sample_image
     from danet_deploy.data.images import read_image
     from danet_deploy.evaluate.benchmark import benchmark as run_benchmark
     from danet_deploy.runners.onnxruntime import OnnxRuntimeRunner
     from danet_deploy.runners.pytorch import PyTorchRunner
 
+    options.check()
+    image, warmup, iterations, threads = options.image, options.warmup, options.iterations, options.threads
     paths = [p for p in (checkpoint, *onnx, *engines) if p is not None]
     if json_path is not None:
         check_output(json_path, [*paths, *with_sidecars(engines), image])
@@ -87,7 +85,7 @@ def benchmark(
         if not Path(path).is_file():
             raise BadInputError(f"{path}: no such file")
     picture = read_image(Path(image)) if image else sample_image()
-    backends_plan("benchmark", checkpoint, onnx, picture.shape[:2]).show_and_check(progress, force)
+    backends_plan("benchmark", checkpoint, onnx, picture.shape[:2]).show_and_check(progress, options.force)
     runners: list[Any] = [PyTorchRunner(checkpoint, threads=threads)] if checkpoint is not None else []
     runners += [OnnxRuntimeRunner(p, name=f"onnxruntime:{Path(p).name}", threads=threads) for p in onnx]
     runners += engine_runners(engines)

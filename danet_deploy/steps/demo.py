@@ -7,16 +7,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from danet_deploy.artifact import Precision
 from danet_deploy.errors import EXIT_BAD_INPUT, DeployError
 from danet_deploy.files import (
     PathLike,
     removed_on_failure,
 )
+from danet_deploy.graph.simplify import SimplifyOptions
+from danet_deploy.options import BenchmarkOptions, Fp16Options, Int8Options
 from danet_deploy.progress import SILENT, Progress
 from danet_deploy.steps.benchmark import BenchmarkResult, benchmark
-from danet_deploy.steps.export import ExportResult, SimplifyOptions, SimplifyResult, export, simplify_model_file
-from danet_deploy.steps.quantize import QuantizeOptions, QuantizeResult, quantize
+from danet_deploy.steps.export import ExportResult, SimplifyResult, export, simplify_model_file
+from danet_deploy.steps.quantize import QuantizeResult, quantize
 from danet_deploy.steps.verify import VerifyResult, verify
 
 
@@ -70,23 +71,21 @@ def demo(
         ):
             write_calibration_images(calib, calib_images)
         with _step(progress, f"[bold]3/6 FP16[/] -> {fp16_path}"):
-            fp16_options = QuantizeOptions(calib=calib, count=min(calib_images, 32))
-            fp16 = quantize(onnx_path, fp16_path, Precision.FP16, fp16_options, progress)
+            fp16 = quantize(onnx_path, fp16_path, Fp16Options(calib=calib, count=min(calib_images, 32)), progress)
             for line in fp16_lines(fp16.record):
                 progress.show(line)
         with _step(
             progress, f"[bold]4/6 INT8[/] Q/DQ for TensorRT -> {int8_path}, for ONNX Runtime -> {int8_ort_path}"
         ):
-            options = QuantizeOptions(calib=calib, count=calib_images, cache_dir=work / "cache")
-            int8 = quantize(onnx_path, int8_path, Precision.INT8, options, progress)
-            int8_ort = quantize(onnx_path, int8_ort_path, Precision.INT8, replace(options, target="ort"), progress)
+            options = Int8Options(calib=calib, count=calib_images, cache_dir=work / "cache")
+            int8 = quantize(onnx_path, int8_path, options, progress)
+            int8_ort = quantize(onnx_path, int8_ort_path, replace(options, target="ort"), progress)
             for line in [*int8_lines(int8.record), *int8_lines(int8_ort.record)]:
                 progress.show(line)
         models = [onnx_path, simplified, fp16_path, int8_path, int8_ort_path]
         with _step(progress, "[bold]5/6 benchmark[/] PyTorch and every ONNX model on ONNX Runtime CPU"):
-            bench = benchmark(
-                checkpoint, models, warmup=2, iterations=5, json_path=work / "benchmark.json", progress=progress
-            )
+            timing = BenchmarkOptions(warmup=2, iterations=5)
+            bench = benchmark(checkpoint, models, options=timing, json_path=work / "benchmark.json", progress=progress)
         with _step(progress, f"[bold]6/6 verify[/] every backend against PyTorch on {DEMO_DATA}"):
             verified = verify(
                 DEMO_DATA,

@@ -12,8 +12,9 @@ from danet_deploy.files import (
     PathLike,
     check_outputs,
 )
+from danet_deploy.options import Fp16Options, Int8Options
 from danet_deploy.progress import SILENT, Progress
-from danet_deploy.steps.quantize import QuantizeOptions, QuantizeResult, quantize
+from danet_deploy.steps.quantize import QuantizeResult, quantize
 
 
 @dataclass
@@ -63,8 +64,9 @@ def prepare_network(plan: Any, progress: Progress = SILENT) -> QuantizeResult | 
     if not plan.prepare:
         return None
     # With calibration images, FP16 magnitudes measured on them decide what stays FP32 too (not only the CAM rule).
-    options = QuantizeOptions(calib=plan.options.get("calib"))
-    return quantize(plan.source_onnx, plan.network_onnx, plan.precision, options, progress)
+    calib = plan.options.get("calib")
+    options = Int8Options(calib=calib) if plan.precision == "int8" else Fp16Options(calib=calib)
+    return quantize(plan.source_onnx, plan.network_onnx, options, progress)
 
 
 def build_engine(

@@ -3,54 +3,18 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from danet_deploy.config import check_number
-from danet_deploy.errors import BadInputError
-from danet_deploy.export.torch_export import ExportOptions, ExportRecord
 from danet_deploy.files import (
     PathLike,
     check_output,
     scratch_dir,
 )
-from danet_deploy.graph.pam import DEFAULT_BLOCK
+from danet_deploy.onnx_export.torch_export import ExportRecord, export_size
+from danet_deploy.options import ExportOptions, SimplifyOptions
 from danet_deploy.progress import SILENT, Progress
-
-
-@dataclass(frozen=True)
-class SimplifyOptions:
-    """The graph passes: `target` picks the PAM and GroupNorm forms unless `attention` / `group_norm` say."""
-
-    target: str | None = None
-    attention: str | None = None
-    block: int = DEFAULT_BLOCK
-    heads: int | None = None
-    atol: float = 1e-4
-    rtol: float = 1e-4
-    group_norm: str | None = None
-    fold_shuffle: bool = True
-    force: bool = False  # go on when the memory plan's peak exceeds the available memory
-
-    def check(self) -> None:
-        """Exit 2 for a value no simplify can use, before any work (also before `export --simplify` exports)."""
-        from danet_deploy.graph.group_norm import GROUP_NORM_FORMS
-        from danet_deploy.graph.simplify import ATTENTION_FORMS, get_target
-
-        if self.target is not None:
-            get_target(self.target)
-        for option, value, choices in (
-            ("--attention", self.attention, ATTENTION_FORMS),
-            ("--group-norm", self.group_norm, GROUP_NORM_FORMS),
-        ):
-            if value is not None and value not in choices:
-                raise BadInputError(f"{option} {value!r}: choose from {', '.join(choices)}")
-        check_number("--atol", self.atol)
-        check_number("--rtol", self.rtol)
-        if self.block < 1 or (self.heads is not None and self.heads < 1):
-            raise BadInputError("--block and --heads must be at least 1")
 
 
 @dataclass
@@ -89,40 +53,37 @@ def export(
     checkpoint: PathLike,
     output: PathLike,
     options: ExportOptions = ExportOptions(),
-    *,
-    layout: str | None = None,
-    overrides: dict[str, Any] | None = None,
-    image: PathLike | None = None,
     simplify: SimplifyOptions | None = None,
-    force: bool = False,
-    option_files: Sequence[PathLike] = (),
     progress: Progress = SILENT,
 ) -> ExportResult:
-    """Checkpoint -> ONNX checked against PyTorch; with `simplify`, the graph passes run onto `output`.
-    An export whose estimated memory exceeds what is available is refused first unless `force`.
-    `option_files`: files the overrides were read from (class names), never written over."""
+    """Checkpoint -> ONNX checked against PyTorch (`ExportOptions`); with `simplify`, the graph passes run onto
+    `output`. An export whose estimated memory exceeds what is available is refused first unless `options.force`.
+
+    Raises BadInputError (an OptionError for option values) before any work for bad input, CheckFailedError when
+    the parity check fails; nothing is written then.
+    """
     from danet_deploy.data.bundled import sample_image
     from danet_deploy.data.images import read_image
-    from danet_deploy.export.torch_export import export_onnx
+    from danet_deploy.onnx_export.torch_export import export_onnx
 
-    out = check_output(output, [checkpoint, image, *option_files])
+    out = check_output(output, [checkpoint, options.image, options.model.class_names_file])
     options.check()
     if simplify is not None:
         simplify.check()  # a bad pass option fails before the export, not after it
     size = options.input_size
-    loaded = load_checkpoint(checkpoint, layout, progress, **{**(overrides or {}), "input_size": size})
+    loaded = load_checkpoint(checkpoint, options.layout, progress, **options.model.given(), input_size=size)
     from danet_deploy.memory_plan import export_plan
 
     state = [*loaded.model.parameters(), *loaded.model.buffers()]
     plan = export_plan(
         sum(t.numel() * t.element_size() for t in state),
         options.batch,
-        options.size(loaded.config),
+        export_size(options, loaded.config),
         loaded.config.position_attention == "pam",
         loaded.config.num_classes,
     )
-    plan.show_and_check(progress, force)
-    parity_image = read_image(Path(image)) if image else sample_image()
+    plan.show_and_check(progress, options.force)
+    parity_image = read_image(Path(options.image)) if options.image else sample_image()
     with contextlib.ExitStack() as stack:
         raw = out
         if simplify is not None:  # export beside, simplify onto `output`: a failed pass leaves nothing there
@@ -179,18 +140,5 @@ def simplify_model_file(
         def on_check(done: int, total: int, what: str) -> None:
             update(1 if done else 0, description=f"simplify: {what}", total=total)
 
-        report, info = simplify_file(
-            model,
-            out,
-            target=options.target,
-            attention=options.attention,
-            block=options.block,
-            heads=options.heads,
-            atol=options.atol,
-            rtol=options.rtol,
-            group_norm=options.group_norm,
-            fold_shuffle=options.fold_shuffle,
-            on_pass=on_pass,
-            on_check=on_check,
-        )
+        report, info = simplify_file(model, out, options, on_pass=on_pass, on_check=on_check)
     return SimplifyResult(report, out, info["size_bytes"], info["onnx_sha256"])

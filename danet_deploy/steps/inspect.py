@@ -13,6 +13,7 @@ from danet_deploy.files import (
     check_output,
     write_json,
 )
+from danet_deploy.options import InspectOptions
 from danet_deploy.progress import SILENT, Progress
 from danet_deploy.steps.backends import ENGINE_SUFFIXES, with_sidecars
 
@@ -86,8 +87,7 @@ def inspect_engine(
 
 def inspect(
     model: PathLike,
-    target: str = "trt10.3",
-    input_size: tuple[int, int] | None = None,
+    options: InspectOptions = InspectOptions(),
     json_path: PathLike | None = None,
     progress: Progress = SILENT,
 ) -> InspectResult | EngineInspectResult:
@@ -99,6 +99,7 @@ def inspect(
     from danet_deploy.artifact import precision_label
     from danet_deploy.graph.lint import lint
 
+    options.check()
     if Path(model).suffix.lower() in ENGINE_SUFFIXES:
         return inspect_engine(model, json_path, progress)
     if json_path is not None:
@@ -108,7 +109,7 @@ def inspect(
         onnx_model.config  # noqa: B018 -- validates it (class names, palette): a bad one is exit 2, not shown
     try:
         with progress.task("linting"):
-            report = lint(onnx_model.proto, target, input_size)
+            report = lint(onnx_model.proto, options.target, options.input_size)
     except ValueError as exc:
         raise BadInputError(f"{model}: {exc}") from None
     label = precision_label(onnx_model.precision, onnx_model.quantized_for)

@@ -4,82 +4,71 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from danet_deploy.artifact import OnnxModel, Precision
-from danet_deploy.config import check_number
 from danet_deploy.errors import BadInputError
 from danet_deploy.files import (
     PathLike,
     check_output,
 )
+from danet_deploy.options import Int8Options, PrecisionOptions
+from danet_deploy.precision.calibration_images import calibration_folder
 from danet_deploy.progress import SILENT, Progress
 
-
-@dataclass(frozen=True)
-class QuantizeOptions:
-    """Calibration and precision settings shared by `quantize` and `build-engine`."""
-
-    calib: PathLike | None = None  # calibration images (required for INT8; optional range check for FP16)
-    plain: bool = False  # FP16: plain cast, no protection
-    method: str = "entropy"
-    count: int | None = None
-    seed: int = 0
-    split: str = "train"
-    max_miou_drop: float | None = None  # INT8: keep sensitive layers FP32 until the drop on `data` fits
-    data: PathLike | None = None
-    exclude: tuple[str, ...] = ()
-    recalibrate: bool = False
-    cache_dir: PathLike | None = None
-    target: str = "tensorrt"  # INT8: "tensorrt" / "trt" or "onnxruntime" / "ort"
-    cpu: str | None = None  # INT8 for ONNX Runtime: CPU profile (None / "auto": this machine's)
-    ignore_unknown_labels: bool = False  # --data: mask values that are not class ids count as ignored
-    allow_unlabeled: bool = False  # --data: evaluate the labeled images of a partly labeled set
-    force: bool = False  # go on when the memory plan's peak exceeds the available memory
+if TYPE_CHECKING:
+    from danet_deploy.precision.fp16 import Fp16Record
+    from danet_deploy.precision.int8 import Int8Record
+    from danet_deploy.precision.int8_budget import BudgetRecord
 
 
 @dataclass
 class QuantizeResult:
+    """What `quantize` wrote: the model's path and precision, the stage's record and, with an mIoU budget, the
+    budget search's steps."""
+
     precision: Precision
     path: Path
-    record: Any  # Fp16Record | Int8Record
-    budget: Any = None  # BudgetRecord with --max-miou-drop
+    record: Fp16Record | Int8Record
+    budget: BudgetRecord | None = None
 
 
 def quantize(
     model: PathLike | OnnxModel,
     output: PathLike,
-    precision: Precision | str,
-    options: QuantizeOptions = QuantizeOptions(),
+    options: PrecisionOptions,
     progress: Progress = SILENT,
 ) -> QuantizeResult:
-    """FP32 ONNX -> FP16 (overflow-protected) or INT8 Q/DQ ONNX, measured against FP32. The one precision step,
-    used by `quantize` and by `build-engine` when its plan needs an FP16 or Q/DQ network first."""
-    precision = Precision(precision)
+    """FP32 ONNX -> FP16 (`Fp16Options`: overflow-protected) or INT8 (`Int8Options`: Q/DQ for TensorRT or ONNX
+    Runtime's integer kernels, optionally within an mIoU budget), measured against FP32. The one precision step,
+    used by `quantize` and by `build-engine` when its plan needs an FP16 or Q/DQ network first.
+
+    Options are checked and the output's place validated before the model is read; a memory plan is shown and
+    one that does not fit stops here (BadInputError) unless `options.force`.
+    """
+    options.check()
+    with calibration_folder(options.calib, output) as calib:
+        return _quantize(model, output, options, calib, progress)
+
+
+def _quantize(
+    model: PathLike | OnnxModel,
+    output: PathLike,
+    options: PrecisionOptions,
+    calib: Path | None,
+    progress: Progress,
+) -> QuantizeResult:
+    int8 = options if isinstance(options, Int8Options) else None
+    budget = int8.budget if int8 is not None else None
+    precision = Precision.INT8 if int8 is not None else Precision.FP16
     source_path = model.path if isinstance(model, OnnxModel) else Path(model)
-    out = check_output(output, [source_path, options.calib, options.data])
-    if precision is Precision.FP32:
-        raise BadInputError("quantize makes fp16 or int8 models; the export is the fp32 one")
-    if options.plain and precision is not Precision.FP16:
-        raise BadInputError("--plain goes with --fp16")
-    if precision is Precision.INT8 and options.calib is None:
-        raise BadInputError("INT8 needs --calib DIR (calibration images); use --fp16 for an FP16 model")
-    if options.max_miou_drop is not None and (precision is not Precision.INT8 or options.data is None):
-        raise BadInputError("--max-miou-drop is for INT8 and needs --data (labeled images)")
-    if options.max_miou_drop is not None:
-        check_number("--max-miou-drop", options.max_miou_drop, high=100.0)
-    if options.seed < 0:
-        raise BadInputError(f"--seed {options.seed}: must be >= 0")
+    out = check_output(output, [source_path, calib, budget.data if budget else None])
     from danet_deploy.precision.int8 import Int8Target
     from danet_deploy.precision.int8_ort import cpu_profile
 
-    target = Int8Target.parse(options.target)
-    if precision is not Precision.INT8 and (target is not Int8Target.TENSORRT or options.cpu is not None):
-        raise BadInputError("--target and --cpu choose how INT8 is quantized; FP16 has no target")
-    if options.cpu is not None:
-        if target is not Int8Target.ONNXRUNTIME:
-            raise BadInputError("--cpu applies to the ONNX Runtime target (--target ort)")
-        cpu_profile(options.cpu)  # an unknown name fails before the model is read
+    target = Int8Target.parse(int8.target) if int8 is not None else Int8Target.TENSORRT
+    if int8 is not None and int8.cpu is not None:
+        cpu_profile(int8.cpu)
     from danet_deploy.precision.node_patterns import check_patterns_match, compile_patterns
 
     compile_patterns(list(options.exclude))
@@ -92,18 +81,19 @@ def quantize(
     facts = onnx_facts(
         source.proto, source.input_spec.shape(source.input_spec.batch or 1, size), source.config.num_classes
     )
-    quantize_plan(
-        facts, size, precision.value, target.value, options.method, budget=options.max_miou_drop is not None
-    ).show_and_check(progress, options.force)
-    if precision is Precision.FP16:
+    method = int8.method if int8 is not None else "max"
+    quantize_plan(facts, size, precision.value, target.value, method, budget=budget is not None).show_and_check(
+        progress, options.force
+    )
+    if not isinstance(options, Int8Options):
         from danet_deploy.precision import convert_fp16
 
-        what = "FP16: measuring magnitudes (images)" if options.calib else "FP16: converting"
-        with progress.task(what, total=0 if options.calib else None) as update:
+        what = "FP16: measuring magnitudes (images)" if calib else "FP16: converting"
+        with progress.task(what, total=0 if calib else None) as update:
             _, record = convert_fp16(
                 source,
                 out,
-                calib_path=options.calib,
+                calib_path=calib,
                 plain=options.plain,
                 count=options.count,
                 seed=options.seed,
@@ -112,44 +102,58 @@ def quantize(
                 on_image=_counted(update, "FP16: converting (AutoCast) and checking against FP32"),
             )
         return QuantizeResult(precision, out, record)
-    common = dict(
-        method=options.method,
-        count=options.count,
-        seed=options.seed,
-        nodes_to_exclude=exclude,
-        recalibrate=options.recalibrate,
-        cache_dir=options.cache_dir,
-        split=options.split,
-        target=target,
-        cpu=options.cpu,
-    )
-    if options.max_miou_drop is None:
+    assert calib is not None  # Int8Options.calib is required
+    if budget is None:
         from danet_deploy.precision import quantize_int8
 
         who = "for ONNX Runtime" if target is Int8Target.ONNXRUNTIME else "Q/DQ for TensorRT (ModelOpt)"
         with progress.task(f"INT8 {who}: calibrating ({options.method}, images)", total=0) as update:
-            on_image = _counted(update, f"INT8 {who}: placing Q/DQ and checking against FP32")
-            _, record = quantize_int8(source, options.calib, out, on_image=on_image, **common)
-        return QuantizeResult(precision, out, record)
+            _, int8_record = quantize_int8(
+                source,
+                calib,
+                out,
+                method=options.method,
+                count=options.count,
+                seed=options.seed,
+                nodes_to_exclude=exclude,
+                recalibrate=options.recalibrate,
+                cache_dir=options.cache_dir,
+                split=options.split,
+                percentile=options.percentile,
+                target=target,
+                cpu=options.cpu,
+                on_image=_counted(update, f"INT8 {who}: placing Q/DQ and checking against FP32"),
+            )
+        return QuantizeResult(precision, out, int8_record)
     from danet_deploy.precision import quantize_with_budget
 
     evaluate, images = miou_evaluator(
-        options.data, source.config, "val", options.ignore_unknown_labels, options.allow_unlabeled, progress
+        budget.data, source.config, budget.split, budget.ignore_unknown_labels, budget.allow_unlabeled, progress
     )
-    if Path(options.data).resolve() == Path(options.calib).resolve() and options.split == "val":
+    if Path(budget.data).resolve() == calib.resolve() and options.split == budget.split:
         progress.note("warning: calibrating and evaluating on the same images gives an optimistic mIoU")
     with progress.task("INT8 within an mIoU budget: calibrating, measuring, keeping sensitive layers FP32"):
-        _, budget = quantize_with_budget(
+        _, budget_record = quantize_with_budget(
             source,
-            options.calib,
+            calib,
             out,
             evaluate=evaluate,
-            eval_data=str(options.data),
+            eval_data=str(budget.data),
             eval_images=images,
-            max_miou_drop=options.max_miou_drop,
-            **common,
+            max_miou_drop=budget.max_miou_drop,
+            method=options.method,
+            count=options.count,
+            seed=options.seed,
+            sensitivity_images=budget.sensitivity_images,
+            max_steps=budget.max_steps,
+            nodes_to_exclude=exclude,
+            recalibrate=options.recalibrate,
+            cache_dir=options.cache_dir,
+            split=options.split,
+            target=target,
+            cpu=options.cpu,
         )
-    return QuantizeResult(precision, out, budget.int8, budget)
+    return QuantizeResult(precision, out, budget_record.int8, budget_record)
 
 
 def _counted(update: Any, after: str) -> Any:

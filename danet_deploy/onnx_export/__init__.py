@@ -15,7 +15,7 @@ from danet_deploy.artifact import (
     read_metadata,
     write_metadata,
 )
-from danet_deploy.export.torch_export import (
+from danet_deploy.onnx_export.torch_export import (
     ExportOptions,
     ExportRecord,
     ParityResult,

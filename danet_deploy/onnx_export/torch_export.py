@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -29,48 +29,18 @@ from danet_deploy.artifact import (
     onnxruntime_session,
     write_metadata,
 )
-from danet_deploy.config import ModelConfig, check_number
-from danet_deploy.errors import BadInputError, CheckFailedError
+from danet_deploy.config import ModelConfig
+from danet_deploy.errors import CheckFailedError
 from danet_deploy.files import atomic_path, sha256_file
 from danet_deploy.library_noise import quiet_torch_export
 from danet_deploy.model.danet import PositionAttention, memory_efficient_attention
+from danet_deploy.options import ExportOptions
 from danet_deploy.versions import tool_versions
 
-MIN_DYNAMO_OPSET = 18
-MIN_OPSET = 11
-DEFAULT_OPSET = 18
 
-
-@dataclass(frozen=True)
-class ExportOptions:
-    """How to export. `input_size` None means the model config's size."""
-
-    input_size: tuple[int, int] | None = None
-    batch: int = 1
-    dynamic: bool = False
-    opset: int = DEFAULT_OPSET
-    argmax: bool = False
-    uint8_input: bool = False
-    atol: float = 1e-4
-    rtol: float = 1e-4
-
-    def check(self) -> None:
-        """One-line BadInputError (exit 2) for a value no export can use, before any work."""
-        newest = onnx.defs.onnx_opset_version()
-        if not MIN_OPSET <= self.opset <= newest:
-            raise BadInputError(f"--opset {self.opset}: DANet exports at opset {MIN_OPSET} to {newest} (this onnx)")
-        check_number("--atol", self.atol)
-        check_number("--rtol", self.rtol)
-        if self.batch < 1:
-            raise BadInputError(f"--batch {self.batch}: must be at least 1")
-
-    def size(self, config: ModelConfig) -> tuple[int, int]:
-        """The (H, W) to export at: the option, else the model config's size."""
-        return self.input_size or config.input_size
-
-    @property
-    def exporter(self) -> str:
-        return "dynamo" if self.opset >= MIN_DYNAMO_OPSET else "legacy"
+def export_size(options: ExportOptions, config: ModelConfig) -> tuple[int, int]:
+    """The (H, W) to export at: the option, else the model config's size."""
+    return options.input_size or config.input_size
 
 
 @dataclass
@@ -131,7 +101,7 @@ class DeployWrapper(nn.Module):
 
 
 def io_spec(config: ModelConfig, options: ExportOptions) -> tuple[dict[str, Any], dict[str, Any]]:
-    h, w = options.size(config)
+    h, w = export_size(options, config)
     n: int | str = "batch" if options.dynamic else options.batch
     hh: int | str = "height" if options.dynamic else h
     ww: int | str = "width" if options.dynamic else w
@@ -148,7 +118,7 @@ def io_spec(config: ModelConfig, options: ExportOptions) -> tuple[dict[str, Any]
 def _example_input(config: ModelConfig, options: ExportOptions, image: np.ndarray | None) -> torch.Tensor:
     from danet_deploy.data.preprocess import normalize, resize_image
 
-    h, w = options.size(config)
+    h, w = export_size(options, config)
     if image is None:
         rng = np.random.default_rng(0)
         image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
@@ -298,7 +268,7 @@ def export_onnx(
         record_provenance = {
             **(provenance or {}),
             "exporter": f"torch.onnx ({options.exporter})",
-            "export_options": {k: v for k, v in asdict(options).items() if k not in ("atol", "rtol")},
+            "export_options": options.graph_options(),
             "tool_versions": tool_versions(),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
