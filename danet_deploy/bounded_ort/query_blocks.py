@@ -28,7 +28,7 @@ import onnx
 from onnx import helper
 
 from danet_deploy.artifact import OnnxModel, onnxruntime_session
-from danet_deploy.graph.editor import GraphEditor, _subgraph_inputs, attribute
+from danet_deploy.graph.editor import GraphEditor, _subgraph_inputs, attribute, ints_attribute
 from danet_deploy.graph.shapes import infer_shapes_and_types, structure_only, with_input_shape
 from danet_deploy.model.danet import QUERY_CHUNK_BYTES
 from danet_deploy.progress import format_bytes
@@ -36,7 +36,7 @@ from danet_deploy.progress import format_bytes
 CHECK_ATTENTION_BYTES = 1 << 30  # attention maps a check may hold as written, all sites together
 BLOCK_BYTES = QUERY_CHUNK_BYTES  # one query block's attention map (per tensor), as PyTorch's reference blocks it
 MAP_OPS = ("Cast", "Identity", "QuantizeLinear", "DequantizeLinear")  # elementwise ops on an attention map
-ITEMSIZE = {
+ITEMSIZE: dict[int, int] = {  # ONNX element type -> bytes per element
     onnx.TensorProto.FLOAT: 4,
     onnx.TensorProto.FLOAT16: 2,
     onnx.TensorProto.BFLOAT16: 2,
@@ -155,8 +155,8 @@ def _softmax_region(g: _Graph, softmax: onnx.NodeProto, shapes: dict, types: dic
     node = g.only_consumer(tensor)
     while node is not None and (node.op_type in MAP_OPS or node.op_type == "Transpose") and g.per_tensor(node):
         if node.op_type == "Transpose":
-            perm = list(attribute(node, "perm", list(range(rank - 1, -1, -1))))  # type: ignore[call-overload]
-            query_axis = perm.index(query_axis)
+            perm = ints_attribute(node, "perm")
+            query_axis = (list(range(rank - 1, -1, -1)) if perm is None else perm).index(query_axis)
         after.append(node)
         tensor = node.output[0]
         node = g.only_consumer(tensor)

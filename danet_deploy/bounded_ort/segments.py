@@ -23,7 +23,7 @@ from onnx import helper
 from danet_deploy.artifact import onnxruntime_session
 from danet_deploy.bounded_ort.query_blocks import ITEMSIZE
 from danet_deploy.graph.editor import _subgraph_inputs
-from danet_deploy.graph.shapes import infer_shapes_and_types
+from danet_deploy.graph.shapes import all_static, infer_shapes_and_types
 
 
 @dataclass
@@ -49,7 +49,7 @@ def split(model: onnx.ModelProto, fetch: list[str], max_bytes: int) -> list[Segm
 
     def size(tensor: str) -> int:
         shape = shapes.get(tensor)
-        if not shape or not all(isinstance(d, int) for d in shape):
+        if not shape or not all_static(shape):
             return max_bytes
         return math.prod(shape) * ITEMSIZE.get(types.get(tensor, onnx.TensorProto.FLOAT), 4)
 
@@ -70,8 +70,8 @@ def split(model: onnx.ModelProto, fetch: list[str], max_bytes: int) -> list[Segm
         needed |= {i for n in nodes for i in _reads(n)}
     segments = []
     for nodes, after in zip(groups, later_reads):
-        produced = {o for n in nodes for o in n.output if o}
-        inputs = sorted({i for n in nodes for i in _reads(n) if i not in produced and i not in initializers})
+        written = {o for n in nodes for o in n.output if o}
+        inputs = sorted({i for n in nodes for i in _reads(n) if i not in written and i not in initializers})
         fetched = [o for n in nodes for o in n.output if o in wanted]
         outputs = [o for n in nodes for o in n.output if o and (o in after or o in wanted)]
         segments.append(Segment(nodes, inputs, outputs, fetched))

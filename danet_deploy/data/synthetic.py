@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +61,7 @@ Texture = Callable[[int, int, np.random.Generator], np.ndarray]
 def smooth_noise(h: int, w: int, cell: int, rng: np.random.Generator) -> np.ndarray:
     """Value noise in [0, 1] with features about `cell` pixels wide."""
     small = rng.random((max(2, h // cell + 2), max(2, w // cell + 2))).astype(np.float32)
-    img = Image.fromarray(small, mode="F").resize((w + cell, h + cell), Image.BILINEAR)
+    img = Image.fromarray(small, mode="F").resize((w + cell, h + cell), Image.Resampling.BILINEAR)
     return np.asarray(img, dtype=np.float32)[:h, :w]
 
 
@@ -330,14 +331,14 @@ def generate_scene(seed: int, height: int = 256, width: int = 512) -> Scene:
         s = depth(foot)
         cls = int(rng.choice([CAR, CAR, CAR, TRUCK, BUS, TRAIN]))
         x = vanish_x + rng.uniform(-0.9, 0.9) * road_half * 1.3 * s
-        objects.append((foot, lambda cls=cls, x=x, foot=foot, s=s: _draw_vehicle(c, cls, x, foot, s)))
+        objects.append((foot, partial(_draw_vehicle, c, cls, x, foot, s)))
     for _ in range(int(rng.integers(2, 7))):  # people on sidewalks, riders on the road
         foot = near()
         s = depth(foot)
         kind = int(rng.choice([PERSON, RIDER]))
         if kind == PERSON:
             x = vanish_x + rng.choice([-1, 1]) * (road_half * 1.3 + walk * rng.uniform(0.2, 0.9)) * s
-            objects.append((foot, lambda x=x, foot=foot, s=s: _draw_person(c, x, foot, s, PERSON)))
+            objects.append((foot, partial(_draw_person, c, x, foot, s, PERSON)))
         else:
             x = vanish_x + rng.uniform(-0.8, 0.8) * road_half * 1.3 * s
             wheel = int(rng.choice([MOTORCYCLE, BICYCLE]))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -67,7 +68,8 @@ class GraphEditor:
         self._initializers[name] = tensor
         return name
 
-    def add(self, op_type: str, inputs: Sequence[str], base: str, n_outputs: int = 1, **attrs: object) -> list[str]:
+    # attrs: ONNX attribute values (ints, floats, strings, tensors, graphs or lists of them), as make_node takes them.
+    def add(self, op_type: str, inputs: Sequence[str], base: str, n_outputs: int = 1, **attrs: Any) -> list[str]:
         outputs = [self.fresh(f"{base}_out") for _ in range(n_outputs)]
         node = helper.make_node(op_type, list(inputs), outputs, name=self.fresh(base), **attrs)
         self.graph.node.append(node)
@@ -154,6 +156,18 @@ def attribute(node: onnx.NodeProto, name: str, default: object = None) -> object
         if attr.name == name:
             return helper.get_attribute_value(attr)
     return default
+
+
+def float_attribute(node: onnx.NodeProto, name: str, default: float) -> float:
+    """A FLOAT attribute (epsilon, alpha, ...), or `default` when the node does not set it."""
+    value = attribute(node, name, default)
+    return float(value) if isinstance(value, (int, float)) else default
+
+
+def ints_attribute(node: onnx.NodeProto, name: str) -> list[int] | None:
+    """An INTS attribute (perm, axes, ...), or None when the node does not set it."""
+    value = attribute(node, name)
+    return [int(v) for v in value] if isinstance(value, list) else None
 
 
 def opset_of(model: onnx.ModelProto) -> int:

@@ -17,7 +17,7 @@ from danet_deploy.artifact import InputSpec
 from danet_deploy.graph.cleanup import cleanup
 from danet_deploy.graph.editor import GraphEditor, attribute, opset_of
 from danet_deploy.graph.pam import value_heads
-from danet_deploy.graph.shapes import elem_type, infer_shapes, with_input_shape
+from danet_deploy.graph.shapes import all_static, elem_type, infer_shapes, with_input_shape
 from danet_deploy.graph.simplify import Target, get_target
 from danet_deploy.graph.sites import AttentionSite, find_light_sites, find_sites
 from danet_deploy.progress import format_bytes
@@ -202,7 +202,7 @@ def lint(model: onnx.ModelProto, target: str, input_size: tuple[int, int] | None
     nodes = {node.name: node for node in fixed.graph.node}
     fusable = {t for x in sites_found if x.form == "mha" for t in [*nodes[x.softmax].input, *nodes[x.softmax].output]}
     for name, s in shapes.items():
-        if not all(isinstance(v, int) for v in s) or math.prod(s) < MAX_ELEMENTS:
+        if not all_static(s) or math.prod(s) < MAX_ELEMENTS:
             continue
         message = f"tensor {name} {s} has {math.prod(s):,} elements (TensorRT limit 2^31)"
         if name in fusable:
@@ -212,7 +212,7 @@ def lint(model: onnx.ModelProto, target: str, input_size: tuple[int, int] | None
     for node in fixed.graph.node:
         if node.op_type == "Softmax" and tgt.tensorrt:
             s = shapes.get(node.input[0], [])
-            if s and all(isinstance(v, int) for v in s):
+            if s and all_static(s):
                 outer = math.prod(s) // s[-1]
                 if outer >= SOFTMAX_OUTER_LIMIT:
                     message = (

@@ -19,7 +19,7 @@ import onnx
 from onnx import helper
 
 from danet_deploy.graph.editor import GraphEditor, opset_of
-from danet_deploy.graph.shapes import elem_type, infer_shapes
+from danet_deploy.graph.shapes import all_static, elem_type, infer_shapes
 from danet_deploy.graph.sites import AttentionSite, find_sites
 from danet_deploy.options import DEFAULT_BLOCK
 
@@ -123,7 +123,7 @@ def pam_to_blocked(model: onnx.ModelProto, block: int = DEFAULT_BLOCK) -> tuple[
     for site in sites:
         assert site.query and site.key and site.value and site.output
         q_shape = shapes.get(site.query, [])
-        if not all(isinstance(v, int) and v > 0 for v in q_shape[:3]) or len(q_shape) != 3:
+        if len(q_shape) != 3 or not all_static(q_shape) or min(q_shape) <= 0:
             raise RewriteError(
                 f"the blocked PAM form needs static shapes, but the query of {site.softmax} has shape {q_shape}; "
                 "export with --static (and --input-size) first"

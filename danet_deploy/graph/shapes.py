@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import copy
+from typing import TypeGuard
 
 import onnx
 
 Dim = int | str | None
+
+
+def all_static(shape: list[Dim]) -> TypeGuard[list[int]]:
+    """Whether every dim of `shape` is a concrete int (no symbolic name, no unknown)."""
+    return all(isinstance(d, int) for d in shape)
 
 
 def with_input_shape(model: onnx.ModelProto, shape: list[int]) -> onnx.ModelProto:

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from danet_deploy.graph.editor import GraphEditor, attribute
+from danet_deploy.graph.editor import GraphEditor, attribute, float_attribute, ints_attribute
 
 
 @dataclass
@@ -48,8 +48,7 @@ class AttentionSite:
 def _transpose_perm(node: onnx.NodeProto | None) -> list[int] | None:
     if node is None or node.op_type != "Transpose":
         return None
-    perm = attribute(node, "perm")
-    return list(perm) if perm is not None else None
+    return ints_attribute(node, "perm")
 
 
 def _body_has_softmax(node: onnx.NodeProto) -> bool:
@@ -152,7 +151,7 @@ def _per_channel(value: np.ndarray | None, channels: int) -> np.ndarray | None:
     """A constant that broadcasts along the channel axis of an [N, C, ...] tensor only, as a [C] vector."""
     if value is None or value.ndim > 4 or not np.issubdtype(value.dtype, np.floating):
         return None
-    padded = value.reshape((1,) * (4 - value.ndim) + value.shape)
+    padded: np.ndarray = value.reshape((1,) * (4 - value.ndim) + value.shape)
     if padded.shape[0] != 1 or padded.shape[2:] != (1, 1) or padded.shape[1] not in (1, channels):
         return None
     return np.broadcast_to(padded.reshape(-1), (channels,)).astype(np.float32)
@@ -230,7 +229,7 @@ def _instance_norm_site(ed: GraphEditor, node: onnx.NodeProto, shapes: dict[str,
     if target is None or target.size != 3 or int(target[1]) <= 0 or scale is None or bias is None or not channels:
         return None
     post = users[0]
-    epsilon = float(attribute(node, "epsilon", 1e-5))  # type: ignore[arg-type]
+    epsilon = float_attribute(node, "epsilon", 1e-5)
     return _norm_site(
         ed,
         "instance-norm",
@@ -252,7 +251,7 @@ def _group_normalization_site(ed: GraphEditor, node: onnx.NodeProto, shapes: dic
     groups = attribute(node, "num_groups")
     if scale is None or bias is None or not channels or not isinstance(groups, int):
         return None
-    epsilon = float(attribute(node, "epsilon", 1e-5))  # type: ignore[arg-type]
+    epsilon = float_attribute(node, "epsilon", 1e-5)
     return _norm_site(
         ed, "group-normalization", node, [node], node.input[0], node.output[0], groups, epsilon, scale, bias, channels
     )
@@ -338,6 +337,8 @@ def _gate_site(ed: GraphEditor, sigmoid: onnx.NodeProto, shapes: dict[str, list]
         return None
     mul = users[0]
     gated = _other_input(mul, sigmoid.output[0])
+    if gated is None:
+        return None
     relu = ed.producer(conv.input[0])
     first = ed.producer(relu.input[0]) if relu is not None and relu.op_type == "Relu" else None
     pool = ed.producer(first.input[0]) if first is not None and first.op_type == "Conv" else None

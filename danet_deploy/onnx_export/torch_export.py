@@ -81,6 +81,9 @@ class ExportRecord:
 class DeployWrapper(nn.Module):
     """The graph users deploy: optional baked preprocessing (uint8 NHWC RGB in) and argmax labels out."""
 
+    mean255: torch.Tensor  # registered buffers: config mean and std scaled to uint8 range, [1, 3, 1, 1]
+    std255: torch.Tensor
+
     def __init__(self, model: nn.Module, config: ModelConfig, argmax: bool, uint8_input: bool):
         super().__init__()
         self.model = model
@@ -148,6 +151,7 @@ def _torch_export(wrapper: nn.Module, example: torch.Tensor, path: Path, options
                 dynamic_shapes=dynamic_shapes,
                 verbose=False,
             )
+            assert program is not None  # dynamo=True always returns the ONNXProgram
             program.save(str(path))
         else:
             dynamic_axes = None
@@ -194,7 +198,7 @@ def as_written_session(path: Path, input_shape: list[int]) -> tuple[Any, str]:
 
 def reference_description(model: nn.Module) -> str:
     """How the last forward of `model` evaluated PAM: 'as trained' or in query blocks."""
-    blocks = {m.last_block for m in model.modules() if isinstance(m, PositionAttention)} - {None}
+    blocks = {m.last_block for m in model.modules() if isinstance(m, PositionAttention) and m.last_block is not None}
     return f"PAM in query blocks of {min(blocks)} (exact)" if blocks else "as trained"
 
 

@@ -349,7 +349,7 @@ def convert_fp16(
         log.warning("fp16: %s", note)
     notes = (calib.warnings if calib else []) + notes
 
-    entry = {
+    entry: dict[str, Any] = {
         "precision": "fp16",
         "mode": "plain" if plain else "protected",
         "io": "fp32",

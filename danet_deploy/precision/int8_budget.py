@@ -123,7 +123,8 @@ def layer_sensitivity(
 
 def _exclusion_sizes(total: int, max_steps: int) -> list[int]:
     """1, 2, 4, ... layers, ending with all of them: the budget search grows geometrically."""
-    sizes, k = [], 1
+    sizes: list[int] = []
+    k = 1
     while k < total and len(sizes) < max_steps - 1:
         sizes.append(k)
         k *= 2
@@ -178,16 +179,6 @@ def quantize_with_budget(
 
     fp32_miou = score(source.path)
     base = list(nodes_to_exclude or [])
-    common = dict(
-        method=method,
-        count=count,
-        seed=seed,
-        recalibrate=recalibrate,
-        cache_dir=cache_dir,
-        split=split,
-        target=target,
-        cpu=cpu,
-    )
     steps: list[BudgetStep] = []
     ranking: list[LayerSensitivity] = []
     with tempfile.TemporaryDirectory(prefix="danet-int8-budget-") as tmp:
@@ -195,7 +186,20 @@ def quantize_with_budget(
         def attempt(excluded: list[str]) -> tuple[Path, Int8Record, BudgetStep]:
             path = Path(tmp) / f"step{len(steps)}.onnx"
             patterns = base + exact_names(excluded)
-            path, record = quantize_int8(source, calib_path, path, nodes_to_exclude=patterns, **common)
+            path, record = quantize_int8(
+                source,
+                calib_path,
+                path,
+                nodes_to_exclude=patterns,
+                method=method,
+                count=count,
+                seed=seed,
+                recalibrate=recalibrate,
+                cache_dir=cache_dir,
+                split=split,
+                target=target,
+                cpu=cpu,
+            )
             miou = score(path)
             drop = fp32_miou - miou
             passed = bool(drop <= max_miou_drop)

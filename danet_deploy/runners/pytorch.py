@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -15,6 +15,9 @@ from danet_deploy.config import ModelConfig
 from danet_deploy.errors import EXIT_MISSING_DEPENDENCY, DeployError
 from danet_deploy.model.danet import PositionAttention, memory_efficient_attention
 from danet_deploy.runners.base import Runner, cpu_device
+
+if TYPE_CHECKING:  # checkpoints is imported at activation only
+    from danet_deploy.checkpoints import LoadedCheckpoint
 
 _FP16_NEEDS_CUDA = "PyTorch FP16 needs a CUDA GPU (none found, or torch is a CPU build)"
 
@@ -52,7 +55,7 @@ class PyTorchRunner(Runner):
         self.overrides = dict(overrides or {})
         self.half = half
         self._threads = threads
-        self.loaded: Any = None  # the LoadedCheckpoint while active, when built from a checkpoint
+        self.loaded: LoadedCheckpoint | None = None  # while active, when built from a checkpoint
         self._evaluated = "as trained"
         self._module: torch.nn.Module | None = None
         super().__init__(name, Precision.FP16 if half else Precision.FP32, InputSpec(), config)
@@ -124,9 +127,13 @@ class PyTorchRunner(Runner):
         device = "cuda" if self.half else "cpu"
         x = torch.from_numpy(feed).to(device, torch.float16 if self.half else torch.float32)
         # PAM's N x N map as trained needs 8 GiB at 1024x2048; query blocks give the same result in 128 MiB.
-        with torch.inference_mode(), memory_efficient_attention(self._module):  # type: ignore[arg-type]
-            out = self._module(x)  # type: ignore[misc]
-        blocks = {m.last_block for m in self._module.modules() if isinstance(m, PositionAttention)} - {None}  # type: ignore[union-attr]
+        module = self._module
+        assert module is not None, "infer on an active runner"
+        with torch.inference_mode(), memory_efficient_attention(module):
+            out = module(x)
+        blocks = {
+            m.last_block for m in module.modules() if isinstance(m, PositionAttention) and m.last_block is not None
+        }
         self._evaluated = f"PAM in query blocks of {min(blocks)} (exact)" if blocks else "as trained"
         if self.half:
             torch.cuda.synchronize()
