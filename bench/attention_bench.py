@@ -27,11 +27,11 @@ from bench.common import active_attention, machine, mib, write_section  # noqa: 
 from danet_deploy.config import ModelConfig, parse_size  # noqa: E402
 from danet_deploy.data.bundled import sample_images  # noqa: E402
 from danet_deploy.data.preprocess import normalize, resize_image  # noqa: E402
-from danet_deploy.onnx_export import ExportOptions, export_onnx  # noqa: E402
 from danet_deploy.graph.lint import attention_memory  # noqa: E402
-from danet_deploy.graph.simplify import simplify_model  # noqa: E402
 from danet_deploy.model import build_danet  # noqa: E402
+from danet_deploy.onnx_export import ExportOptions, export_onnx  # noqa: E402
 from danet_deploy.progress import format_bytes  # noqa: E402
+from danet_deploy.simplify import simplify_model  # noqa: E402
 
 FORMS = ("naive", "mha", "onnx-attention", "blocked")
 

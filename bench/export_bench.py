@@ -19,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import active_attention, machine, mib, write_section
 from danet_deploy.config import ModelConfig
 from danet_deploy.data.bundled import sample_image
-from danet_deploy.onnx_export import ExportOptions, export_onnx
 from danet_deploy.model import build_danet
+from danet_deploy.onnx_export import ExportOptions, export_onnx
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ from danet_deploy.data.bundled import DEMO_CHECKPOINT, sample_image
 from danet_deploy.data.synthetic import write_calibration_images
 from danet_deploy.evaluate.benchmark import benchmark
 from danet_deploy.onnx_export import ExportOptions, export_onnx
+from danet_deploy.options import Fp16Options, Int8Options
 from danet_deploy.precision import convert_fp16, quantize_int8
 from danet_deploy.runners.onnxruntime import OnnxRuntimeRunner
 
@@ -36,10 +37,12 @@ def main() -> None:
         export_onnx(loaded.model, loaded.config, fp32, ExportOptions(input_size=SIZE), image, loaded.provenance())
         calib = write_calibration_images(work / "calib", 100)
         started = time.perf_counter()
-        int8, int8_record = quantize_int8(fp32, calib, work / "demo_512x1024.int8.onnx", cache_dir=work / "cache")
+        int8, int8_record = quantize_int8(
+            fp32, work / "demo_512x1024.int8.onnx", Int8Options(calib=calib, cache_dir=work / "cache")
+        )
         int8_seconds = time.perf_counter() - started
         started = time.perf_counter()
-        fp16, _ = convert_fp16(fp32, work / "demo_512x1024.fp16.onnx", calib_path=calib, count=32)
+        fp16, _ = convert_fp16(fp32, work / "demo_512x1024.fp16.onnx", Fp16Options(calib=calib, count=32))
         fp16_seconds = time.perf_counter() - started
         runners = [
             OnnxRuntimeRunner(p, name)

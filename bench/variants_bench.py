@@ -31,8 +31,8 @@ from danet_deploy.config import parse_size  # noqa: E402
 from danet_deploy.data.bundled import DEMO_CHECKPOINTS, sample_images  # noqa: E402
 from danet_deploy.evaluate.benchmark import benchmark  # noqa: E402
 from danet_deploy.onnx_export import ExportOptions, export_onnx  # noqa: E402
-from danet_deploy.graph.simplify import SimplifyReport, simplify_model  # noqa: E402
 from danet_deploy.runners.onnxruntime import OnnxRuntimeRunner  # noqa: E402
+from danet_deploy.simplify import SimplifyReport, simplify_model  # noqa: E402
 
 LABELS = {"danet": "DANet (PAM + CAM)", "shuffle": "Shuffle Attention (SA, G=8) + CAM"}
 

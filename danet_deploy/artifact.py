@@ -175,7 +175,7 @@ def onnxruntime_session(
     `in_order`: run nodes in graph order when their inputs are ready (ONNX Runtime's priority-based order, and no
     NCHWc layout pass, which appends its nodes): a model whose every tensor also feeds a small probe node (a
     ReduceMin, say) otherwise runs the probes last and holds every tensor until then (4 GiB for DANet-R50 at
-    512x1024 instead of 1). `layout` False: no NCHWc layout pass either (`graph.simplify`'s checks: see there)."""
+    512x1024 instead of 1). `layout` False: no NCHWc layout pass either (`simplify`'s checks: see there)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()

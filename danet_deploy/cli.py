@@ -28,7 +28,6 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeRemainingColumn
 
-from danet_deploy import __version__
 from danet_deploy.config import check_class_names, parse_dims, parse_shape, parse_size
 from danet_deploy.errors import (
     EXIT_BAD_INPUT,
@@ -52,6 +51,7 @@ from danet_deploy.options import (
 )
 from danet_deploy.progress import PeriodicLines
 from danet_deploy.progress import Progress as LibraryProgress
+from danet_deploy.version import __version__
 
 if TYPE_CHECKING:
     from danet_deploy import api
@@ -140,10 +140,10 @@ def guarded(fn: F) -> F:
         PROGRESS.verbosity = Verbosity.VERBOSE if verbose else Verbosity.QUIET if quiet else Verbosity.NORMAL
         if verbose:
             logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
-        from danet_deploy.memory_plan import return_large_allocations
-
-        return_large_allocations()
         try:
+            from danet_deploy.memory_plan import return_large_allocations  # loads torch: Ctrl-C is handled here
+
+            return_large_allocations()
             # A failed or interrupted command leaves none of the files it made; a failed check keeps its reports.
             with removed_on_failure(keep=(CheckFailedError,)):
                 result = fn(*args, **kwargs)
@@ -174,8 +174,8 @@ def guarded(fn: F) -> F:
     # Typer reads the parameters from the signature: the command's own plus -v/-q, which only the wrapper takes.
     signature = pyinspect.signature(fn, eval_str=True)
     params = [p for p in signature.parameters.values() if p.kind is not pyinspect.Parameter.VAR_KEYWORD]
-    wrapper.__signature__ = signature.replace(parameters=[*params, *_verbosity_parameters()])  # type: ignore[attr-defined]
-    del wrapper.__wrapped__  # type: ignore[attr-defined]
+    setattr(wrapper, "__signature__", signature.replace(parameters=[*params, *_verbosity_parameters()]))  # noqa: B010
+    delattr(wrapper, "__wrapped__")  # Typer would read the command's own signature through it
     return wrapper  # type: ignore[return-value]
 
 
@@ -287,15 +287,15 @@ def _floats3(text: str | None, option: str) -> tuple[float, float, float] | None
         values = ()
     if len(values) != 3:
         raise _usage_error(f"{option}: expected three comma-separated numbers, got {text!r}")
-    return values  # type: ignore[return-value]
+    return values[0], values[1], values[2]
 
 
 def _class_names(text: str | None) -> tuple[tuple[str, ...] | None, Path | None]:
     """--class-names as (names, the file they came from): a file with one name per line, or a,b,c."""
     if text is None:
         return None, None
-    path = Path(text)
-    if path.is_file():
+    path: Path | None = Path(text)
+    if path is not None and path.is_file():
         try:
             names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         except (OSError, UnicodeDecodeError) as exc:

@@ -33,7 +33,7 @@ MIN_DYNAMO_OPSET = 18  # torch.onnx's dynamo exporter from here on; the legacy T
 DEFAULT_OPSET = 18
 
 # --- simplify -----------------------------------------------------------------------------------------------
-TARGET_NAMES = ("trt8.6", "trt10.3", "trt10.14", "trt11", "ort")  # graph.simplify.TARGETS
+TARGET_NAMES = ("trt8.6", "trt10.3", "trt10.14", "trt11", "ort")  # graph.targets.TARGETS
 ATTENTION_FORMS = ("naive", "mha", "onnx-attention", "blocked")
 GROUP_NORM_FORMS = ("group-normalization", "decomposed")
 DEFAULT_BLOCK = 1024  # query block of the blocked PAM form

@@ -7,7 +7,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from danet_deploy import __version__
+from danet_deploy.version import __version__
 
 
 def package_version(name: str) -> str | None:

@@ -11,9 +11,9 @@ import torch
 from danet_deploy.checkpoints import save_checkpoint
 from danet_deploy.config import ModelConfig
 from danet_deploy.data.synthetic import generate_scene, write_cityscapes_split
-from danet_deploy.onnx_export import ExportOptions, export_onnx
 from danet_deploy.model import DANet, build_danet
 from danet_deploy.model.danet import ChannelAttention, PositionAttention
+from danet_deploy.onnx_export import ExportOptions, export_onnx
 
 from .support.tensorrt_gate import TensorRTGate, tensorrt_required
 

@@ -26,8 +26,9 @@ import typer
 
 from danet_deploy import files
 from danet_deploy.cli import EXIT_INTERRUPTED, guarded
+from danet_deploy.options import Int8Options
 
-from .test_cli import assert_one_line_error, run
+from .support.cli import assert_one_line_error, run
 
 pytestmark = pytest.mark.filterwarnings("ignore::danet_deploy.precision.CalibrationWarning")
 
@@ -438,7 +439,7 @@ CASES = [
         "export-bad-attention-before-export",
         lambda w: ["export", w.ckpt, "-o", w.tmp / "o.onnx", "--simplify", "--attention", "banana"],
         2,
-        "--attention 'banana'",
+        "--attention banana: choose from naive",
         absent=lambda w: [w.tmp / "o.onnx"],
     ),
     Case(
@@ -463,11 +464,21 @@ CASES = [
         "negative-seed",
         lambda w: ["quantize", w.onnx, "--int8", "--calib", w.calib, "--seed", "-5", "-o", w.tmp / "q.onnx"],
         2,
-        "--seed -5",
+        "'--seed'",
     ),
     Case(
         "exclude-overflowing-regex",
-        lambda w: ["quantize", w.onnx, "--int8", "--calib", w.calib, "--exclude", "a{99999999999}", "-o", w.tmp / "q.onnx"],
+        lambda w: [
+            "quantize",
+            w.onnx,
+            "--int8",
+            "--calib",
+            w.calib,
+            "--exclude",
+            "a{99999999999}",
+            "-o",
+            w.tmp / "q.onnx",
+        ],
         2,
         "not a valid regular expression",
     ),
@@ -554,7 +565,9 @@ def workspace(tiny_ckpt: Path, fp32_onnx: Path, city_data: Path, tmp_path_factor
         Image.fromarray(generate_scene(300 + seed, 64, 128).image).save(calib / f"c{seed}.png")
     w = Workspace(tiny_ckpt, fp32_onnx, city_data, calib, root)
     w.made["ort_int8"], _ = quantize_int8(
-        fp32_onnx, calib, root / "ort.int8.onnx", method="max", target="ort", cache_dir=root / "cache"
+        fp32_onnx,
+        root / "ort.int8.onnx",
+        Int8Options(calib=calib, method="max", target="ort", cache_dir=root / "cache"),
     )
     return w
 
@@ -866,7 +879,7 @@ INTERRUPT_STAGES = {
 def test_ctrl_c_in_every_stage(stage: str, workspace: Workspace, tmp_path: Path) -> None:
     """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) while a real stage works: exit 130,
     one line, no traceback, no output and no temporary left, no worker process left running."""
-    from .test_cli import CLI
+    from .support.cli import CLI
 
     where, args = INTERRUPT_STAGES[stage]
     hook = tmp_path / "hook"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,22 +14,7 @@ from onnx import numpy_helper
 
 from danet_deploy.data.bundled import DEMO_CHECKPOINT
 
-CLI = [sys.executable, "-m", "danet_deploy"]
-
-
-def run(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "DANET_DEPLOY_DEBUG"}
-    env["COLUMNS"] = "200"
-    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, *needles: str) -> None:
-    assert result.returncode == code, result.stderr + result.stdout
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert "Traceback" not in result.stderr
-    assert lines[-1].startswith("error:"), result.stderr
-    for needle in needles:
-        assert needle in result.stderr, (needle, result.stderr)
+from .support.cli import assert_one_line_error, run
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +72,7 @@ def test_export_bad_inputs_give_one_line_and_write_nothing(tmp_path: Path, tiny_
     corrupt.write_bytes(np.random.default_rng(0).bytes(4096))
     assert_one_line_error(run("export", corrupt, "-o", out), 2, "corrupt.pth", "not a readable PyTorch checkpoint")
     assert_one_line_error(run("export", tiny_ckpt, "-o", out, "--input-size", "big"), 2, "--input-size")
-    assert_one_line_error(run("export", tiny_ckpt, "-o", out, "--layout", "caffe"), 2, "unknown layout")
+    assert_one_line_error(run("export", tiny_ckpt, "-o", out, "--layout", "caffe"), 2, "--layout caffe: choose")
     assert_one_line_error(run("export", tiny_ckpt, "-o", out, "--opset", "9"), 2, "opset 9")
     assert list(tmp_path.iterdir()) == [corrupt]
 

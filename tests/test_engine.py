@@ -14,8 +14,8 @@ from danet_deploy.data.synthetic import generate_scene
 from danet_deploy.engine.plan import BuildOptions, plan_build
 from danet_deploy.engine.sidecar import EngineSidecar, RunningSystem, check_compatible, read_sidecar, write_sidecar
 from danet_deploy.errors import BadInputError, DeployError
-from danet_deploy.onnx_export import ExportOptions, InputSpec, export_onnx
 from danet_deploy.model import DANet
+from danet_deploy.onnx_export import ExportOptions, InputSpec, export_onnx
 
 from .conftest import TINY
 
@@ -166,7 +166,7 @@ def test_same_compute_capability_other_gpu_model_is_a_warning() -> None:
 def test_cli_without_tensorrt(static_onnx: Path, tmp_path: Path) -> None:
     from danet_deploy.engine.build import require_tensorrt
 
-    from .test_cli import assert_one_line_error, run
+    from .support.cli import assert_one_line_error, run
 
     try:
         require_tensorrt()
@@ -226,7 +226,7 @@ def test_inspect_engine_without_tensorrt_shows_the_sidecar(tmp_path: Path) -> No
     from danet_deploy.engine.audit import audit_engine, parse_layer_information
     from danet_deploy.engine.system import require_tensorrt
 
-    from .test_cli import run
+    from .support.cli import run
 
     try:
         require_tensorrt()

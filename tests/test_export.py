@@ -13,9 +13,9 @@ from danet_deploy.config import ModelConfig
 from danet_deploy.data.preprocess import normalize
 from danet_deploy.data.synthetic import generate_scene
 from danet_deploy.errors import CheckFailedError
+from danet_deploy.model import DANet
 from danet_deploy.onnx_export import ExportOptions, export_onnx, onnxruntime_session, read_metadata
 from danet_deploy.onnx_export import torch_export as export_module
-from danet_deploy.model import DANet
 
 from .conftest import TINY
 

@@ -11,8 +11,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from danet_deploy.errors import BadInputError
-from danet_deploy.onnx_export import META_PRECISION, InputSpec, OnnxModel, Precision, write_metadata
 from danet_deploy.files import atomic_path, check_output, write_json
+from danet_deploy.onnx_export import META_PRECISION, InputSpec, OnnxModel, Precision, write_metadata
 
 from .conftest import TINY
 

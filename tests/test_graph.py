@@ -12,14 +12,14 @@ from onnx import TensorProto, helper, numpy_helper
 
 from danet_deploy.data.synthetic import generate_scene
 from danet_deploy.errors import BadInputError
-from danet_deploy.onnx_export import ExportOptions, export_onnx, read_metadata
 from danet_deploy.graph.cam import simplify_cam
 from danet_deploy.graph.cleanup import cleanup
 from danet_deploy.graph.lint import attention_memory, lint
 from danet_deploy.graph.pam import pam_to_blocked, pam_to_mha, pam_to_onnx_attention, value_heads
-from danet_deploy.graph.simplify import SimplifyOptions, simplify_model
 from danet_deploy.graph.sites import find_sites
 from danet_deploy.model import DANet
+from danet_deploy.onnx_export import ExportOptions, export_onnx, read_metadata
+from danet_deploy.simplify import SimplifyOptions, simplify_model
 
 from .conftest import TINY
 
@@ -133,7 +133,9 @@ def test_blocked_needs_static_shapes(dynamic_onnx: onnx.ModelProto) -> None:
 def test_target_defaults(
     dynamic_onnx: onnx.ModelProto, static_onnx: onnx.ModelProto, target: str | None, static: bool, form: str
 ) -> None:
-    model, report = simplify_model(copy.deepcopy(static_onnx if static else dynamic_onnx), SimplifyOptions(target=target))
+    model, report = simplify_model(
+        copy.deepcopy(static_onnx if static else dynamic_onnx), SimplifyOptions(target=target)
+    )
     assert report.attention == form and report.reason
     assert [p.name for p in report.passes][:2] == ["cleanup", "cam"]
     assert all(p.max_abs_diff <= p.tolerance for p in report.passes)
@@ -151,8 +153,8 @@ def test_simplified_graph_has_fewer_nodes(dynamic_onnx: onnx.ModelProto) -> None
 def test_a_pass_beyond_tolerance_fails_and_names_itself(
     dynamic_onnx: onnx.ModelProto, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from danet_deploy import simplify as simplify_module
     from danet_deploy.errors import CheckFailedError
-    from danet_deploy.graph import simplify as simplify_module
 
     def wrong_cam(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
         model, count = simplify_cam(model)
@@ -268,7 +270,7 @@ def test_attention_memory_estimates_for_danet_r50_at_1024x2048() -> None:
 
 @pytest.mark.slow
 def test_cli_simplify_inspect_and_export_simplify(tiny_ckpt: Path, tmp_path: Path) -> None:
-    from .test_cli import assert_one_line_error, run
+    from .support.cli import assert_one_line_error, run
 
     static = tmp_path / "s.onnx"
     result = run("export", tiny_ckpt, "-o", static, "--input-size", "64x128", "--simplify", "--target", "trt10.3")

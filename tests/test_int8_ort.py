@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,14 +17,15 @@ from danet_deploy.artifact import precision_label
 from danet_deploy.data.synthetic import generate_scene
 from danet_deploy.engine.plan import BuildOptions, plan_build
 from danet_deploy.errors import BadInputError
-from danet_deploy.onnx_export import OnnxModel, Precision
 from danet_deploy.graph.sites import find_sites
+from danet_deploy.onnx_export import OnnxModel, Precision
+from danet_deploy.options import BudgetOptions, Int8Options
 from danet_deploy.precision import quantize_int8, quantize_with_budget
 from danet_deploy.precision.int8 import Int8Target
 from danet_deploy.precision.int8_ort import CPU_PROFILES, cpu_profile, detect_cpu_profile, float_nodes, kernel_choices
 from danet_deploy.runners.onnxruntime import OnnxRuntimeRunner
 
-from .test_cli import assert_one_line_error, run
+from .support.cli import assert_one_line_error, run
 
 pytestmark = pytest.mark.filterwarnings("ignore::danet_deploy.precision.CalibrationWarning")
 
@@ -44,12 +46,8 @@ def ort_int8(fp32_onnx: Path, calib_dir: Path, tmp_path_factory: pytest.TempPath
     work = tmp_path_factory.mktemp("ort")
     return quantize_int8(
         fp32_onnx,
-        calib_dir,
         work / "tiny.int8.ort.onnx",
-        method="max",
-        target="ort",
-        cpu="x86-vnni",
-        cache_dir=work / "cache",
+        Int8Options(calib=calib_dir, method="max", target="ort", cpu="x86-vnni", cache_dir=work / "cache"),
     )
 
 
@@ -116,7 +114,9 @@ def test_the_model_says_who_it_is_for(ort_int8: tuple, fp32_onnx: Path, calib_di
     assert entry["onnxruntime"]["integer_kernels"] == [k.node for k in record.integer_kernels]
     runner = OnnxRuntimeRunner(out)
     assert runner.quantized_for == "onnxruntime" and runner.precision_label == "int8 (ONNX Runtime)"
-    trt, _ = quantize_int8(fp32_onnx, calib_dir, tmp_path / "t.onnx", method="max", cache_dir=tmp_path / "c")
+    trt, _ = quantize_int8(
+        fp32_onnx, tmp_path / "t.onnx", Int8Options(calib=calib_dir, method="max", cache_dir=tmp_path / "c")
+    )
     assert OnnxModel.load(trt).quantized_for == "tensorrt"
     assert OnnxModel.load(fp32_onnx).quantized_for is None
     assert precision_label("fp16") == "fp16" and precision_label("int8", "tensorrt") == "int8 (TensorRT)"
@@ -142,7 +142,9 @@ def test_cpu_profiles_follow_the_instruction_set() -> None:
 
 def test_x86_without_vnni_gets_7_bit_weights(fp32_onnx: Path, calib_dir: Path, tmp_path: Path) -> None:
     out, record = quantize_int8(
-        fp32_onnx, calib_dir, tmp_path / "x86.onnx", method="max", target="ort", cpu="x86", cache_dir=tmp_path / "cache"
+        fp32_onnx,
+        tmp_path / "x86.onnx",
+        Int8Options(calib=calib_dir, method="max", target="ort", cpu="x86", cache_dir=tmp_path / "cache"),
     )
     assert record.cpu_profile.reduce_range
     inits = _inits(onnx.load(str(out)))
@@ -154,11 +156,11 @@ def test_each_target_has_its_own_cache_entry_and_a_hit_reproduces_the_model(
     fp32_onnx: Path, calib_dir: Path, tmp_path: Path
 ) -> None:
     cache = tmp_path / "cache"
-    common: dict = dict(method="max", cache_dir=cache)
-    _, trt = quantize_int8(fp32_onnx, calib_dir, tmp_path / "trt.onnx", **common)
-    first, ort = quantize_int8(fp32_onnx, calib_dir, tmp_path / "a.onnx", target="ort", cpu="x86-vnni", **common)
-    again, hit = quantize_int8(fp32_onnx, calib_dir, tmp_path / "b.onnx", target="ort", cpu="x86-vnni", **common)
-    _, arm = quantize_int8(fp32_onnx, calib_dir, tmp_path / "c.onnx", target="ort", cpu="arm64", **common)
+    base = Int8Options(calib=calib_dir, method="max", cache_dir=cache)
+    _, trt = quantize_int8(fp32_onnx, tmp_path / "trt.onnx", base)
+    first, ort = quantize_int8(fp32_onnx, tmp_path / "a.onnx", replace(base, target="ort", cpu="x86-vnni"))
+    again, hit = quantize_int8(fp32_onnx, tmp_path / "b.onnx", replace(base, target="ort", cpu="x86-vnni"))
+    _, arm = quantize_int8(fp32_onnx, tmp_path / "c.onnx", replace(base, target="ort", cpu="arm64"))
     assert not trt.cache_hit and not ort.cache_hit and hit.cache_hit and not arm.cache_hit
     assert len({trt.cache_key, ort.cache_key, arm.cache_key}) == 3 and hit.cache_key == ort.cache_key
     graph = lambda p: onnx.load(str(p)).graph.SerializeToString()  # noqa: E731
@@ -169,12 +171,8 @@ def test_calibration_reports_each_image(fp32_onnx: Path, calib_dir: Path, tmp_pa
     calls: list[tuple[int, int]] = []
     quantize_int8(
         fp32_onnx,
-        calib_dir,
         tmp_path / "p.onnx",
-        method="entropy",
-        target="ort",
-        cpu="x86-vnni",
-        cache_dir=tmp_path / "cache",
+        Int8Options(calib=calib_dir, method="entropy", target="ort", cpu="x86-vnni", cache_dir=tmp_path / "cache"),
         on_image=lambda done, total: calls.append((done, total)),
     )
     assert calls == [(i, CALIB_IMAGES) for i in range(1, CALIB_IMAGES + 1)]
@@ -190,16 +188,17 @@ def test_budget_search_works_for_the_onnxruntime_target(fp32_onnx: Path, calib_d
     fake_miou: Callable[[Path], float] = lambda p: 50.0 - 0.1 * len(_quantized_convs(p))  # noqa: E731
     out, budget = quantize_with_budget(
         fp32_onnx,
-        calib_dir,
         tmp_path / "b.onnx",
+        Int8Options(
+            calib=calib_dir,
+            method="max",
+            cache_dir=tmp_path / "cache",
+            target="ort",
+            cpu="x86-vnni",
+            budget=BudgetOptions(data="fake", max_miou_drop=1.0),
+        ),
         evaluate=fake_miou,
-        eval_data="fake",
         eval_images=3,
-        max_miou_drop=1.0,
-        method="max",
-        cache_dir=tmp_path / "cache",
-        target="ort",
-        cpu="x86-vnni",
     )
     assert budget.int8.target is Int8Target.ONNXRUNTIME and len(budget.steps) > 1 and budget.steps[-1].passed
     assert not _quantized_convs(out) & set(budget.steps[-1].excluded)
@@ -209,14 +208,14 @@ def test_budget_search_works_for_the_onnxruntime_target(fp32_onnx: Path, calib_d
 def test_bad_options_are_exit_2_before_any_work(fp32_onnx: Path, calib_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "x.onnx"
     cases = [
-        (["--target", "gpu"], "unknown INT8 target"),
-        (["--target", "ort", "--cpu", "sparc"], "--cpu 'sparc'"),
-        (["--cpu", "x86"], "--cpu applies to the ONNX Runtime target"),
-        (["--fp16", "--target", "ort"], "FP16 has no target"),
-        (["--target", "ort", "--exclude", "node_[conv"], "not a valid regular expression"),
+        (["--int8", "--target", "gpu"], "--target gpu: choose from tensorrt, onnxruntime"),
+        (["--int8", "--target", "ort", "--cpu", "sparc"], "--cpu sparc: choose from auto, x86-vnni, x86, arm64"),
+        (["--int8", "--cpu", "x86"], "--cpu x86: applies to the onnxruntime target only"),
+        (["--fp16", "--target", "ort"], "--target apply to --int8 only"),
+        (["--int8", "--target", "ort", "--exclude", "node_[conv"], "not a valid regular expression"),
     ]
     for extra, message in cases:
-        result = run("quantize", fp32_onnx, "--int8", "--calib", calib_dir, "-o", out, *extra)
+        result = run("quantize", fp32_onnx, "--calib", calib_dir, "-o", out, *extra)
         assert_one_line_error(result, 2, message)
         assert not out.exists()
 
@@ -285,7 +284,9 @@ def test_a_tensorrt_quantization_leaves_onnx_runtime_quantizer_as_it_was(
 
     before = [dict(t) for t in (registry.QLinearOpsRegistry, registry.QDQRegistry, registry.IntegerOpsRegistry)]
     quantize_int8(
-        fp32_onnx, calib_dir, tmp_path / "t.onnx", method="max", cache_dir=tmp_path / "cache", recalibrate=True
+        fp32_onnx,
+        tmp_path / "t.onnx",
+        Int8Options(calib=calib_dir, method="max", cache_dir=tmp_path / "cache", recalibrate=True),
     )
     after = [dict(t) for t in (registry.QLinearOpsRegistry, registry.QDQRegistry, registry.IntegerOpsRegistry)]
     assert after == before

@@ -22,15 +22,16 @@ from danet_deploy.bounded_ort.query_blocks import bounded_model
 from danet_deploy.bounded_ort.segments import SegmentedRun
 from danet_deploy.cli import app
 from danet_deploy.data.synthetic import generate_scene
-from danet_deploy.onnx_export import ExportOptions, export_onnx
 from danet_deploy.graph.shapes import infer_shapes
-from danet_deploy.graph.simplify import SimplifyOptions, simplify_model
 from danet_deploy.model import DANet, PositionAttention, memory_efficient_attention
 from danet_deploy.model import danet as danet_module
+from danet_deploy.onnx_export import ExportOptions, export_onnx
+from danet_deploy.options import Fp16Options, Int8Options
 from danet_deploy.precision import bounded_calibration, convert_fp16, quantize_int8
 from danet_deploy.precision.fp16 import fp16_check_session, fp16_session
 from danet_deploy.precision.probes import ActivationProbe, MagnitudeProbe, activation_tensors
 from danet_deploy.progress import PeriodicLines, duration
+from danet_deploy.simplify import SimplifyOptions, simplify_model
 from danet_deploy.steps import export as export_step
 
 from .conftest import TINY
@@ -151,7 +152,7 @@ def test_attention_that_fits_runs_as_written(fp32_onnx: Path) -> None:
 def test_fp16_checks_block_attention_through_casts_and_rounding(
     fp32_onnx: Path, tmp_path: Path, small_blocks: None
 ) -> None:
-    path, _ = convert_fp16(fp32_onnx, tmp_path / "m.fp16.onnx", plain=True)
+    path, _ = convert_fp16(fp32_onnx, tmp_path / "m.fp16.onnx", Fp16Options(plain=True))
     x = _image_batch()
     session, evaluation = fp16_check_session(path)
     assert evaluation is not None and evaluation.blocked == 1
@@ -213,8 +214,8 @@ def test_bounded_calibration_gives_the_scales_of_whole_model_calibration(
     from .test_precision import _write_images
 
     calib = _write_images(tmp_path / "calib", range(3))
-    common = dict(method="entropy", count=3, recalibrate=True, cache_dir=tmp_path / "cache", target=target)
-    whole, _ = quantize_int8(fp32_onnx, calib, tmp_path / "whole.onnx", **common)
+    options = Int8Options(calib=calib, count=3, recalibrate=True, cache_dir=tmp_path / "cache", target=target)
+    whole, _ = quantize_int8(fp32_onnx, tmp_path / "whole.onnx", options)
     calls: list[int] = []
     original = SegmentedRun.__init__
 
@@ -226,7 +227,7 @@ def test_bounded_calibration_gives_the_scales_of_whole_model_calibration(
     monkeypatch.setattr(bounded, "CHECK_ATTENTION_BYTES", 0)
     monkeypatch.setattr(bounded, "BLOCK_BYTES", 16 * N * 4)
     monkeypatch.setattr(bounded_calibration, "CALIBRATION_SEGMENT_BYTES", 64 << 10)
-    streamed, _ = quantize_int8(fp32_onnx, calib, tmp_path / "streamed.onnx", **common)
+    streamed, _ = quantize_int8(fp32_onnx, tmp_path / "streamed.onnx", options)
     assert calls and calls[0] > 3  # the entropy calibrator ran in segments
     expected, got = _scales(whole), _scales(streamed)
     assert set(got) == set(expected)
@@ -317,7 +318,9 @@ def test_cli_in_a_log_prints_counted_progress(fp32_onnx: Path, tmp_path: Path) -
     from .test_precision import _write_images
 
     calib = _write_images(tmp_path / "calib", range(2))
-    result = _cli("quantize", fp32_onnx, "-o", tmp_path / "q.onnx", "--int8", "--calib", calib, "--cache-dir", tmp_path / "c")
+    result = _cli(
+        "quantize", fp32_onnx, "-o", tmp_path / "q.onnx", "--int8", "--calib", calib, "--cache-dir", tmp_path / "c"
+    )
     assert result.exit_code == 0, result.output
     assert "INT8 Q/DQ for TensorRT (ModelOpt): calibrating (entropy, images): started" in result.output
     assert ": 2/2 (100%)" in result.output and "; finished" in result.output

@@ -18,8 +18,11 @@ from danet_deploy.data.datasets import open_dataset
 from danet_deploy.data.images import read_image
 from danet_deploy.data.preprocess import normalize
 from danet_deploy.data.synthetic import generate_scene
-from danet_deploy.errors import BadInputError, CheckFailedError
+from danet_deploy.errors import BadInputError, CheckFailedError, OptionError
 from danet_deploy.evaluate.verify import verify
+from danet_deploy.graph.cam import simplify_cam
+from danet_deploy.graph.sites import find_sites
+from danet_deploy.model import DANet
 from danet_deploy.onnx_export import (
     META_CONFIG,
     ExportOptions,
@@ -30,9 +33,7 @@ from danet_deploy.onnx_export import (
     read_metadata,
     write_metadata,
 )
-from danet_deploy.graph.cam import simplify_cam
-from danet_deploy.graph.sites import find_sites
-from danet_deploy.model import DANet
+from danet_deploy.options import BudgetOptions, Fp16Options, Int8Options
 from danet_deploy.precision import (
     META_PRECISION,
     CalibrationWarning,
@@ -181,7 +182,9 @@ def test_cache_dir_argument_env_and_default(tmp_path: Path, monkeypatch: pytest.
 
 
 def test_int8_is_tensorrt_ready_qdq_and_agrees_with_fp32(calib_dir: Path, fp32_onnx: Path, tmp_path: Path) -> None:
-    out, record = quantize_int8(fp32_onnx, calib_dir, tmp_path / "int8.onnx", cache_dir=tmp_path / "cache")
+    out, record = quantize_int8(
+        fp32_onnx, tmp_path / "int8.onnx", Int8Options(calib=calib_dir, cache_dir=tmp_path / "cache")
+    )
     model = onnx.load(str(out))
     inits = _initializers(model)
     qdq = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
@@ -214,9 +217,13 @@ def test_int8_is_tensorrt_ready_qdq_and_agrees_with_fp32(calib_dir: Path, fp32_o
 
 def test_percentile_clips_ranges_below_max(calib_dir: Path, fp32_onnx: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
-    max_out, _ = quantize_int8(fp32_onnx, calib_dir, tmp_path / "max.onnx", method="max", cache_dir=cache)
+    max_out, _ = quantize_int8(
+        fp32_onnx, tmp_path / "max.onnx", Int8Options(calib=calib_dir, method="max", cache_dir=cache)
+    )
     pct_out, record = quantize_int8(
-        fp32_onnx, calib_dir, tmp_path / "pct.onnx", method="percentile", percentile=99.9, cache_dir=cache
+        fp32_onnx,
+        tmp_path / "pct.onnx",
+        Int8Options(calib=calib_dir, method="percentile", percentile=99.9, cache_dir=cache),
     )
     assert record.method == "percentile" and record.percentile == 99.9
     max_scales, pct_scales = _initializers(onnx.load(str(max_out))), _initializers(onnx.load(str(pct_out)))
@@ -227,11 +234,13 @@ def test_percentile_clips_ranges_below_max(calib_dir: Path, fp32_onnx: Path, tmp
 
 
 def test_unknown_method_and_quantized_input_are_bad_input(calib_dir: Path, fp32_onnx: Path, tmp_path: Path) -> None:
-    with pytest.raises(BadInputError, match="unknown calibration method"):
-        quantize_int8(fp32_onnx, calib_dir, tmp_path / "x.onnx", method="kl")
-    out, _ = quantize_int8(fp32_onnx, calib_dir, tmp_path / "q.onnx", method="max", cache_dir=tmp_path / "c")
+    with pytest.raises(OptionError, match=r"method=.kl.: choose from entropy, max, percentile"):
+        quantize_int8(fp32_onnx, tmp_path / "x.onnx", Int8Options(calib=calib_dir, method="kl"))
+    out, _ = quantize_int8(
+        fp32_onnx, tmp_path / "q.onnx", Int8Options(calib=calib_dir, method="max", cache_dir=tmp_path / "c")
+    )
     with pytest.raises(BadInputError, match="already quantized"):
-        quantize_int8(out, calib_dir, tmp_path / "qq.onnx")
+        quantize_int8(out, tmp_path / "qq.onnx", Int8Options(calib=calib_dir))
     assert not (tmp_path / "x.onnx").exists() and not (tmp_path / "qq.onnx").exists()
 
 
@@ -239,12 +248,14 @@ def test_int8_and_fp16_take_an_onnx_model_parse_it_once_and_refuse_non_fp32(
     calib_dir: Path, fp32_onnx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cache = tmp_path / "cache"
-    quantize_int8(fp32_onnx, calib_dir, tmp_path / "first.onnx", method="max", cache_dir=cache)  # fills the cache
+    quantize_int8(
+        fp32_onnx, tmp_path / "first.onnx", Int8Options(calib=calib_dir, method="max", cache_dir=cache)
+    )  # fills the cache
     model = OnnxModel.load(fp32_onnx)
     loads: list[object] = []
     real_load = onnx.load
     monkeypatch.setattr(onnx, "load", lambda *a, **k: loads.append(a) or real_load(*a, **k))
-    out, record = quantize_int8(model, calib_dir, tmp_path / "q.onnx", method="max", cache_dir=cache)
+    out, record = quantize_int8(model, tmp_path / "q.onnx", Int8Options(calib=calib_dir, method="max", cache_dir=cache))
     assert record.cache_hit and not loads  # the source was parsed once, by OnnxModel.load
     monkeypatch.undo()
     assert OnnxModel.load(out).precision == Precision.INT8
@@ -253,7 +264,7 @@ def test_int8_and_fp16_take_an_onnx_model_parse_it_once_and_refuse_non_fp32(
     with pytest.raises(BadInputError, match=r"already quantized .*start from the FP32 ONNX"):
         convert_fp16(out, tmp_path / "x.onnx")
     with pytest.raises(BadInputError, match="already FP16; start from the FP32 ONNX"):
-        quantize_int8(OnnxModel.load(fp16), calib_dir, tmp_path / "x.onnx", cache_dir=cache)
+        quantize_int8(OnnxModel.load(fp16), tmp_path / "x.onnx", Int8Options(calib=calib_dir, cache_dir=cache))
     assert not (tmp_path / "x.onnx").exists()
 
 
@@ -266,7 +277,9 @@ def test_calibration_cache_is_keyed_by_content(
 
     def run(onnx_path: Path = fp32_onnx, method: str = "max", recalibrate: bool = False) -> bool:
         _, record = quantize_int8(
-            onnx_path, images, tmp_path / "q.onnx", method=method, recalibrate=recalibrate, cache_dir=cache
+            onnx_path,
+            tmp_path / "q.onnx",
+            Int8Options(calib=images, method=method, recalibrate=recalibrate, cache_dir=cache),
         )
         return record.cache_hit
 
@@ -308,14 +321,15 @@ def _verify_miou(data: Path) -> Callable[[Path], float]:
 def test_budget_met_by_full_int8(calib_dir: Path, fp32_onnx: Path, city_data: Path, tmp_path: Path) -> None:
     out, record = quantize_with_budget(
         fp32_onnx,
-        calib_dir,
         tmp_path / "b.onnx",
+        Int8Options(
+            calib=calib_dir,
+            method="max",
+            cache_dir=tmp_path / "cache",
+            budget=BudgetOptions(data=str(city_data), max_miou_drop=100.0),
+        ),
         evaluate=_verify_miou(city_data),
-        eval_data=str(city_data),
         eval_images=len(open_dataset(city_data, "val")),
-        max_miou_drop=100.0,
-        method="max",
-        cache_dir=tmp_path / "cache",
     )
     assert len(record.steps) == 1 and record.steps[0].passed and record.steps[0].excluded == []
     assert record.sensitivity == [] and 0 <= record.fp32_miou <= 100 and record.eval_images == 3
@@ -333,14 +347,15 @@ def test_budget_search_keeps_most_sensitive_layers_fp32(
 ) -> None:
     out, record = quantize_with_budget(
         fp32_onnx,
-        calib_dir,
         tmp_path / "b.onnx",
+        Int8Options(
+            calib=calib_dir,
+            method="max",
+            cache_dir=tmp_path / "cache",
+            budget=BudgetOptions(data=str(city_data), max_miou_drop=1.5),
+        ),
         evaluate=_fake_miou,
-        eval_data=str(city_data),
         eval_images=3,
-        max_miou_drop=1.5,
-        method="max",
-        cache_dir=tmp_path / "cache",
     )
     sizes = [len(s.excluded) for s in record.steps]
     assert sizes[0] == 0 and sizes == sorted(sizes) and len(set(sizes)) == len(sizes)
@@ -356,15 +371,15 @@ def test_budget_never_met_writes_nothing(calib_dir: Path, fp32_onnx: Path, city_
     with pytest.raises(CheckFailedError, match="no INT8 mix met the mIoU budget"):
         quantize_with_budget(
             fp32_onnx,
-            calib_dir,
             tmp_path / "b.onnx",
+            Int8Options(
+                calib=calib_dir,
+                method="max",
+                cache_dir=tmp_path / "cache",
+                budget=BudgetOptions(data=str(city_data), max_miou_drop=1.0, max_steps=2),
+            ),
             evaluate=lambda p: 50.0 if Path(p) == fp32_onnx else 40.0,
-            eval_data=str(city_data),
             eval_images=3,
-            max_miou_drop=1.0,
-            method="max",
-            max_steps=2,
-            cache_dir=tmp_path / "cache",
         )
     assert not (tmp_path / "b.onnx").exists()
 
@@ -387,8 +402,8 @@ def test_cam_overflows_in_plain_fp16_and_protected_fp16_stays_close(
     calib = calibration_set(calib_dir, cam_onnx)
     assert tensor_absmax(source, calib)[energy] > FP16_MAX  # the trigger works in FP32
 
-    plain_path, plain = convert_fp16(cam_onnx, tmp_path / "plain.onnx", calib_dir, plain=True)
-    protected_path, protected = convert_fp16(cam_onnx, tmp_path / "protected.onnx", calib_dir)
+    plain_path, plain = convert_fp16(cam_onnx, tmp_path / "plain.onnx", Fp16Options(calib=calib_dir, plain=True))
+    protected_path, protected = convert_fp16(cam_onnx, tmp_path / "protected.onnx", Fp16Options(calib=calib_dir))
 
     # Plain FP16: the energy computes in FP16, overflows, and rowmax - energy turns inf - inf into NaN.
     assert plain.agreement is not None and plain.agreement.nonfinite > 0
@@ -434,7 +449,7 @@ def test_cam_sites_stay_fp32_by_rule_without_data(fp32_onnx: Path, tmp_path: Pat
 
 def test_measured_ranges_keep_large_tensors_fp32(fp32_onnx: Path, calib_dir: Path, tmp_path: Path) -> None:
     limit = 4.0  # far below FP16's range, so the measured rule visibly acts on the tiny model
-    out, record = convert_fp16(fp32_onnx, tmp_path / "fp16.onnx", calib_dir, data_max=limit)
+    out, record = convert_fp16(fp32_onnx, tmp_path / "fp16.onnx", Fp16Options(calib=calib_dir), data_max=limit)
     source = onnx.load(str(fp32_onnx))
     amax = tensor_absmax(source, calibration_set(calib_dir, fp32_onnx))
     large = {n.name for n in source.graph.node if any(amax.get(o, 0.0) > limit for o in n.output)}
@@ -450,5 +465,5 @@ def test_fp16_bad_inputs(fp32_onnx: Path, tmp_path: Path) -> None:
     with pytest.raises(BadInputError, match="no such ONNX file"):
         convert_fp16(tmp_path / "missing.onnx", tmp_path / "x.onnx")
     with pytest.raises(BadInputError, match="no such calibration folder"):
-        convert_fp16(fp32_onnx, tmp_path / "x.onnx", tmp_path / "nowhere")
+        convert_fp16(fp32_onnx, tmp_path / "x.onnx", Fp16Options(calib=tmp_path / "nowhere"))
     assert not (tmp_path / "x.onnx").exists()

@@ -14,6 +14,7 @@ from danet_deploy.config import ModelConfig
 from danet_deploy.errors import BadInputError
 from danet_deploy.evaluate.verify import BackendResult, VerifyReport
 from danet_deploy.onnx_export import OnnxModel
+from danet_deploy.options import Int8Options
 from danet_deploy.report.html_report import CSP, md_escape, write_html, write_markdown
 
 from .conftest import TINY
@@ -106,7 +107,9 @@ def test_a_damaged_calibration_cache_entry_is_removed_and_recalibrated(
     for seed in range(3):
         Image.fromarray(generate_scene(400 + seed, 64, 128).image).save(calib / f"c{seed}.png")
     cache = tmp_path / "cache"
-    first, record = quantize_int8(fp32_onnx, calib, tmp_path / "a.onnx", method="max", cache_dir=cache)
+    first, record = quantize_int8(
+        fp32_onnx, tmp_path / "a.onnx", Int8Options(calib=calib, method="max", cache_dir=cache)
+    )
     entry = cache / f"{record.cache_key}.onnx"
     if damage == "truncate":
         entry.write_bytes(entry.read_bytes()[:1000])
@@ -114,9 +117,11 @@ def test_a_damaged_calibration_cache_entry_is_removed_and_recalibrated(
         entry.write_bytes(fp32_onnx.read_bytes())
     else:
         entry.with_suffix(".json").unlink()
-    again, rerun = quantize_int8(fp32_onnx, calib, tmp_path / "b.onnx", method="max", cache_dir=cache)
+    again, rerun = quantize_int8(
+        fp32_onnx, tmp_path / "b.onnx", Int8Options(calib=calib, method="max", cache_dir=cache)
+    )
     assert not rerun.cache_hit and any("calibration cache" in w for w in rerun.warnings)
     assert rerun.qdq.quantized_layers == record.qdq.quantized_layers  # a real INT8 model, as fresh calibration
     assert onnx.load(str(again)).graph == onnx.load(str(first)).graph
-    _, hit = quantize_int8(fp32_onnx, calib, tmp_path / "c.onnx", method="max", cache_dir=cache)
+    _, hit = quantize_int8(fp32_onnx, tmp_path / "c.onnx", Int8Options(calib=calib, method="max", cache_dir=cache))
     assert hit.cache_hit  # the rewritten entry is trusted again

@@ -20,21 +20,22 @@ from danet_deploy.data.datasets import open_dataset
 from danet_deploy.data.preprocess import normalize, resize_image
 from danet_deploy.errors import BadInputError
 from danet_deploy.evaluate.verify import verify
-from danet_deploy.onnx_export import ExportOptions, export_onnx, onnxruntime_session
 from danet_deploy.graph.group_norm import check_model, to_decomposed, to_group_normalization
 from danet_deploy.graph.lint import lint
 from danet_deploy.graph.shuffle import shuffle_permutation
-from danet_deploy.graph.simplify import SimplifyOptions, simplify_model
 from danet_deploy.graph.sites import find_light_sites
 from danet_deploy.model import build_danet
 from danet_deploy.model.light_attention import ShuffleAttention, SqueezeExcitation, channel_shuffle
+from danet_deploy.onnx_export import ExportOptions, export_onnx, onnxruntime_session
+from danet_deploy.options import Fp16Options, Int8Options
 from danet_deploy.precision import convert_fp16, quantize_int8
 from danet_deploy.runners.onnxruntime import OnnxRuntimeRunner
 from danet_deploy.runners.pytorch import PyTorchRunner
+from danet_deploy.simplify import SimplifyOptions, simplify_model
 
 from .conftest import TINY, randomize
+from .support.cli import run
 from .support.upstream_reference import SELayer, sa_layer
-from .test_cli import run
 
 ROOT = Path(__file__).resolve().parents[1]
 SA = TINY.with_overrides(position_attention="shuffle", sa_groups=2)  # head channels 16: 4 per half-group
@@ -317,8 +318,10 @@ def test_fp16_and_int8_models_pass_the_verify_thresholds(checkpoint: str, tmp_pa
     fp32 = tmp_path / "fp32.onnx"
     export_onnx(loaded.model, loaded.config, fp32, ExportOptions(), _image((256, 512)))
     calib = ROOT / "calibration"
-    fp16, _ = convert_fp16(fp32, tmp_path / "fp16.onnx", calib, count=8)
-    int8, _ = quantize_int8(fp32, calib, tmp_path / "int8.onnx", count=16, cache_dir=tmp_path / "cache")
+    fp16, _ = convert_fp16(fp32, tmp_path / "fp16.onnx", Fp16Options(calib=calib, count=8))
+    int8, _ = quantize_int8(
+        fp32, tmp_path / "int8.onnx", Int8Options(calib=calib, count=16, cache_dir=tmp_path / "cache")
+    )
     runners = [PyTorchRunner(loaded.model, loaded.config)] + [OnnxRuntimeRunner(p) for p in (fp32, fp16, int8)]
     report = verify(open_dataset(DEMO_DATA).head(6), runners, loaded.config)
     assert [b.precision for b in report.backends] == ["fp32", "fp32", "fp16", "int8"]

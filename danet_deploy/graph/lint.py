@@ -18,8 +18,8 @@ from danet_deploy.graph.cleanup import cleanup
 from danet_deploy.graph.editor import GraphEditor, attribute, opset_of
 from danet_deploy.graph.pam import value_heads
 from danet_deploy.graph.shapes import all_static, elem_type, infer_shapes, with_input_shape
-from danet_deploy.graph.simplify import Target, get_target
 from danet_deploy.graph.sites import AttentionSite, find_light_sites, find_sites
+from danet_deploy.graph.targets import Target, get_target
 from danet_deploy.progress import format_bytes
 
 MAX_ELEMENTS = 2**31

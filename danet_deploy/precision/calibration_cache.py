@@ -19,11 +19,11 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from danet_deploy import __version__
 from danet_deploy.artifact import OnnxModel
 from danet_deploy.errors import BadInputError
 from danet_deploy.files import kept, write_bytes, write_json
 from danet_deploy.precision.calibration_data import CalibrationSet, CalibrationWarning
+from danet_deploy.version import __version__
 from danet_deploy.versions import onnxruntime_package, package_version
 
 log = logging.getLogger(__name__)

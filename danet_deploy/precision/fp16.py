@@ -36,8 +36,10 @@ from danet_deploy.files import atomic_path, sha256_file
 from danet_deploy.graph.editor import GraphEditor
 from danet_deploy.graph.sites import find_light_sites, find_sites
 from danet_deploy.library_noise import quiet_modelopt
+from danet_deploy.options import Fp16Options
 from danet_deploy.precision.calibration_cache import key_tool_versions
 from danet_deploy.precision.calibration_data import CalibrationInfo, CalibrationSet, calibration_set
+from danet_deploy.precision.calibration_images import calibration_folder
 from danet_deploy.precision.node_patterns import exact_names
 from danet_deploy.precision.probes import Agreement, MagnitudeProbe, compare_models, tensor_types
 from danet_deploy.precision.source import finish_model, fp32_source
@@ -299,26 +301,38 @@ def _notes(report: RangeReport | None, nonfinite: int) -> list[str]:
 def convert_fp16(
     model: OnnxModel | str | os.PathLike[str],
     out_path: str | os.PathLike[str],
-    calib_path: str | os.PathLike[str] | None = None,
-    plain: bool = False,
-    count: int | None = None,
-    seed: int = 0,
-    split: str = "train",
+    options: Fp16Options = Fp16Options(),
     data_max: float = DEFAULT_DATA_MAX,
-    nodes_to_exclude: list[str] | None = None,
     check_images: int = 4,
     on_image: Callable[[int, int], None] | None = None,
 ) -> tuple[Path, Fp16Record]:
     """Write an FP16 ONNX with FP32 I/O from `model` (the FP32 OnnxModel, or its path). Protected by default
-    (see the module doc); `plain` casts everything.
+    (see the module doc); `options.plain` casts everything.
 
-    `calib_path`: images to measure magnitudes on (a folder or Cityscapes root, `split`); `count` None takes
-    up to 32. Without it only the CAM rule protects and there is no range report. `nodes_to_exclude`:
-    extra node names or regular expressions (`re.match`) kept FP32 (protected mode only). Logits are
-    compared with FP16 rounding emulated (`fp16_session`). A protected model that gives NaN/Inf raises
-    CheckFailedError and writes nothing; a plain one only warns. `on_image(done, total)` as magnitudes are measured.
-    Every model run is bounded in memory (`MagnitudeProbe`, `bounded_ort.query_blocks`).
+    `options.calib`: images to measure magnitudes on (a folder or Cityscapes root, or any iterable of images);
+    `options.count` None takes up to 32. Without them only the CAM rule protects and there is no range report.
+    `options.exclude`: extra node names or regular expressions (`re.match`) kept FP32. `data_max`: the largest
+    magnitude left in FP16 (the range rule's margin below 65504). Logits are compared with FP16 rounding emulated
+    (`fp16_session`) on `check_images` images. A protected model that gives NaN/Inf raises CheckFailedError and
+    writes nothing; a plain one only warns. `on_image(done, total)` as magnitudes are measured. Every model run is
+    bounded in memory (`MagnitudeProbe`, `bounded_ort.query_blocks`).
     """
+    options.check()
+    with calibration_folder(options.calib, out_path) as calib_path:
+        return _convert_fp16(model, out_path, options, calib_path, data_max, check_images, on_image)
+
+
+def _convert_fp16(
+    model: OnnxModel | str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    options: Fp16Options,
+    calib_path: Path | None,
+    data_max: float,
+    check_images: int,
+    on_image: Callable[[int, int], None] | None,
+) -> tuple[Path, Fp16Record]:
+    plain, count, seed, split = options.plain, options.count, options.seed, options.split
+    nodes_to_exclude = list(options.exclude)
     started = time.perf_counter()
     if not 0 < data_max <= FP16_MAX:
         raise BadInputError(f"data_max must be in (0, {FP16_MAX:g}], got {data_max}")

@@ -22,9 +22,10 @@ from danet_deploy.bounded_ort.query_blocks import bounded_session
 from danet_deploy.errors import BadInputError, CheckFailedError
 from danet_deploy.files import save_onnx, sha256_file
 from danet_deploy.graph.editor import opset_of
-from danet_deploy.options import DEFAULT_PERCENTILE, METHODS
+from danet_deploy.options import Int8Options
 from danet_deploy.precision.calibration_cache import CalibrationCache, cache_key, cache_key_material, key_tool_versions
 from danet_deploy.precision.calibration_data import CalibrationInfo, calibration_set
+from danet_deploy.precision.calibration_images import calibration_folder
 from danet_deploy.precision.int8_modelopt import run_modelopt
 from danet_deploy.precision.int8_ort import (
     CpuProfile,
@@ -107,40 +108,41 @@ def resolve_patterns(model: onnx.ModelProto, patterns: list[str]) -> list[str]:
 
 def quantize_int8(
     model: OnnxModel | str | os.PathLike[str],
-    calib_path: str | os.PathLike[str],
     out_path: str | os.PathLike[str],
-    method: str = "entropy",
-    count: int | None = None,
-    seed: int = 0,
-    nodes_to_exclude: list[str] | None = None,
-    recalibrate: bool = False,
-    cache_dir: str | os.PathLike[str] | None = None,
-    split: str = "train",
-    percentile: float = DEFAULT_PERCENTILE,
+    options: Int8Options,
     check_images: int = 4,
-    target: Int8Target | str = Int8Target.TENSORRT,
-    cpu: str | None = None,
     on_image: Callable[[int, int], None] | None = None,
 ) -> tuple[Path, Int8Record]:
-    """Calibrate `model` (the FP32 OnnxModel, or its path) on images from `calib_path` and write an INT8 Q/DQ
-    ONNX to `out_path`: TensorRT-ready (`target` tensorrt, the default) or for ONNX Runtime's CPU integer
-    kernels (`target` onnxruntime, quantized for the instruction-set profile `cpu`: None / 'auto' = this CPU).
+    """Calibrate `model` (the FP32 OnnxModel, or its path) on `options.calib` and write an INT8 Q/DQ ONNX to
+    `out_path`: TensorRT-ready (target tensorrt, the default) or for ONNX Runtime's CPU integer kernels (target
+    onnxruntime, quantized for the instruction-set profile `options.cpu`: None / 'auto' = this CPU).
+    `options.budget` is not applied here (see `int8_budget.quantize_with_budget`).
 
-    `nodes_to_exclude`: node names or regular expressions (`re.match`) kept FP32. `count` None takes up to
-    500 images. A cached result (same model bytes, image bytes, settings and tool versions) is reused unless
-    `recalibrate`. The output is checked (TensorRT: INT8 zero points 0; runs in ONNX Runtime, finite logits)
-    before it is written; nothing is left at `out_path` on failure. `on_image(done, total)` is called as
-    calibration images are processed (`total` counts every pass: `calibration_passes`). Calibration runs in
-    bounded memory (`bounded_calibrators`).
+    A cached result (same model bytes, image bytes, settings and tool versions) is reused unless
+    `options.recalibrate`. The output is checked (TensorRT: INT8 zero points 0; runs in ONNX Runtime, finite
+    logits) on `check_images` images before it is written; nothing is left at `out_path` on failure.
+    `on_image(done, total)` is called as calibration images are processed (`total` counts every pass:
+    `calibration_passes`). Calibration runs in bounded memory (`bounded_calibrators`).
     """
+    options.check()
+    with calibration_folder(options.calib, out_path) as calib_path:
+        assert calib_path is not None  # Int8Options.calib is required
+        return _quantize_int8(model, out_path, options, calib_path, check_images, on_image)
+
+
+def _quantize_int8(
+    model: OnnxModel | str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    options: Int8Options,
+    calib_path: Path,
+    check_images: int,
+    on_image: Callable[[int, int], None] | None,
+) -> tuple[Path, Int8Record]:
+    method, count, seed, split = options.method, options.count, options.seed, options.split
+    percentile, cpu, recalibrate, cache_dir = options.percentile, options.cpu, options.recalibrate, options.cache_dir
+    nodes_to_exclude = list(options.exclude)
     started = time.perf_counter()
-    target = Int8Target.parse(target)
-    if method not in METHODS:
-        raise BadInputError(f"unknown calibration method {method!r}; choose from {', '.join(METHODS)}")
-    if method == "percentile" and not 50.0 < percentile <= 100.0:
-        raise BadInputError(f"percentile must be in (50, 100], got {percentile}")
-    if cpu is not None and target is not Int8Target.ONNXRUNTIME:
-        raise BadInputError("--cpu applies to the ONNX Runtime target (--target ort)")
+    target = Int8Target.parse(options.target)
     profile = cpu_profile(cpu) if target is Int8Target.ONNXRUNTIME else None
     source = fp32_source(model)
     patterns = sorted(nodes_to_exclude or [])

@@ -8,7 +8,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +16,12 @@ import numpy as np
 import onnx
 
 from danet_deploy.artifact import META_PRECISION, OnnxModel, write_metadata
-from danet_deploy.errors import BadInputError, CheckFailedError
+from danet_deploy.errors import CheckFailedError, OptionError
 from danet_deploy.files import save_onnx, sha256_file
+from danet_deploy.options import BudgetOptions, Int8Options
 from danet_deploy.precision.calibration_data import CalibrationSet, calibration_set
-from danet_deploy.precision.int8 import Int8Record, Int8Target, quantize_int8
+from danet_deploy.precision.calibration_images import calibration_folder
+from danet_deploy.precision.int8 import Int8Record, quantize_int8
 from danet_deploy.precision.node_patterns import exact_names
 from danet_deploy.precision.probes import (
     ActivationProbe,
@@ -141,36 +143,44 @@ def _write_budget_model(path: Path, out: Path, budget: dict[str, Any]) -> None:
 
 def quantize_with_budget(
     model: OnnxModel | str | os.PathLike[str],
-    calib_path: str | os.PathLike[str],
     out_path: str | os.PathLike[str],
+    options: Int8Options,
     *,
     evaluate: Callable[[Path], float],
-    eval_data: str,
     eval_images: int,
-    max_miou_drop: float = 1.0,
-    method: str = "entropy",
-    count: int | None = None,
-    seed: int = 0,
-    sensitivity_images: int = 4,
-    max_steps: int = 8,
-    nodes_to_exclude: list[str] | None = None,
-    recalibrate: bool = False,
-    cache_dir: str | os.PathLike[str] | None = None,
-    split: str = "train",
-    target: Int8Target | str = Int8Target.TENSORRT,
-    cpu: str | None = None,
 ) -> tuple[Path, BudgetRecord]:
-    """INT8 whose mIoU stays within `max_miou_drop` points of FP32.
+    """INT8 (`options`) whose mIoU stays within `options.budget.max_miou_drop` points of FP32.
 
     `evaluate` scores one ONNX file: its path -> mIoU in percent on labeled data (the caller builds it, e.g.
-    from an ONNX Runtime runner and `verify`; the FP32 mIoU is `evaluate(source path)`). `eval_data` and
-    `eval_images` describe that data for the record. If full INT8 misses the budget, quantized layers are
+    from an ONNX Runtime runner and `verify`; the FP32 mIoU is `evaluate(source path)`). `options.budget.data`
+    and `eval_images` describe that data for the record. If full INT8 misses the budget, quantized layers are
     ranked by `layer_sensitivity` on a few calibration images and the worst 1, 2, 4, ... are kept FP32
     (re-quantizing each time) until the budget holds. Raises CheckFailedError (nothing written) when no
-    step meets it. `target` / `cpu`: as for `quantize_int8`.
+    step meets it. The INT8 settings (target, cpu, method, cache) are those of `quantize_int8`.
     """
-    if max_miou_drop < 0:
-        raise BadInputError(f"max mIoU drop must be >= 0 points, got {max_miou_drop}")
+    options.check()
+    if options.budget is None:
+        raise OptionError("budget", None, "an mIoU budget is needed (BudgetOptions)")
+    with calibration_folder(options.calib, out_path) as calib_folder:
+        assert calib_folder is not None  # Int8Options.calib is required
+        return _with_budget(
+            model, out_path, replace(options, calib=calib_folder), options.budget, evaluate, eval_images
+        )
+
+
+def _with_budget(
+    model: OnnxModel | str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    options: Int8Options,
+    budget: BudgetOptions,
+    evaluate: Callable[[Path], float],
+    eval_images: int,
+) -> tuple[Path, BudgetRecord]:
+    calib_path = Path(str(options.calib))
+    max_miou_drop, eval_data = budget.max_miou_drop, str(budget.data)
+    sensitivity_images, max_steps = budget.sensitivity_images, budget.max_steps
+    count, seed, split = options.count, options.seed, options.split
+    nodes_to_exclude = list(options.exclude)
     source = fp32_source(model)
 
     def score(path: Path) -> float:
@@ -186,20 +196,7 @@ def quantize_with_budget(
         def attempt(excluded: list[str]) -> tuple[Path, Int8Record, BudgetStep]:
             path = Path(tmp) / f"step{len(steps)}.onnx"
             patterns = base + exact_names(excluded)
-            path, record = quantize_int8(
-                source,
-                calib_path,
-                path,
-                nodes_to_exclude=patterns,
-                method=method,
-                count=count,
-                seed=seed,
-                recalibrate=recalibrate,
-                cache_dir=cache_dir,
-                split=split,
-                target=target,
-                cpu=cpu,
-            )
+            path, record = quantize_int8(source, path, replace(options, exclude=tuple(patterns), budget=None))
             miou = score(path)
             drop = fp32_miou - miou
             passed = bool(drop <= max_miou_drop)

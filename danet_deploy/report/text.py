@@ -12,9 +12,9 @@ from danet_deploy.engine.plan import BuildPlan
 from danet_deploy.engine.sidecar import EngineSidecar
 from danet_deploy.evaluate.verify import VerifyReport
 from danet_deploy.graph.lint import LintReport
-from danet_deploy.graph.simplify import SimplifyReport
 from danet_deploy.onnx_export import ExportRecord
 from danet_deploy.progress import format_bytes
+from danet_deploy.simplify import SimplifyReport
 
 
 def _fmt(value: float | None, spec: str) -> str:

@@ -12,9 +12,9 @@ from danet_deploy.files import (
     PathLike,
     removed_on_failure,
 )
-from danet_deploy.graph.simplify import SimplifyOptions
 from danet_deploy.options import BenchmarkOptions, Fp16Options, Int8Options
 from danet_deploy.progress import SILENT, Progress
+from danet_deploy.simplify import SimplifyOptions
 from danet_deploy.steps.benchmark import BenchmarkResult, benchmark
 from danet_deploy.steps.export import ExportResult, SimplifyResult, export, simplify_model_file
 from danet_deploy.steps.quantize import QuantizeResult, quantize

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from danet_deploy.files import (
     PathLike,
@@ -16,10 +16,13 @@ from danet_deploy.onnx_export.torch_export import ExportRecord, export_size
 from danet_deploy.options import ExportOptions, SimplifyOptions
 from danet_deploy.progress import SILENT, Progress
 
+if TYPE_CHECKING:
+    from danet_deploy.checkpoints import LoadedCheckpoint
+
 
 @dataclass
 class SimplifyResult:
-    report: Any  # graph.simplify.SimplifyReport
+    report: Any  # simplify.SimplifyReport
     path: Path
     size_bytes: int
     sha256: str
@@ -33,7 +36,9 @@ class ExportResult:
     simplified: SimplifyResult | None = None
 
 
-def load_checkpoint(checkpoint: PathLike, layout: str | None = None, progress: Progress = SILENT, **overrides: Any):
+def load_checkpoint(
+    checkpoint: PathLike, layout: str | None = None, progress: Progress = SILENT, **overrides: Any
+) -> LoadedCheckpoint:
     """The checkpoint as a model + config (layout detected unless given); says what it found."""
     from danet_deploy.checkpoints import load_checkpoint as load
 
@@ -121,8 +126,8 @@ def simplify_model_file(
     """The attention graph rewritten for a target; every pass is checked against the graph before it. A memory plan
     is shown first; one that does not fit stops here (exit 2) unless `options.force`."""
     from danet_deploy.graph.pam import value_heads
-    from danet_deploy.graph.simplify import choose_attention, get_target, simplify_file
     from danet_deploy.memory_plan import onnx_file_facts, simplify_plan
+    from danet_deploy.simplify import choose_attention, get_target, simplify_file
 
     out = check_output(output, [model])
     options.check()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,7 +14,6 @@ from danet_deploy.files import (
     check_output,
 )
 from danet_deploy.options import Int8Options, PrecisionOptions
-from danet_deploy.precision.calibration_images import calibration_folder
 from danet_deploy.progress import SILENT, Progress
 
 if TYPE_CHECKING:
@@ -47,21 +47,11 @@ def quantize(
     one that does not fit stops here (BadInputError) unless `options.force`.
     """
     options.check()
-    with calibration_folder(options.calib, output) as calib:
-        return _quantize(model, output, options, calib, progress)
-
-
-def _quantize(
-    model: PathLike | OnnxModel,
-    output: PathLike,
-    options: PrecisionOptions,
-    calib: Path | None,
-    progress: Progress,
-) -> QuantizeResult:
     int8 = options if isinstance(options, Int8Options) else None
     budget = int8.budget if int8 is not None else None
     precision = Precision.INT8 if int8 is not None else Precision.FP16
     source_path = model.path if isinstance(model, OnnxModel) else Path(model)
+    calib = options.calib if isinstance(options.calib, (str, os.PathLike)) else None  # an iterable is no file
     out = check_output(output, [source_path, calib, budget.data if budget else None])
     from danet_deploy.precision.int8 import Int8Target
     from danet_deploy.precision.int8_ort import cpu_profile
@@ -74,7 +64,6 @@ def _quantize(
     compile_patterns(list(options.exclude))
     source = model if isinstance(model, OnnxModel) else OnnxModel.load(model)  # read once, after the checks
     check_patterns_match(source.proto, list(options.exclude), source.path)
-    exclude = list(options.exclude) or None
     from danet_deploy.memory_plan import onnx_facts, quantize_plan
 
     size = source.input_size
@@ -82,77 +71,33 @@ def _quantize(
         source.proto, source.input_spec.shape(source.input_spec.batch or 1, size), source.config.num_classes
     )
     method = int8.method if int8 is not None else "max"
-    quantize_plan(facts, size, precision.value, target.value, method, budget=budget is not None).show_and_check(
-        progress, options.force
-    )
+    plan = quantize_plan(facts, size, precision.value, target.value, method, budget=budget is not None)
+    plan.show_and_check(progress, options.force)
     if not isinstance(options, Int8Options):
         from danet_deploy.precision import convert_fp16
 
-        what = "FP16: measuring magnitudes (images)" if calib else "FP16: converting"
-        with progress.task(what, total=0 if calib else None) as update:
-            _, record = convert_fp16(
-                source,
-                out,
-                calib_path=calib,
-                plain=options.plain,
-                count=options.count,
-                seed=options.seed,
-                split=options.split,
-                nodes_to_exclude=exclude,
-                on_image=_counted(update, "FP16: converting (AutoCast) and checking against FP32"),
-            )
+        what = "FP16: measuring magnitudes (images)" if options.calib is not None else "FP16: converting"
+        with progress.task(what, total=0 if options.calib is not None else None) as update:
+            on_image = _counted(update, "FP16: converting (AutoCast) and checking against FP32")
+            _, record = convert_fp16(source, out, options, on_image=on_image)
         return QuantizeResult(precision, out, record)
-    assert calib is not None  # Int8Options.calib is required
     if budget is None:
         from danet_deploy.precision import quantize_int8
 
         who = "for ONNX Runtime" if target is Int8Target.ONNXRUNTIME else "Q/DQ for TensorRT (ModelOpt)"
         with progress.task(f"INT8 {who}: calibrating ({options.method}, images)", total=0) as update:
-            _, int8_record = quantize_int8(
-                source,
-                calib,
-                out,
-                method=options.method,
-                count=options.count,
-                seed=options.seed,
-                nodes_to_exclude=exclude,
-                recalibrate=options.recalibrate,
-                cache_dir=options.cache_dir,
-                split=options.split,
-                percentile=options.percentile,
-                target=target,
-                cpu=options.cpu,
-                on_image=_counted(update, f"INT8 {who}: placing Q/DQ and checking against FP32"),
-            )
+            on_image = _counted(update, f"INT8 {who}: placing Q/DQ and checking against FP32")
+            _, int8_record = quantize_int8(source, out, options, on_image=on_image)
         return QuantizeResult(precision, out, int8_record)
     from danet_deploy.precision import quantize_with_budget
 
     evaluate, images = miou_evaluator(
         budget.data, source.config, budget.split, budget.ignore_unknown_labels, budget.allow_unlabeled, progress
     )
-    if Path(budget.data).resolve() == calib.resolve() and options.split == budget.split:
+    if calib is not None and Path(budget.data).resolve() == Path(calib).resolve() and options.split == budget.split:
         progress.note("warning: calibrating and evaluating on the same images gives an optimistic mIoU")
     with progress.task("INT8 within an mIoU budget: calibrating, measuring, keeping sensitive layers FP32"):
-        _, budget_record = quantize_with_budget(
-            source,
-            calib,
-            out,
-            evaluate=evaluate,
-            eval_data=str(budget.data),
-            eval_images=images,
-            max_miou_drop=budget.max_miou_drop,
-            method=options.method,
-            count=options.count,
-            seed=options.seed,
-            sensitivity_images=budget.sensitivity_images,
-            max_steps=budget.max_steps,
-            nodes_to_exclude=exclude,
-            recalibrate=options.recalibrate,
-            cache_dir=options.cache_dir,
-            split=options.split,
-            target=target,
-            cpu=options.cpu,
-        )
+        _, budget_record = quantize_with_budget(source, out, options, evaluate=evaluate, eval_images=images)
     return QuantizeResult(precision, out, budget_record.int8, budget_record)
 
 
