@@ -28,7 +28,7 @@ from danet_deploy.config import (
     default_class_names,
     default_palette,
 )
-from danet_deploy.errors import BadInputError
+from danet_deploy.errors import BadInputError, OptionError
 from danet_deploy.files import atomic_path, sha256_file
 from danet_deploy.model import DANet, build_danet
 
@@ -333,7 +333,9 @@ def _check_class_count(overrides: dict[str, Any], num_classes: int) -> None:
     """A --class-names list of the wrong length is the option's error, not the checkpoint's."""
     names = overrides.get("class_names")
     if names is not None and len(names) != num_classes:
-        raise BadInputError(f"--class-names: {len(names)} class names given for a model with {num_classes} classes")
+        raise OptionError(
+            "class_names", f"<{len(names)} names>", f"{len(names)} class names for a model with {num_classes} classes"
+        )
 
 
 def config_for(

@@ -23,6 +23,8 @@ class DeployError(Exception):
 
 
 class BadInputError(DeployError):
+    """Bad input (a file, an option value, a memory plan that does not fit); the CLI exits with 2."""
+
     exit_code = EXIT_BAD_INPUT
 
 

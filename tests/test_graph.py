@@ -255,7 +255,7 @@ def test_lint_mha_fusion_rules(dynamic_onnx: onnx.ModelProto) -> None:
 
 
 def test_lint_needs_an_input_size_for_dynamic_models(dynamic_onnx: onnx.ModelProto) -> None:
-    with pytest.raises(ValueError, match="--input-size"):
+    with pytest.raises(ValueError, match="give an input size"):
         lint(dynamic_onnx, "trt10.3")
 
 

@@ -189,7 +189,7 @@ def lint(model: onnx.ModelProto, target: str, input_size: tuple[int, int] | None
     if input_size is None:
         input_size = image.static_size
         if input_size is None:
-            raise ValueError("the model has dynamic height/width: give --input-size HxW")
+            raise ValueError("the model has dynamic height/width: give an input size (HxW) to lint at")
     shape = image.shape(image.batch or batch, input_size)
     findings = _check_ops(model, tgt)
     fixed = cleanup(with_input_shape(model, shape))

@@ -32,7 +32,7 @@ import numpy as np
 import onnx
 
 from danet_deploy.data.images import read_image
-from danet_deploy.errors import BadInputError
+from danet_deploy.errors import BadInputError, OptionError
 from danet_deploy.graph.sites import find_sites
 from danet_deploy.library_noise import quiet
 from danet_deploy.precision.bounded_calibration import bounded_calibrators
@@ -102,7 +102,7 @@ def cpu_profile(name: str | None) -> CpuProfile:
     if name in (None, "auto"):
         return detect_cpu_profile()
     if name not in CPU_PROFILES:
-        raise BadInputError(f"--cpu {name!r}: choose auto, {', '.join(CPU_PROFILES)}")
+        raise OptionError("cpu", name, f"choose auto, {', '.join(CPU_PROFILES)}")
     return CPU_PROFILES[name]
 
 

@@ -6,7 +6,7 @@ import re
 
 import onnx
 
-from danet_deploy.errors import BadInputError
+from danet_deploy.errors import OptionError
 
 
 def compile_patterns(patterns: list[str]) -> list[re.Pattern[str]]:
@@ -16,7 +16,7 @@ def compile_patterns(patterns: list[str]) -> list[re.Pattern[str]]:
         try:
             compiled.append(re.compile(pattern))
         except (re.error, OverflowError, RecursionError) as exc:
-            raise BadInputError(f"--exclude {pattern!r}: not a valid regular expression ({exc})") from None
+            raise OptionError("exclude", pattern, f"not a valid regular expression ({exc})") from None
     return compiled
 
 
@@ -26,7 +26,7 @@ def check_patterns_match(model: onnx.ModelProto, patterns: list[str], path: obje
     names = [node.name for node in model.graph.node]
     for pattern, compiled in zip(patterns, compile_patterns(patterns)):
         if not any(compiled.match(name) for name in names):
-            raise BadInputError(f"--exclude {pattern!r}: matches no node of {path} (`inspect --json` lists them)")
+            raise OptionError("exclude", pattern, f"matches no node of {path} (`inspect --json` lists them)")
 
 
 def exact_names(names: list[str]) -> list[str]:

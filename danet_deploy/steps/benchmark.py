@@ -45,6 +45,9 @@ def read_benchmark_json(path: PathLike) -> dict[str, Any]:
 
 @dataclass
 class BenchmarkResult:
+    """Latency per backend (`ok` rows) and the backends that failed (`failed` rows, each with its error and
+    exit code), with the device and tool versions; `json_path` when written."""
+
     results: dict[str, Any]  # {"backends": [...], "versions": ..., "device": ...}
     json_path: Path | None = None
 
@@ -80,7 +83,7 @@ def benchmark(
     if json_path is not None:
         check_output(json_path, [*paths, *with_sidecars(engines), image])
     if not paths:
-        raise BadInputError("benchmark needs --ckpt, --onnx and/or --engine")
+        raise BadInputError("benchmark needs at least one backend: a checkpoint, ONNX models or engines")
     for path in paths:
         if not Path(path).is_file():
             raise BadInputError(f"{path}: no such file")

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from danet_deploy.errors import EXIT_BAD_INPUT, DeployError
+from danet_deploy.errors import OptionError
 from danet_deploy.files import (
     PathLike,
     removed_on_failure,
@@ -23,6 +23,8 @@ from danet_deploy.steps.verify import VerifyResult, verify
 
 @dataclass
 class DemoResult:
+    """Everything the demo made: the work folder and each step's result."""
+
     workdir: Path
     export: ExportResult
     simplified: SimplifyResult
@@ -52,7 +54,7 @@ def demo(
     from danet_deploy.report.text import export_summary, fp16_lines, int8_lines, simplify_lines
 
     if variant not in DEMO_CHECKPOINTS:
-        raise DeployError(f"--variant {variant!r}: choose from {', '.join(DEMO_CHECKPOINTS)}", EXIT_BAD_INPUT)
+        raise OptionError("variant", variant, f"choose from {', '.join(DEMO_CHECKPOINTS)}")
     checkpoint, work = DEMO_CHECKPOINTS[variant], Path(workdir)
     onnx_path, simplified = work / "demo.onnx", work / "demo.ort.onnx"
     fp16_path, int8_path, calib = work / "demo.fp16.onnx", work / "demo.int8.onnx", work / "calibration"

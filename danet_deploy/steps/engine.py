@@ -19,6 +19,9 @@ from danet_deploy.steps.quantize import QuantizeResult, quantize
 
 @dataclass
 class EngineResult:
+    """The build plan (printed by `--dry-run`), notes on how the TensorRT version was chosen, and once built the
+    engine's sidecar and the system it was built on."""
+
     plan: Any  # engine.plan.BuildPlan
     notes: list[str] = field(default_factory=list)
     sidecar: Any = None  # engine.sidecar.EngineSidecar once built

@@ -18,11 +18,14 @@ from danet_deploy.progress import SILENT, Progress
 
 if TYPE_CHECKING:
     from danet_deploy.checkpoints import LoadedCheckpoint
+    from danet_deploy.simplify import SimplifyReport
 
 
 @dataclass
 class SimplifyResult:
-    report: Any  # simplify.SimplifyReport
+    """The simplified model: every pass and its check (`report`), the file, its size and sha256."""
+
+    report: SimplifyReport  # every pass, its check and how the check evaluated the graph
     path: Path
     size_bytes: int
     sha256: str
@@ -30,6 +33,8 @@ class SimplifyResult:
 
 @dataclass
 class ExportResult:
+    """The exported ONNX (`record`: parity, sizes, provenance) and, with simplify, the simplified model."""
+
     record: ExportRecord  # the export as written (before simplify, when simplified)
     checkpoint: str
     output: Path

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from danet_deploy.artifact import OnnxModel, Precision
-from danet_deploy.errors import BadInputError, DeployError
+from danet_deploy.errors import BadInputError, DeployError, OptionError
 from danet_deploy.files import (
     PathLike,
     check_output,
@@ -15,24 +15,34 @@ from danet_deploy.files import (
 )
 from danet_deploy.options import InspectOptions
 from danet_deploy.progress import SILENT, Progress
+
+if TYPE_CHECKING:
+    from danet_deploy.engine.audit import EngineAudit
+    from danet_deploy.engine.sidecar import EngineSidecar
+    from danet_deploy.graph.lint import LintReport
+    from danet_deploy.precision.int8_ort import KernelChoice
 from danet_deploy.steps.backends import ENGINE_SUFFIXES, with_sidecars
 
 
 @dataclass
 class InspectResult:
+    """An ONNX model's metadata, precision, TensorRT readiness lint and, for INT8, ONNX Runtime's kernels."""
+
     path: Path
     metadata: dict[str, Any]
-    lint: Any  # graph.lint.LintReport
+    lint: LintReport  # TensorRT readiness findings for the target
     precision: str = "fp32"  # with the INT8 target, e.g. "int8 (ONNX Runtime)"
-    kernels: list[Any] = field(default_factory=list)  # INT8: precision.int8_ort.KernelChoice per Conv/MatMul/Gemm
+    kernels: list[KernelChoice] = field(default_factory=list)  # INT8: ONNX Runtime's kernel per Conv/MatMul/Gemm
     json_path: Path | None = None
 
 
 @dataclass
 class EngineInspectResult:
+    """A TensorRT engine as its sidecar records it and, where TensorRT runs here, as it reads now."""
+
     path: Path
-    sidecar: Any  # engine.sidecar.EngineSidecar: how and where it was built, the precision audit of the build
-    live: Any = None  # engine.audit.EngineAudit read from the engine now (TensorRT here and the engine compatible)
+    sidecar: EngineSidecar  # how and where it was built, the precision audit of the build
+    live: EngineAudit | None = None  # read from the engine now (TensorRT here and the engine compatible)
     notes: list[str] = field(default_factory=list)  # why the engine itself was not read, or what differs
     json_path: Path | None = None
 
@@ -111,6 +121,8 @@ def inspect(
         with progress.task("linting"):
             report = lint(onnx_model.proto, options.target, options.input_size)
     except ValueError as exc:
+        if options.input_size is None and "input size" in str(exc):
+            raise OptionError("input_size", None, f"{model}: {exc}") from None
         raise BadInputError(f"{model}: {exc}") from None
     label = precision_label(onnx_model.precision, onnx_model.quantized_for)
     result = InspectResult(onnx_model.path, onnx_model.metadata, report, label)

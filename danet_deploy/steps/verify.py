@@ -41,6 +41,9 @@ class VerifyOptions:
 
 @dataclass
 class VerifyResult:
+    """The verify report (per backend: mIoU, per-class IoU, parity, pass/fail), the engines' sidecars and the
+    report files written."""
+
     report: Any  # evaluate.verify.VerifyReport
     warnings: list[str]
     json_path: Path | None = None
