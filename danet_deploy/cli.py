@@ -26,10 +26,9 @@ from danet_deploy.engine.plan import BuildOptions
 from danet_deploy.errors import (
     EXIT_BAD_INPUT,
     EXIT_INTERNAL,
-    EXIT_INTERRUPTED,
-    INTERRUPTED,
     CheckFailedError,
     DeployError,
+    user_error,
 )
 from danet_deploy.export.torch_export import ExportOptions
 from danet_deploy.files import check_output, removed_on_failure, write_json
@@ -50,6 +49,7 @@ from danet_deploy.report.text import (
     simplify_lines,
     verify_table,
 )
+from danet_deploy.signals import install_termination_handlers, interruption
 
 app = typer.Typer(
     add_completion=False,
@@ -110,6 +110,9 @@ def guarded(fn: F) -> F:
         except Exception as exc:
             if _interrupted(exc):
                 raise _exit_interrupted() from None
+            if (error := user_error(exc)) is not None:  # a full disk, a symbolic link loop: the file's problem
+                err.print(f"[red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
+                raise typer.Exit(error.exit_code) from None
             if os.environ.get("DANET_DEPLOY_DEBUG"):
                 traceback.print_exc()
             first = str(exc).splitlines()[0] if str(exc) else ""
@@ -123,8 +126,9 @@ def guarded(fn: F) -> F:
 
 
 def _exit_interrupted() -> typer.Exit:
-    err.print(f"[red]{escape(INTERRUPTED)}[/]", highlight=False)
-    return typer.Exit(EXIT_INTERRUPTED)
+    message, code = interruption()  # Ctrl-C: 130; SIGTERM, SIGHUP: 143, 129
+    err.print(f"[red]{escape(message)}[/]", highlight=False)
+    return typer.Exit(code)
 
 
 class RichProgress(LibraryProgress):
@@ -674,6 +678,7 @@ def demo(
 def main() -> None:
     """The `danet-deploy` entry point: usage errors as one line (exit 2), Ctrl-C as exit 130 in every stage."""
     signal.signal(signal.SIGINT, _on_sigint)
+    install_termination_handlers()
     return_large_allocations()
     try:
         code = app(standalone_mode=False)

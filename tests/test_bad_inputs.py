@@ -25,7 +25,8 @@ import pytest
 import typer
 
 from danet_deploy import files
-from danet_deploy.cli import EXIT_INTERRUPTED, guarded
+from danet_deploy.cli import guarded
+from danet_deploy.errors import EXIT_INTERRUPTED
 
 from .test_cli import assert_one_line_error, run
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ import onnx
 
 from danet_deploy.artifact import META_PRECISION, OnnxModel, write_metadata
 from danet_deploy.errors import BadInputError, CheckFailedError
-from danet_deploy.files import save_onnx, sha256_file
+from danet_deploy.files import save_onnx, sha256_file, temporary_folder
 from danet_deploy.precision.calibration_data import CalibrationSet, calibration_set
 from danet_deploy.precision.int8 import Int8Record, Int8Target, quantize_int8
 from danet_deploy.precision.node_patterns import exact_names
@@ -190,7 +189,7 @@ def quantize_with_budget(
     )
     steps: list[BudgetStep] = []
     ranking: list[LayerSensitivity] = []
-    with tempfile.TemporaryDirectory(prefix="danet-int8-budget-") as tmp:
+    with temporary_folder("int8-budget") as tmp:
 
         def attempt(excluded: list[str]) -> tuple[Path, Int8Record, BudgetStep]:
             path = Path(tmp) / f"step{len(steps)}.onnx"
