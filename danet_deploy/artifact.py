@@ -279,9 +279,16 @@ class OnnxModel:
                 f"{self.path}: no danet-deploy model config in the ONNX metadata (export it with danet-deploy)"
             )
         try:
-            return ModelConfig.from_dict(self.metadata["model_config"])
+            config = ModelConfig.from_dict(self.metadata["model_config"])
         except (TypeError, ValueError) as exc:
             raise BadInputError(f"{self.path}: invalid model config in the ONNX metadata ({exc})") from None
+        dims = self.proto.graph.output[0].type.tensor_type.shape.dim if self.proto.graph.output else []
+        if len(dims) > 1 and dims[1].HasField("dim_value") and dims[1].dim_value != config.num_classes:
+            raise BadInputError(
+                f"{self.path}: invalid model config in the ONNX metadata (num_classes {config.num_classes}, "
+                f"but the model's logits have {dims[1].dim_value} channels)"
+            )
+        return config
 
     @property
     def input_size(self) -> tuple[int, int]:

@@ -419,8 +419,10 @@ def write_bytes(path: PathLike, data: bytes) -> Path:
 
 
 def write_text(path: PathLike, text: str) -> Path:
+    """UTF-8; a character that has none (a lone surrogate from a file name that is not UTF-8, which the callers
+    escape first) is written as its escape rather than failing the whole report."""
     with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8", errors="backslashreplace")
     return Path(path)
 
 

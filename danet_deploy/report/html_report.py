@@ -66,7 +66,7 @@ def collect_examples(
     names = [name for name, _ in sorted(ranked.items(), key=lambda kv: kv[1])[:limit]]
     if not names:
         return []
-    index = {str(path.relative_to(dataset.root)): i for i, (path, _) in enumerate(dataset.items)}
+    index = {dataset.name(path): i for i, (path, _) in enumerate(dataset.items)}
     size = common_input_size(r.input_spec.static_size for r in runners) if protocol.crop is None else None
     examples = []
     with activated(runners):

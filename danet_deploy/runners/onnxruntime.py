@@ -10,7 +10,7 @@ from typing import Any
 
 from danet_deploy.artifact import OnnxModel, Precision, onnxruntime_session
 from danet_deploy.errors import BadInputError
-from danet_deploy.runners.base import Runner, cpu_device
+from danet_deploy.runners.base import Runner, check_image_model, cpu_device
 
 
 @contextlib.contextmanager
@@ -49,6 +49,7 @@ class OnnxRuntimeRunner(Runner):
         # Read the graph's metadata once and keep only the small parts (not the proto).
         model = OnnxModel.load(path, external_data=False)
         model.require_runnable()
+        check_image_model(model)
         self.path: Path = model.path
         self.metadata = model.metadata  # the danet-deploy metadata (config, provenance, io): small JSON
         self._threads = threads
