@@ -66,7 +66,7 @@ class MemoryPlan:
 
     @property
     def peak(self) -> StepEstimate:
-        return max(self.steps, key=lambda s: s.bytes)
+        return max(self.steps, key=lambda s: s.bytes, default=StepEstimate("nothing to run here", 0))
 
     def lines(self) -> list[str]:
         size = f"{self.input_size[0]}x{self.input_size[1]}"
