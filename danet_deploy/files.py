@@ -42,10 +42,18 @@ from danet_deploy.errors import BadInputError
 PathLike = str | os.PathLike[str]
 
 
+def resolve(path: PathLike) -> Path:
+    """The absolute path with symlinks resolved; a symbolic link loop is the path's error (exit code 2)."""
+    try:
+        return Path(path).resolve()
+    except (RuntimeError, OSError):  # pathlib raises RuntimeError("Symlink loop ...") before Python 3.13
+        raise BadInputError(f"{path}: a symbolic link loop") from None
+
+
 def same_file(a: PathLike, b: PathLike) -> bool:
     """True when two paths name one file: equal after resolving symlinks, or hard links to one inode."""
     pa, pb = Path(a), Path(b)
-    if pa.resolve() == pb.resolve():
+    if resolve(pa) == resolve(pb):
         return True
     try:
         return os.path.samefile(pa, pb)
@@ -181,14 +189,14 @@ def check_output(path: PathLike, inputs: Iterable[PathLike | None] = ()) -> Path
     files are ever replaced: a device, FIFO or socket at the output path (or behind a symlink) is refused.
     Also removes what killed earlier runs left in the destination folder (`remove_stale_temporaries`)."""
     target = Path(path)
-    resolved = target.resolve()
+    resolved = resolve(target)
     for source in inputs:
         if source is None:
             continue
         source_path = Path(source)
         if same_file(target, source_path):
             raise BadInputError(f"{target}: is also an input of this command; write the output to another path")
-        if resolved.exists() and source_path.is_dir() and _inside(resolved, source_path.resolve()):
+        if resolved.exists() and source_path.is_dir() and _inside(resolved, resolve(source_path)):
             raise BadInputError(f"{target}: is a file of the input folder {source_path}; write the output elsewhere")
         if (
             resolved.is_file()
