@@ -313,7 +313,7 @@ def _checked_palette(palette: Any) -> tuple[tuple[int, int, int], ...]:
     for i, colour in enumerate(palette):
         if not isinstance(colour, (tuple, list)) or len(colour) != 3:
             raise ValueError(f"palette colour {i} must be three integers [R, G, B], got {_shown(colour)}")
-        if not all(isinstance(c, numbers.Integral) and not isinstance(c, bool) and 0 <= c <= 255 for c in colour):
+        if not all(_is_int(c) and 0 <= int(c) <= 255 for c in colour):
             raise ValueError(f"palette colour {i} must be three integers 0-255, got {_shown(colour)}")
         colours.append((int(colour[0]), int(colour[1]), int(colour[2])))  # numpy ints -> int, for JSON
     return tuple(colours)

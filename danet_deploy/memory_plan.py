@@ -161,7 +161,7 @@ def onnx_file_facts(
 def _initializer_bytes(tensor: onnx.TensorProto) -> int:
     if tensor.raw_data:
         return len(tensor.raw_data)
-    itemsize = {onnx.TensorProto.FLOAT16: 2, onnx.TensorProto.INT8: 1, onnx.TensorProto.UINT8: 1}
+    itemsize: dict[int, int] = {onnx.TensorProto.FLOAT16: 2, onnx.TensorProto.INT8: 1, onnx.TensorProto.UINT8: 1}
     return math.prod(tensor.dims) * itemsize.get(tensor.data_type, 4)
 
 

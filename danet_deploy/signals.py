@@ -53,7 +53,7 @@ def interrupts_held() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    held: list[tuple[int, object]] = []
+    held: list[tuple[int, FrameType | None]] = []
     previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append((signum, frame)))
     try:
         yield
@@ -61,6 +61,6 @@ def interrupts_held() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
     if held:
         if callable(previous):
-            previous(*held[0])  # Python's handler (or the CLI's) raises KeyboardInterrupt
+            previous(held[0][0], held[0][1])  # Python's handler (or the CLI's) raises KeyboardInterrupt
         elif previous == signal.SIG_DFL:
             os.kill(os.getpid(), signal.SIGINT)

@@ -90,7 +90,7 @@ class OnnxRuntimeRunner(Runner):
 
                 if self._bounded:
                     self._session, evaluation = fp16_check_session(self.path)
-                    self._evaluated = evaluation.describe()
+                    self._evaluated = evaluation.describe() if evaluation is not None else "as written"
                 else:
                     self._session = fp16_session(self.path, bounded=False)
             elif self._bounded:
