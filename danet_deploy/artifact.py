@@ -194,8 +194,18 @@ def onnxruntime_session(
     if isinstance(model, onnx.ModelProto):
         model = model.SerializeToString()
     source = model if isinstance(model, bytes) else str(model)
+    if isinstance(source, str) and not _utf8(source):
+        raise BadInputError(f"{source}: ONNX Runtime cannot open a file whose name is not UTF-8; rename the file")
     extra = {"disabled_optimizers": disabled_optimizers} if disabled_optimizers else {}
     return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"], **extra)
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a name that is not UTF-8 (os.fsdecode's lone surrogates)
+        return False
+    return True
 
 
 # Operator domains ONNX Runtime implements besides the default one (its contrib ops, classical ML).

@@ -155,3 +155,13 @@ def test_simplify_refuses_a_model_that_is_not_fp32(fp32_onnx: Path, tmp_path: Pa
     with pytest.raises(BadInputError, match=r"m\.fp16\.onnx: is an FP16 model; simplify the FP32 model"):
         simplify_file(tmp_path / "m.fp16.onnx", tmp_path / "out.onnx", target="ort")
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_a_model_file_name_that_is_not_utf8_is_refused_up_front_escaped(fp32_onnx: Path, tmp_path: Path) -> None:
+    import os
+    import shutil
+
+    latin1 = Path(os.fsdecode(bytes(tmp_path) + b"/caf\xe9.onnx"))
+    shutil.copyfile(fp32_onnx, latin1)
+    with pytest.raises(BadInputError, match=r"caf\\xe9\.onnx: ONNX Runtime cannot open a file whose name is not UTF-8"):
+        OnnxRuntimeRunner(latin1)

@@ -39,6 +39,12 @@ ACCEPTED_INPUT = (
 def check_image_model(model: OnnxModel) -> None:
     """Refuse, before any session or data, an ONNX model that is not one image in and logits out (a foreign model
     with an extra input, another input type or layout): exit 2 saying what danet-deploy runs."""
+    try:
+        str(model.path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadInputError(
+            f"{model.path}: ONNX Runtime cannot open a file whose name is not UTF-8; rename it"
+        ) from None
     graph = model.proto.graph
     weights = {i.name for i in graph.initializer}
     inputs = [i for i in graph.input if i.name not in weights]  # older exporters list weights as inputs too

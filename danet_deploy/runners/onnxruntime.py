@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from danet_deploy.artifact import OnnxModel, Precision, onnxruntime_session
-from danet_deploy.errors import BadInputError
+from danet_deploy.errors import BadInputError, DeployError
 from danet_deploy.runners.base import Runner, check_image_model, cpu_device
 
 
@@ -100,6 +100,8 @@ class OnnxRuntimeRunner(Runner):
                 self._evaluated = evaluation.describe()
             else:
                 self._session = onnxruntime_session(self.path, self._threads, flush_denormals=True)
+        except DeployError:
+            raise
         except Exception as exc:  # onnxruntime raises its own exception types for invalid models
             raise BadInputError(
                 f"{self.path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0][:160]})"

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from danet_deploy.artifact import OnnxModel
+from danet_deploy.errors import printable
 from danet_deploy.files import (
     PathLike,
 )
@@ -31,8 +32,7 @@ def backend_names(kind: str, paths: Sequence[PathLike]) -> list[str]:
             other[-depth:] == own[-depth:] for j, other in enumerate(parts) if j != i and other != own
         ):
             depth += 1
-        name = "/".join(own[-depth:])
-        names.append(f"{kind}:{name}")
+        names.append(printable(f"{kind}:{'/'.join(own[-depth:])}"))  # file names reach every report
     # One file given twice: numbered.
     return [f"{n} #{names[: i + 1].count(n)}" if names.count(n) > 1 else n for i, n in enumerate(names)]
 
