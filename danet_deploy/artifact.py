@@ -194,8 +194,18 @@ def onnxruntime_session(
     if isinstance(model, onnx.ModelProto):
         model = model.SerializeToString()
     source = model if isinstance(model, bytes) else str(model)
+    if isinstance(source, str) and not _utf8(source):
+        raise BadInputError(f"{source}: ONNX Runtime cannot open a file whose name is not UTF-8; rename the file")
     extra = {"disabled_optimizers": disabled_optimizers} if disabled_optimizers else {}
     return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"], **extra)
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a name that is not UTF-8 (os.fsdecode's lone surrogates)
+        return False
+    return True
 
 
 # Operator domains ONNX Runtime implements besides the default one (its contrib ops, classical ML).
@@ -279,9 +289,16 @@ class OnnxModel:
                 f"{self.path}: no danet-deploy model config in the ONNX metadata (export it with danet-deploy)"
             )
         try:
-            return ModelConfig.from_dict(self.metadata["model_config"])
+            config = ModelConfig.from_dict(self.metadata["model_config"])
         except (TypeError, ValueError) as exc:
             raise BadInputError(f"{self.path}: invalid model config in the ONNX metadata ({exc})") from None
+        dims = self.proto.graph.output[0].type.tensor_type.shape.dim if self.proto.graph.output else []
+        if len(dims) > 1 and dims[1].HasField("dim_value") and dims[1].dim_value != config.num_classes:
+            raise BadInputError(
+                f"{self.path}: invalid model config in the ONNX metadata (num_classes {config.num_classes}, "
+                f"but the model's logits have {dims[1].dim_value} channels)"
+            )
+        return config
 
     @property
     def input_size(self) -> tuple[int, int]:

@@ -32,11 +32,10 @@ from danet_deploy.config import check_class_names, parse_dims, parse_shape, pars
 from danet_deploy.errors import (
     EXIT_BAD_INPUT,
     EXIT_INTERNAL,
-    EXIT_INTERRUPTED,
-    INTERRUPTED,
     CheckFailedError,
     DeployError,
     OptionError,
+    user_error,
 )
 from danet_deploy.files import check_output, removed_on_failure, write_json
 from danet_deploy.options import (
@@ -51,6 +50,7 @@ from danet_deploy.options import (
 )
 from danet_deploy.progress import PeriodicLines
 from danet_deploy.progress import Progress as LibraryProgress
+from danet_deploy.signals import install_termination_handlers, interruption
 from danet_deploy.version import __version__
 
 if TYPE_CHECKING:
@@ -163,6 +163,9 @@ def guarded(fn: F) -> F:
         except Exception as exc:
             if _interrupted(exc):
                 raise _exit_interrupted() from None
+            if (error := user_error(exc)) is not None:  # a full disk, a symbolic link loop: the file's problem
+                err.print(f"[red]error:[/] {escape(one_line(str(error)))}", highlight=False, soft_wrap=True)
+                raise typer.Exit(error.exit_code) from None
             if verbose or os.environ.get("DANET_DEPLOY_DEBUG"):
                 traceback.print_exc()
             first = str(exc).splitlines()[0] if str(exc) else ""
@@ -180,8 +183,9 @@ def guarded(fn: F) -> F:
 
 
 def _exit_interrupted() -> typer.Exit:
-    err.print(f"[red]{escape(INTERRUPTED)}[/]", highlight=False)
-    return typer.Exit(EXIT_INTERRUPTED)
+    message, code = interruption()  # Ctrl-C: 130; SIGTERM, SIGHUP: 143, 129
+    err.print(f"[red]{escape(message)}[/]", highlight=False)
+    return typer.Exit(code)
 
 
 def _usage_error(message: str) -> DeployError:
@@ -897,6 +901,7 @@ def _check_arguments(argv: list[str]) -> None:
 def main() -> None:
     """The `danet-deploy` entry point: usage errors as one line (exit 2), Ctrl-C as exit 130 in every stage."""
     signal.signal(signal.SIGINT, _on_sigint)
+    install_termination_handlers()
     try:
         _check_arguments(sys.argv[1:])
         code = app(standalone_mode=False)

@@ -135,26 +135,15 @@ class ModelConfig:
             if isinstance(value, list):
                 value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
                 object.__setattr__(self, f.name, value)
-        if self.depth not in BLOCKS_PER_DEPTH:
-            raise ValueError(f"unsupported ResNet depth {self.depth}; choose from {sorted(BLOCKS_PER_DEPTH)}")
-        if len(self.stem_channels) not in (1, 3):
-            raise ValueError(f"stem_channels must have 1 (7x7) or 3 (deep stem) entries, got {self.stem_channels}")
+        _check_fields(self)
         check_class_names(self.class_names)
         if len(self.class_names) != self.num_classes:
-            raise ValueError(f"{len(self.class_names)} class names for {self.num_classes} classes")
+            raise ValueError(f"class_names: {len(self.class_names)} class names for {self.num_classes} classes")
         object.__setattr__(self, "palette", _checked_palette(self.palette))
         if len(self.palette) < self.num_classes:
             if self.palette != CITYSCAPES_PALETTE:  # a palette someone gave must colour every class
                 raise ValueError(f"palette has {len(self.palette)} colours for {self.num_classes} classes")
             object.__setattr__(self, "palette", default_palette(self.num_classes))
-        if self.position_attention not in POSITION_ATTENTIONS:
-            raise ValueError(
-                f"unknown position_attention {self.position_attention!r}; choose from {', '.join(POSITION_ATTENTIONS)}"
-            )
-        if self.channel_attention not in CHANNEL_ATTENTIONS:
-            raise ValueError(
-                f"unknown channel_attention {self.channel_attention!r}; choose from {', '.join(CHANNEL_ATTENTIONS)}"
-            )
         if self.position_attention == "shuffle" and (
             self.sa_groups < 2 or self.head_channels % (2 * self.sa_groups) != 0
         ):
@@ -229,6 +218,74 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+# Ranges of the numeric fields a model config may hold (untrusted: ONNX metadata, checkpoints, sidecars).
+MAX_CLASSES = 65535  # label PNGs hold at most 16-bit class ids
+MAX_CHANNELS = 4096
+MAX_DILATION = 64
+MIN_INPUT_SIDE = 8  # one feature-map cell at the output stride
+MAX_INPUT_SIDE = 16384
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _int_field(config: ModelConfig, name: str, low: int, high: int) -> None:
+    value = getattr(config, name)
+    if not _is_int(value) or not low <= value <= high:
+        raise ValueError(f"{name} must be an integer {low}-{high}, got {_shown(value)}")
+    object.__setattr__(config, name, int(value))  # numpy ints from checkpoints -> int, for JSON
+
+
+def _ints_field(config: ModelConfig, name: str, lengths: tuple[int, ...], low: int, high: int) -> None:
+    value = getattr(config, name)
+    if not isinstance(value, tuple) or len(value) not in lengths:
+        counts = " or ".join(map(str, lengths))
+        raise ValueError(f"{name} must be a list of {counts} integers, got {_shown(value)}")
+    if not all(_is_int(v) and low <= v <= high for v in value):
+        raise ValueError(f"{name} must hold integers {low}-{high}, got {_shown(value)}")
+    object.__setattr__(config, name, tuple(int(v) for v in value))
+
+
+def _floats_field(config: ModelConfig, name: str, positive: bool) -> None:
+    value = getattr(config, name)
+    if not isinstance(value, tuple) or len(value) != 3:
+        raise ValueError(f"{name} must be a list of 3 numbers (R, G, B), got {_shown(value)}")
+    numeric = all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+    if not numeric or (positive and not all(v > 0 for v in value)):
+        what = "positive finite numbers" if positive else "finite numbers"
+        raise ValueError(f"{name} must hold 3 {what}, got {_shown(value)}")
+    object.__setattr__(config, name, tuple(float(v) for v in value))
+
+
+def _check_fields(config: ModelConfig) -> None:
+    """The one validator of a model config's fields: exact types, lengths and ranges (ValueError naming the
+    field). A value of the wrong type is refused, not coerced: `align_corners: "yes"`, a `mean` of strings."""
+    if not _is_int(config.depth) or config.depth not in BLOCKS_PER_DEPTH:
+        raise ValueError(
+            f"depth: unsupported ResNet depth {_shown(config.depth)}; choose from {sorted(BLOCKS_PER_DEPTH)}"
+        )
+    _int_field(config, "depth", 18, 152)
+    _int_field(config, "num_classes", 1, MAX_CLASSES)
+    _int_field(config, "base_width", 1, MAX_CHANNELS)
+    _ints_field(config, "stem_channels", (1, 3), 1, MAX_CHANNELS)
+    _ints_field(config, "layer4_dilations", tuple(range(1, 9)), 1, MAX_DILATION)
+    if not isinstance(config.align_corners, bool):
+        raise ValueError(f"align_corners must be true or false, got {_shown(config.align_corners)}")
+    _floats_field(config, "mean", positive=False)
+    _floats_field(config, "std", positive=True)  # a zero or negative std inverts or blows up every input
+    _ints_field(config, "input_size", (2,), MIN_INPUT_SIDE, MAX_INPUT_SIDE)
+    _int_field(config, "ignore_index", 0, MAX_CLASSES)
+    if config.ignore_index < config.num_classes:
+        raise ValueError(f"ignore_index {config.ignore_index} is a class id (the model has {config.num_classes})")
+    _int_field(config, "sa_groups", 1, MAX_CHANNELS)
+    _int_field(config, "se_reduction", 1, MAX_CHANNELS)
+    for name, choices in (("position_attention", POSITION_ATTENTIONS), ("channel_attention", CHANNEL_ATTENTIONS)):
+        value = getattr(config, name)
+        if not isinstance(value, str) or value not in choices:
+            raise ValueError(f"unknown {name} {_shown(value)}; choose from {', '.join(choices)}")
+
+
 def check_class_names(names: Any) -> None:
     """Names are shown in reports and terminals: plain, short, one-line, distinct strings."""
     if not isinstance(names, tuple):
@@ -256,7 +313,7 @@ def _checked_palette(palette: Any) -> tuple[tuple[int, int, int], ...]:
     for i, colour in enumerate(palette):
         if not isinstance(colour, (tuple, list)) or len(colour) != 3:
             raise ValueError(f"palette colour {i} must be three integers [R, G, B], got {_shown(colour)}")
-        if not all(isinstance(c, numbers.Integral) and not isinstance(c, bool) and 0 <= c <= 255 for c in colour):
+        if not all(_is_int(c) and 0 <= int(c) <= 255 for c in colour):
             raise ValueError(f"palette colour {i} must be three integers 0-255, got {_shown(colour)}")
         colours.append((int(colour[0]), int(colour[1]), int(colour[2])))  # numpy ints -> int, for JSON
     return tuple(colours)

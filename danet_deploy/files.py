@@ -11,9 +11,13 @@ cache entries.
   sidecar) appear together: renames wait for the end of the block and none happens if it fails.
 - `removed_on_failure` makes a multi-stage command (`demo`) all-or-nothing as a whole: the files its stages
   created are removed again when a later stage fails or is interrupted.
-- Temporary names carry the writer's process id (`.NAME.<pid>.XXXX.tmp`, `.danet-deploy-<pid>-XXXX`): a run
-  killed with SIGKILL leaves only hidden files, and `check_output` of the next run in that folder removes
-  those whose process is gone.
+- Temporary names carry a tag no user file has and the writer's run id (`.NAME.danet-deploy-tmp-<run>.XXXX.tmp`,
+  `.scratch.danet-deploy-tmp-<run>.XXXX.tmp`; `run_id`): a run killed with SIGKILL leaves only hidden files, and
+  `check_output` of a later run in that folder removes those of dead runs (`remove_stale_temporaries`): a run of
+  this machine and pid namespace whose process is gone, or one of another machine or container that is older
+  than `FOREIGN_STALE_AFTER`. Nothing else in the folder is ever touched.
+- Every OSError of a write that is about the destination (full disk, size limit, read-only, permission, symlink
+  loop) is a BadInputError naming the file (exit code 2).
 """
 
 from __future__ import annotations
@@ -21,12 +25,14 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import errno
+import functools
 import hashlib
 import json
 import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -36,10 +42,18 @@ from danet_deploy.errors import BadInputError
 PathLike = str | os.PathLike[str]
 
 
+def resolve(path: PathLike) -> Path:
+    """The absolute path with symlinks resolved; a symbolic link loop is the path's error (exit code 2)."""
+    try:
+        return Path(path).resolve()
+    except (RuntimeError, OSError):  # pathlib raises RuntimeError("Symlink loop ...") before Python 3.13
+        raise BadInputError(f"{path}: a symbolic link loop") from None
+
+
 def same_file(a: PathLike, b: PathLike) -> bool:
     """True when two paths name one file: equal after resolving symlinks, or hard links to one inode."""
     pa, pb = Path(a), Path(b)
-    if pa.resolve() == pb.resolve():
+    if resolve(pa) == resolve(pb):
         return True
     try:
         return os.path.samefile(pa, pb)
@@ -47,8 +61,51 @@ def same_file(a: PathLike, b: PathLike) -> bool:
         return False
 
 
-# Hidden temporaries this module creates: ".NAME.<pid>.XXXX.tmp" files and ".danet-deploy-<pid>-XXXX" folders.
-_TEMP_NAME = re.compile(r"^\.(?:.+\.(?P<file_pid>\d+)\..+\.tmp|danet-deploy-(?P<dir_pid>\d+)-.+)$")
+# Hidden temporaries this module creates carry this tag and the writer's run id (`run_id`).
+TEMP_TAG = "danet-deploy-tmp"
+_TEMP_NAME = re.compile(
+    rf"^\..*\.{TEMP_TAG}-(?P<host>[0-9a-f]{{12}})-(?P<pid>\d+)-(?P<start>\d+)\.[a-z0-9_]+\.tmp$", re.DOTALL
+)
+# A temporary of another machine or pid namespace (a container on a shared volume) cannot be checked for a live
+# writer: it is removed only when it has not changed for this long.
+FOREIGN_STALE_AFTER = 2 * 24 * 3600.0
+
+
+def _process_start(pid: int | str) -> str:
+    """The process's start time in clock ticks since boot ('0' where /proc is missing): with the pid it tells a
+    live writer from a later process that reuses its pid."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        return stat[stat.rindex(b")") + 2 :].split()[19].decode()
+    except (OSError, ValueError, IndexError):
+        return "0"
+
+
+def _host_key() -> str:
+    """This machine (boot id, host name) and pid namespace, hashed: pids of runs with the same key are ours to
+    check; the same pid in another container is another process."""
+    parts = [os.uname().nodename]
+    with contextlib.suppress(OSError):
+        parts.append(Path("/proc/sys/kernel/random/boot_id").read_text().strip())
+    with contextlib.suppress(OSError):
+        parts.append(os.readlink("/proc/self/ns/pid"))
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:12]
+
+
+@functools.cache
+def _run_mark(pid: int) -> str:
+    return f"{TEMP_TAG}-{_host_key()}-{pid}-{_process_start('self')}"
+
+
+def run_id() -> str:
+    """The tag and id every temporary of this run carries: machine and pid namespace key, pid and process start
+    (computed per process: a forked or spawned worker has its own)."""
+    return _run_mark(os.getpid())
+
+
+def _temporary_prefix(name: str) -> str:
+    return f".{name[:100]}.{run_id()}."
 
 
 def _alive(pid: int) -> bool:
@@ -61,19 +118,29 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _is_stale(entry: Path, match: re.Match[str]) -> bool:
+    if match.group("host") != _host_key():
+        try:
+            return time.time() - entry.lstat().st_mtime > FOREIGN_STALE_AFTER
+        except OSError:
+            return False
+    pid = int(match.group("pid"))
+    if not _alive(pid):
+        return True
+    start = _process_start(pid)
+    return start != "0" and start != match.group("start")  # the pid now belongs to another process
+
+
 def remove_stale_temporaries(folder: PathLike) -> list[Path]:
-    """Remove the hidden temporaries of danet-deploy runs in `folder` whose process no longer exists."""
-    removed = []
+    """Remove the hidden temporaries of dead danet-deploy runs in `folder` (only names with our tag and run id)."""
+    removed: list[Path] = []
     try:
         entries = list(Path(folder).iterdir())
     except OSError:
         return removed
     for entry in entries:
         match = _TEMP_NAME.match(entry.name)
-        if match is None:
-            continue
-        pid = int(match.group("file_pid") or match.group("dir_pid"))
-        if pid == os.getpid() or _alive(pid):
+        if match is None or not _is_stale(entry, match):
             continue
         with contextlib.suppress(OSError):
             shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
@@ -122,14 +189,14 @@ def check_output(path: PathLike, inputs: Iterable[PathLike | None] = ()) -> Path
     files are ever replaced: a device, FIFO or socket at the output path (or behind a symlink) is refused.
     Also removes what killed earlier runs left in the destination folder (`remove_stale_temporaries`)."""
     target = Path(path)
-    resolved = target.resolve()
+    resolved = resolve(target)
     for source in inputs:
         if source is None:
             continue
         source_path = Path(source)
         if same_file(target, source_path):
             raise BadInputError(f"{target}: is also an input of this command; write the output to another path")
-        if resolved.exists() and source_path.is_dir() and _inside(resolved, source_path.resolve()):
+        if resolved.exists() and source_path.is_dir() and _inside(resolved, resolve(source_path)):
             raise BadInputError(f"{target}: is a file of the input folder {source_path}; write the output elsewhere")
         if (
             resolved.is_file()
@@ -150,7 +217,7 @@ def check_output(path: PathLike, inputs: Iterable[PathLike | None] = ()) -> Path
     if not folder.is_dir():
         raise BadInputError(f"{target}: cannot be created ({folder} is not a folder)")
     try:  # a real probe: access() says yes to root in read-only or virtual folders (/proc)
-        with tempfile.NamedTemporaryFile(prefix=".danet-deploy-probe-", dir=folder):
+        with tempfile.NamedTemporaryFile(prefix=_temporary_prefix("probe"), suffix=".tmp", dir=folder):
             pass
     except OSError as exc:
         raise BadInputError(f"{target}: cannot write to folder {folder} ({exc.strerror})") from None
@@ -245,7 +312,29 @@ def kept() -> Iterator[None]:
 
 
 # Errors of a write that are about the destination, not the data: the file is named, exit code 2.
-_DESTINATION_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
+_DESTINATION_ERRORS = (
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EFBIG,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EIO,
+    errno.ELOOP,
+    errno.ENAMETOOLONG,
+)
+
+
+def write_error(exc: OSError, target: Path, own: Iterable[PathLike] = ()) -> BadInputError | None:
+    """The one-line error for an OSError of writing `target` (through one of the `own` paths), or None when the
+    error is not about the destination: another file named in it (the block may do other I/O: an export runs).
+    A write() that fails names no file (onnx.save, file.write): it is the destination's."""
+    if exc.errno not in _DESTINATION_ERRORS:
+        return None
+    names = {str(p) for p in (target, *own)}
+    if exc.filename is not None and str(exc.filename) not in names:
+        return None
+    return BadInputError(f"{target}: cannot be written ({exc.strerror or os.strerror(exc.errno)})")
 
 
 @contextlib.contextmanager
@@ -260,7 +349,10 @@ def all_or_nothing() -> Iterator[None]:
     try:
         yield
         for tmp, target in pending:
-            _place(tmp, target)
+            try:
+                _place(tmp, target)
+            except OSError as exc:
+                raise write_error(exc, target, [tmp]) or exc from None
     finally:
         _pending.reset(token)
         for tmp, _ in pending:
@@ -272,24 +364,25 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     """Yield a hidden temporary path beside `path`; rename it onto `path` only if the block succeeds (and,
     inside `all_or_nothing`, only when that block succeeds)."""
     target = Path(path)
-    make_dirs(target.parent)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    pending = _pending.get()
+    tmp: Path | None = None
     try:
+        make_dirs(target.parent)
+        fd, tmp_name = tempfile.mkstemp(prefix=_temporary_prefix(target.name), suffix=".tmp", dir=target.parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
+        pending = _pending.get()
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())
         if pending is None:
             _place(tmp, target)
         else:
             pending.append((tmp, target))
-            tmp = None  # type: ignore[assignment]  # all_or_nothing renames or removes it
+            tmp = None  # all_or_nothing renames or removes it
     except OSError as exc:
-        # Only an error of the write itself is the destination's: the block may do other I/O (an export runs).
-        if exc.errno not in _DESTINATION_ERRORS or exc.filename not in (str(tmp), str(target), tmp, target):
+        error = write_error(exc, target, [target.parent] if tmp is None else [tmp, target.parent])
+        if error is None:
             raise
-        raise BadInputError(f"{target}: cannot be written ({exc.strerror})") from None
+        raise error from None
     finally:
         if tmp is not None:
             tmp.unlink(missing_ok=True)
@@ -299,8 +392,32 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
 def scratch_dir(near: PathLike) -> Iterator[Path]:
     """A hidden temporary folder beside `near` (same file system, so results can be renamed out of it)."""
     folder = make_dirs(Path(near).parent)
-    with tempfile.TemporaryDirectory(prefix=f".danet-deploy-{os.getpid()}-", dir=folder) as tmp:
+    with tempfile.TemporaryDirectory(prefix=_temporary_prefix("scratch"), suffix=".tmp", dir=folder) as tmp:
         yield Path(tmp)
+
+
+@contextlib.contextmanager
+def temporary_folder(purpose: str) -> Iterator[Path]:
+    """A private folder in the system's temporary folder (TMPDIR) for a stage's intermediate files, removed after
+    the block; a write there that fails for lack of room or rights is exit 2 naming the folder, not a crash."""
+    where = Path(tempfile.gettempdir())
+    try:
+        folder = tempfile.TemporaryDirectory(prefix=f"danet-{purpose}-")
+    except OSError as exc:
+        if exc.errno not in _DESTINATION_ERRORS:
+            raise
+        raise BadInputError(f"{where}: cannot create a temporary folder ({exc.strerror})") from None
+    with folder as tmp:
+        try:
+            yield Path(tmp)
+        except OSError as exc:
+            named = exc.filename is None or Path(str(exc.filename)).is_relative_to(tmp)
+            if exc.errno not in _DESTINATION_ERRORS or not named:
+                raise
+            raise BadInputError(
+                f"{where}: cannot write a temporary file ({exc.strerror or os.strerror(exc.errno)}); "
+                "free space there or set TMPDIR to a folder with room"
+            ) from None
 
 
 def write_bytes(path: PathLike, data: bytes) -> Path:
@@ -310,8 +427,10 @@ def write_bytes(path: PathLike, data: bytes) -> Path:
 
 
 def write_text(path: PathLike, text: str) -> Path:
+    """UTF-8; a character that has none (a lone surrogate from a file name that is not UTF-8, which the callers
+    escape first) is written as its escape rather than failing the whole report."""
     with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8", errors="backslashreplace")
     return Path(path)
 
 

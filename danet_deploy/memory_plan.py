@@ -24,7 +24,7 @@ from danet_deploy.errors import BadInputError
 from danet_deploy.graph.shapes import structure_only
 from danet_deploy.precision.bounded_calibration import CALIBRATION_SEGMENT_BYTES
 from danet_deploy.progress import Progress, format_bytes
-from danet_deploy.versions import available_memory
+from danet_deploy.versions import memory_bound
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -62,14 +62,18 @@ class MemoryPlan:
     input_size: tuple[int, int]
     steps: list[StepEstimate] = field(default_factory=list)
     available: int | None = None
+    available_from: str = ""  # the limit `available` comes from: "MemAvailable", "cgroup v1 ...", "RLIMIT_AS"
 
     @property
     def peak(self) -> StepEstimate:
-        return max(self.steps, key=lambda s: s.bytes)
+        return max(self.steps, key=lambda s: s.bytes, default=StepEstimate("nothing to run here", 0))
 
     def lines(self) -> list[str]:
         size = f"{self.input_size[0]}x{self.input_size[1]}"
-        free = f"{format_bytes(self.available)} available" if self.available is not None else "available: unknown"
+        source = f" ({self.available_from})" if self.available_from else ""
+        free = (
+            f"{format_bytes(self.available)} available{source}" if self.available is not None else "available: unknown"
+        )
         lines = [f"memory plan for {self.command} at {size} (estimated peak resident memory; {free}):"]
         for s in self.steps:
             lines.append(f"  {s.step}: {format_bytes(s.bytes)}" + (f" ({s.detail})" if s.detail else ""))
@@ -88,13 +92,17 @@ class MemoryPlan:
         peak = self.peak
         raise BadInputError(
             f"{self.command} at {self.input_size[0]}x{self.input_size[1]} needs an estimated "
-            f"{format_bytes(peak.bytes)} ({peak.step}); {format_bytes(self.available)} is available "
+            f"{format_bytes(peak.bytes)} ({peak.step}); {format_bytes(self.available)} is available"
+            f"{f' ({self.available_from})' if self.available_from else ''} "
             "(--force tries anyway)"
         )
 
 
 def new_plan(command: str, input_size: tuple[int, int]) -> MemoryPlan:
-    return MemoryPlan(command, input_size, [], available_memory())
+    bound = memory_bound()
+    if bound is None:
+        return MemoryPlan(command, input_size, [])
+    return MemoryPlan(command, input_size, [], bound.bytes, bound.source)
 
 
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
@@ -153,7 +161,7 @@ def onnx_file_facts(
 def _initializer_bytes(tensor: onnx.TensorProto) -> int:
     if tensor.raw_data:
         return len(tensor.raw_data)
-    itemsize = {onnx.TensorProto.FLOAT16: 2, onnx.TensorProto.INT8: 1, onnx.TensorProto.UINT8: 1}
+    itemsize: dict[int, int] = {onnx.TensorProto.FLOAT16: 2, onnx.TensorProto.INT8: 1, onnx.TensorProto.UINT8: 1}
     return math.prod(tensor.dims) * itemsize.get(tensor.data_type, 4)
 
 

@@ -1,4 +1,5 @@
-"""Signals: Ctrl-C held while native extensions load (they abort the process when interrupted mid-import)."""
+"""Signals: SIGTERM and SIGHUP handled like Ctrl-C (`install_termination_handlers`), and Ctrl-C held while native
+extensions load (they abort the process when interrupted mid-import)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,41 @@ import os
 import signal
 import threading
 from collections.abc import Iterator
+from types import FrameType
+
+from danet_deploy.errors import EXIT_INTERRUPTED, INTERRUPTED
+
+# What `docker stop`, systemd, CI cancellation and `timeout` send (SIGTERM), and a closed terminal (SIGHUP).
+TERMINATION_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+_received: list[int] = []  # the termination signals received, first first
+
+
+def install_termination_handlers() -> None:
+    """Make SIGTERM and SIGHUP stop a command the way Ctrl-C does: they run the SIGINT handler in place (the
+    CLI's, which raises KeyboardInterrupt), so every stage unwinds, removes its temporaries and partial outputs,
+    and the command exits with 128 + the signal's number and one line (`interruption`)."""
+    for signum in TERMINATION_SIGNALS:
+        signal.signal(signum, _on_termination)
+
+
+def _on_termination(signum: int, frame: FrameType | None) -> None:
+    _received.append(signum)
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):
+        handler(signal.SIGINT, frame)  # also `interrupts_held`'s holder: raised after the native import
+    elif handler == signal.SIG_DFL:
+        raise KeyboardInterrupt
+    # SIG_IGN: the command has finished and written its outputs; the interpreter is tearing down
+
+
+def interruption() -> tuple[str, int]:
+    """The one line and the exit code of an interrupted command: Ctrl-C is 130, SIGTERM 143, SIGHUP 129."""
+    if not _received:
+        return INTERRUPTED, EXIT_INTERRUPTED
+    signum = _received[0]
+    name = signal.Signals(signum).name
+    return f"interrupted ({name}); no partial output is left", 128 + signum
 
 
 @contextlib.contextmanager
@@ -17,7 +53,7 @@ def interrupts_held() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    held: list[tuple[int, object]] = []
+    held: list[tuple[int, FrameType | None]] = []
     previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append((signum, frame)))
     try:
         yield
@@ -25,6 +61,6 @@ def interrupts_held() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
     if held:
         if callable(previous):
-            previous(*held[0])  # Python's handler (or the CLI's) raises KeyboardInterrupt
+            previous(held[0][0], held[0][1])  # Python's handler (or the CLI's) raises KeyboardInterrupt
         elif previous == signal.SIG_DFL:
             os.kill(os.getpid(), signal.SIGINT)

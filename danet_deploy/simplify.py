@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from danet_deploy.artifact import META_GRAPH, InputSpec, OnnxModel, read_metadata, write_metadata
+from danet_deploy.artifact import META_GRAPH, InputSpec, OnnxModel, Precision, read_metadata, write_metadata
 from danet_deploy.bounded_ort.query_blocks import bounded_session
 from danet_deploy.config import ModelConfig
 from danet_deploy.data.preprocess import resize_image
@@ -253,6 +253,10 @@ def simplify_file(
     where = Path(in_path)
     source = OnnxModel.load(in_path)
     source.require_runnable()
+    if source.precision is not Precision.FP32:  # the passes and their checks are written for the FP32 graph
+        raise BadInputError(
+            f"{where}: is an {source.precision.value.upper()} model; simplify the FP32 model, then convert that one"
+        )
     protos = [source.proto]
     del source
     try:

@@ -25,7 +25,8 @@ import pytest
 import typer
 
 from danet_deploy import files
-from danet_deploy.cli import EXIT_INTERRUPTED, guarded
+from danet_deploy.cli import guarded
+from danet_deploy.errors import EXIT_INTERRUPTED
 from danet_deploy.options import Int8Options
 
 from .support.cli import assert_one_line_error, run
@@ -626,20 +627,24 @@ def test_removed_on_failure_takes_back_what_a_failed_pipeline_created(tmp_path: 
 def test_a_killed_runs_temporaries_are_removed_by_the_next_run(tmp_path: Path) -> None:
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     pid = int(dead.stdout)  # a process that has exited
-    stale_file = tmp_path / f".model.onnx.{pid}.k3j2h1.tmp"
-    stale_dir = tmp_path / f".danet-deploy-{pid}-a1b2c3"
-    live = tmp_path / f".other.onnx.{os.getpid()}.z9y8x7.tmp"  # a running writer's: kept
-    user_file = tmp_path / ".hidden-notes.tmp"
+    mark = files.run_id().replace(f"-{os.getpid()}-", f"-{pid}-")  # what that run's temporaries were named
+    stale_file = tmp_path / f".model.onnx.{mark}.k3j2h1x0.tmp"
+    stale_dir = tmp_path / f".scratch.{mark}.a1b2c3d4.tmp"
+    live = tmp_path / f".other.onnx.{files.run_id()}.z9y8x7w6.tmp"  # a running writer's: kept
+    user_files = [tmp_path / ".hidden-notes.tmp", tmp_path / f".backup.{pid}.01.tmp"]  # the user's own: kept
+    user_dir = tmp_path / f".photos.{pid}.summer.tmp"
     stale_file.write_bytes(b"half")
     stale_dir.mkdir()
     (stale_dir / "raw.onnx").write_bytes(b"half")
-    for path in (live, user_file):
+    user_dir.mkdir()
+    (user_dir / "img.jpg").write_bytes(b"x")
+    for path in (live, *user_files):
         path.write_bytes(b"x")
     files.check_output(tmp_path / "model.onnx")
     assert not stale_file.exists() and not stale_dir.exists()
-    assert live.exists() and user_file.exists()
-    with files.atomic_path(tmp_path / "n.onnx") as tmp:  # the writer tags its temporaries with its pid
-        assert f".{os.getpid()}." in tmp.name and tmp.name.startswith(".")
+    assert live.exists() and all(p.exists() for p in user_files) and (user_dir / "img.jpg").exists()
+    with files.atomic_path(tmp_path / "n.onnx") as tmp:  # the writer tags its temporaries with its run id
+        assert files.run_id() in tmp.name and files.TEMP_TAG in tmp.name and tmp.name.startswith(".")
 
 
 def test_an_interrupt_a_library_wrapped_is_still_exit_130() -> None:

@@ -33,6 +33,7 @@ from danet_deploy.precision.probes import ActivationProbe, MagnitudeProbe, activ
 from danet_deploy.progress import PeriodicLines, duration
 from danet_deploy.simplify import SimplifyOptions, simplify_model
 from danet_deploy.steps import export as export_step
+from danet_deploy.versions import MemoryBound
 
 from .conftest import TINY
 
@@ -244,7 +245,7 @@ def _cli(*args: object) -> object:
 
 @pytest.fixture
 def no_memory(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("danet_deploy.memory_plan.available_memory", lambda: 1 << 20)
+    monkeypatch.setattr("danet_deploy.memory_plan.memory_bound", lambda: MemoryBound(1 << 20, "cgroup v1 test"))
 
 
 @pytest.mark.parametrize("command", ["export", "simplify", "quantize", "verify", "benchmark"])
@@ -272,7 +273,7 @@ def test_a_plan_that_does_not_fit_stops_with_exit_2_before_the_work(
     result = _cli(*args)
     assert result.exit_code == 2, result.output
     assert "memory plan for" in result.output and "needs an estimated" in result.output
-    assert "1.0 MiB is available (--force tries anyway)" in result.output
+    assert "1.0 MiB is available (cgroup v1 test) (--force tries anyway)" in result.output
     assert not out.exists() and not (tmp_path / "r.json").exists()
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from danet_deploy.data.images import image_size, image_suffixes, read_image, read_label_values
-from danet_deploy.errors import BadInputError
+from danet_deploy.errors import BadInputError, printable
 
 IGNORE_INDEX = 255
 
@@ -190,7 +190,9 @@ class Dataset:
         return all(label is not None for _, label in self.items)
 
     def name(self, image: Path) -> str:
-        return str(image.relative_to(self.root))
+        """The image's path in the data set as reports show it: a name that is not UTF-8 (a Latin-1 `caf\\xe9.png`)
+        or holds control characters is escaped, so it reaches JSON, HTML, Markdown and terminals safely."""
+        return printable(str(image.relative_to(self.root)))
 
     def load(self, index: int) -> Sample:
         image_path, label = self.items[index]

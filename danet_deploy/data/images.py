@@ -136,6 +136,7 @@ def _through_icc(img: Image.Image) -> Image.Image:
     from PIL import ImageCms
 
     srgb = ImageCms.createProfile("sRGB")
+    source: ImageCms.ImageCmsProfile | ImageCms.core.CmsProfile
     if img.mode == "LAB":
         source = ImageCms.createProfile("LAB")
     elif img.info.get("icc_profile"):

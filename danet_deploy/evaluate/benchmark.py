@@ -8,18 +8,22 @@ the wall time of `infer()` on the uint8 image plus the argmax.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import multiprocessing
+import os
 import resource
 import signal
 import statistics
 import time
 from dataclasses import asdict, dataclass
+from multiprocessing.connection import Connection
 from typing import Any
 
 import numpy as np
 
 from danet_deploy.artifact import Precision
-from danet_deploy.errors import BadInputError, DeployError
+from danet_deploy.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, BadInputError, DeployError, printable, user_error
 from danet_deploy.runners.base import Runner, cpu_device
 from danet_deploy.versions import tool_versions
 
@@ -100,20 +104,76 @@ def _run_one(runner: Runner, image: np.ndarray, warmup: int, iterations: int) ->
 
 
 def _child(args: tuple) -> dict:
+    runner = args[0]
     try:
         return _run_one(*args)
     except Exception as exc:  # report, do not crash the parent's other backends
-        if isinstance(exc, DeployError):
-            return {"error": str(exc), "exit_code": exc.exit_code}
-        return {"error": f"{type(exc).__name__}: {exc}", "exit_code": 4}
+        error = exc if isinstance(exc, DeployError) else user_error(exc)
+        if error is not None:
+            return {"name": runner.name, "error": str(error), "exit_code": error.exit_code}
+        return {"name": runner.name, "error": printable(f"{type(exc).__name__}: {exc}"), "exit_code": EXIT_INTERNAL}
+
+
+PR_SET_PDEATHSIG = 1  # prctl option: the signal this process gets when its parent exits
+
+
+def _die_with_parent(parent: int) -> None:
+    """Linux: SIGKILL this worker when the process that started it dies (killed, even with SIGKILL), so no
+    benchmark outlives its command; elsewhere the parent's own exit handling terminates it."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
+def _worker(connection: Connection, parent: int, args: tuple) -> None:
+    """The spawned worker: dies with its parent, leaves Ctrl-C to the parent (which stops it), sends one row."""
+    _die_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        connection.send(_child(args))
+    finally:
+        connection.close()
+
+
+def _died(name: str, exitcode: int | None) -> dict:
+    """The row of a worker that ended without a result (the OOM killer's SIGKILL, a crash in a native library)."""
+    if exitcode is not None and exitcode < 0:
+        how = f"killed by {signal.Signals(-exitcode).name}"
+        if -exitcode == signal.SIGKILL:
+            how += " (out of memory? the memory plan above estimates what it needs)"
+    else:
+        how = f"exited with code {exitcode} without a result"
+    return {"name": name, "error": f"{name}: its benchmark process died, {how}", "exit_code": EXIT_BAD_INPUT}
+
+
+def _run_in_process(ctx: Any, runner: Runner, args: tuple) -> dict:
+    """One backend's row from its own spawned process; a process that dies is a failed row, never a hang."""
+    receive, send = ctx.Pipe(duplex=False)
+    process = ctx.Process(target=_worker, args=(send, os.getpid(), args), daemon=True)
+    try:
+        process.start()
+        send.close()  # only the worker holds the sending end: its death is the end of the pipe
+        try:
+            row: dict = receive.recv()
+        except EOFError:
+            process.join()
+            return _died(runner.name, process.exitcode)
+        process.join()
+        return row
+    finally:
+        receive.close()
+        if process.is_alive():  # interrupted (Ctrl-C, SIGTERM): the worker goes with the command
+            process.kill()
+            process.join()
 
 
 def benchmark(runners: list[Runner], image: np.ndarray, warmup: int = 3, iterations: int = 20) -> dict[str, Any]:
     """Benchmark each (inactive) runner in a fresh spawned process, which activates it.
 
-    Returns {"backends": [LatencyStats dict, or {"error", "exit_code"}], "versions": ..., "device": the CPU and the
-    GPUs the backends ran on}. All
-    backends run at one input size: a static backend's size if there is one, else the image's.
+    Returns {"backends": [LatencyStats dict, or {"name", "error", "exit_code"}], "versions": ..., "device": the CPU
+    and the GPUs the backends ran on}. All backends run at one input size: a static backend's size if there is one,
+    else the image's.
     """
     from danet_deploy.data.preprocess import resize_image
     from danet_deploy.evaluate.verify import common_input_size
@@ -127,11 +187,7 @@ def benchmark(runners: list[Runner], image: np.ndarray, warmup: int = 3, iterati
     if size:
         image = resize_image(image, size)
     ctx = multiprocessing.get_context("spawn")
-    results = []
-    for runner in runners:
-        # Ctrl-C is the parent's to handle: it stops the worker (the pool's exit terminates it) and exits 130.
-        with ctx.Pool(1, initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN)) as pool:
-            results.append(pool.apply(_child, ((runner, image, warmup, iterations),)))
+    results = [_run_in_process(ctx, runner, (runner, image, warmup, iterations)) for runner in runners]
     return {"backends": results, "versions": tool_versions("onnxslim", "tensorrt"), "device": devices(results)}
 
 

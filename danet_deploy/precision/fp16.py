@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -32,7 +31,7 @@ import onnx
 from danet_deploy.artifact import OnnxModel, onnxruntime_session
 from danet_deploy.bounded_ort.query_blocks import Evaluation, bounded_session
 from danet_deploy.errors import BadInputError, CheckFailedError
-from danet_deploy.files import atomic_path, sha256_file
+from danet_deploy.files import atomic_path, sha256_file, temporary_folder
 from danet_deploy.graph.editor import GraphEditor
 from danet_deploy.graph.sites import find_light_sites, find_sites
 from danet_deploy.library_noise import quiet_modelopt
@@ -249,7 +248,7 @@ def _autocast(model: onnx.ModelProto, patterns: list[str], rule: Any) -> onnx.Mo
     with interrupts_held():
         from modelopt.onnx.autocast import convert_to_mixed_precision
 
-    with tempfile.TemporaryDirectory(prefix="danet-fp16-") as tmp:
+    with temporary_folder("fp16") as tmp:
         src = Path(tmp) / "model.onnx"
         onnx.save(model, str(src))
         with quiet_modelopt():

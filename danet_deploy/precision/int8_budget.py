@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -17,7 +16,7 @@ import onnx
 
 from danet_deploy.artifact import META_PRECISION, OnnxModel, write_metadata
 from danet_deploy.errors import CheckFailedError, OptionError
-from danet_deploy.files import save_onnx, sha256_file
+from danet_deploy.files import save_onnx, sha256_file, temporary_folder
 from danet_deploy.options import BudgetOptions, Int8Options
 from danet_deploy.precision.calibration_data import CalibrationSet, calibration_set
 from danet_deploy.precision.calibration_images import calibration_folder
@@ -191,7 +190,7 @@ def _with_budget(
     base = list(nodes_to_exclude or [])
     steps: list[BudgetStep] = []
     ranking: list[LayerSensitivity] = []
-    with tempfile.TemporaryDirectory(prefix="danet-int8-budget-") as tmp:
+    with temporary_folder("int8-budget") as tmp:
 
         def attempt(excluded: list[str]) -> tuple[Path, Int8Record, BudgetStep]:
             path = Path(tmp) / f"step{len(steps)}.onnx"

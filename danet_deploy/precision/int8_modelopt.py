@@ -15,7 +15,6 @@ placement still follows ModelOpt's TensorRT rules. That costs two extra passes o
 from __future__ import annotations
 
 import struct
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import onnx
 from danet_deploy.bounded_ort.query_blocks import bounded_model
 from danet_deploy.bounded_ort.segments import SegmentedRun
 from danet_deploy.errors import CheckFailedError
+from danet_deploy.files import temporary_folder
 from danet_deploy.library_noise import quiet_modelopt
 from danet_deploy.precision import bounded_calibration
 from danet_deploy.precision.bounded_calibration import bounded_calibrators
@@ -102,7 +102,7 @@ def run_modelopt(
     with interrupts_held():
         from modelopt.onnx.quantization import quantize
 
-    with tempfile.TemporaryDirectory(prefix="danet-int8-") as tmp:
+    with temporary_folder("int8") as tmp:
         src, out = Path(tmp) / "model.onnx", Path(tmp) / "model.int8.onnx"
         onnx.save(model, str(src))
         cache_path = None

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import platform
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ import onnx
 
 from danet_deploy.data.images import read_image
 from danet_deploy.errors import BadInputError, OptionError
+from danet_deploy.files import temporary_folder
 from danet_deploy.graph.sites import find_sites
 from danet_deploy.library_noise import quiet
 from danet_deploy.precision.bounded_calibration import bounded_calibrators
@@ -237,7 +237,7 @@ def run_onnxruntime_quantizer(
     extra = {"CalibStridedMinMax": 1}
     if method == "percentile":
         extra["CalibPercentile"] = percentile
-    with tempfile.TemporaryDirectory(prefix="danet-int8-ort-") as tmp:
+    with temporary_folder("int8-ort") as tmp:
         # A path, not the proto: given a ModelProto, quantize_static saves it with external data, which rewrites
         # the caller's initializers into references to a file in its (deleted) temp folder.
         src, out = Path(tmp) / "model.onnx", Path(tmp) / "model.int8.onnx"
@@ -293,7 +293,7 @@ def kernel_choices(model: onnx.ModelProto | bytes | str | Path) -> list[KernelCh
     else:
         proto, source = onnx.load(str(model), load_external_data=False), str(model)
     nodes = [(n.name, n.op_type) for n in proto.graph.node if n.op_type in QUANTIZABLE]
-    with tempfile.TemporaryDirectory(prefix="danet-ort-kernels-") as tmp:
+    with temporary_folder("ort-kernels") as tmp:
         options = ort.SessionOptions()
         options.log_severity_level = 4
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED

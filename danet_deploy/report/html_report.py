@@ -66,7 +66,7 @@ def collect_examples(
     names = [name for name, _ in sorted(ranked.items(), key=lambda kv: kv[1])[:limit]]
     if not names:
         return []
-    index = {str(path.relative_to(dataset.root)): i for i, (path, _) in enumerate(dataset.items)}
+    index = {dataset.name(path): i for i, (path, _) in enumerate(dataset.items)}
     size = common_input_size(r.input_spec.static_size for r in runners) if protocol.crop is None else None
     examples = []
     with activated(runners):
@@ -82,7 +82,7 @@ def collect_examples(
 def _png(array: np.ndarray, max_width: int = 384) -> str:
     img = Image.fromarray(array)
     if img.width > max_width:
-        img = img.resize((max_width, round(img.height * max_width / img.width)), Image.NEAREST)
+        img = img.resize((max_width, round(img.height * max_width / img.width)), Image.Resampling.NEAREST)
     buffer = io.BytesIO()
     img.save(buffer, "PNG", optimize=True)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()

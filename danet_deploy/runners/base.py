@@ -19,14 +19,50 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from danet_deploy.artifact import InputSpec, Precision, precision_label
+from danet_deploy.artifact import InputSpec, OnnxModel, Precision, precision_label
 from danet_deploy.config import ModelConfig
+from danet_deploy.errors import BadInputError
 from danet_deploy.versions import cpu_model
 
 
 def cpu_device() -> str:
     """'CPU: <model name> (N cores)' of this machine."""
     return f"CPU: {cpu_model()} ({os.cpu_count()} cores)"
+
+
+ACCEPTED_INPUT = (
+    "one image input: float32 or float16 Nx3xHxW (RGB normalized with the model config) or uint8 NxHxWx3 "
+    "(RGB 0-255, preprocessing in the graph)"
+)
+
+
+def check_image_model(model: OnnxModel) -> None:
+    """Refuse, before any session or data, an ONNX model that is not one image in and logits out (a foreign model
+    with an extra input, another input type or layout): exit 2 saying what danet-deploy runs."""
+    try:
+        str(model.path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadInputError(
+            f"{model.path}: ONNX Runtime cannot open a file whose name is not UTF-8; rename it"
+        ) from None
+    graph = model.proto.graph
+    weights = {i.name for i in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in weights]  # older exporters list weights as inputs too
+    if len(inputs) != 1:
+        names = ", ".join(repr(i.name) for i in inputs[:4]) + (", ..." if len(inputs) > 4 else "")
+        raise BadInputError(
+            f"{model.path}: has {len(inputs)} inputs ({names}); danet-deploy runs models with {ACCEPTED_INPUT}"
+        )
+    spec = model.input_spec
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs[0].type.tensor_type.shape.dim]
+    channels = dims[3] if spec.uint8 else dims[1]
+    if (spec.uint8 and spec.dtype != "uint8") or channels not in (None, 3):
+        raise BadInputError(
+            f"{model.path}: input {spec.input_name!r} is {spec.dtype} {dims}; "
+            f"danet-deploy runs models with {ACCEPTED_INPUT}"
+        )
+    if not graph.output:
+        raise BadInputError(f"{model.path}: the ONNX graph has no output; danet-deploy needs the logits")
 
 
 class Runner(abc.ABC):

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from danet_deploy.artifact import OnnxModel, Precision, onnxruntime_session
-from danet_deploy.errors import BadInputError
-from danet_deploy.runners.base import Runner, cpu_device
+from danet_deploy.errors import BadInputError, DeployError
+from danet_deploy.runners.base import Runner, check_image_model, cpu_device
 
 
 @contextlib.contextmanager
@@ -49,6 +49,7 @@ class OnnxRuntimeRunner(Runner):
         # Read the graph's metadata once and keep only the small parts (not the proto).
         model = OnnxModel.load(path, external_data=False)
         model.require_runnable()
+        check_image_model(model)
         self.path: Path = model.path
         self.metadata = model.metadata  # the danet-deploy metadata (config, provenance, io): small JSON
         self._threads = threads
@@ -89,7 +90,7 @@ class OnnxRuntimeRunner(Runner):
 
                 if self._bounded:
                     self._session, evaluation = fp16_check_session(self.path)
-                    self._evaluated = evaluation.describe()
+                    self._evaluated = evaluation.describe() if evaluation is not None else "as written"
                 else:
                     self._session = fp16_session(self.path, bounded=False)
             elif self._bounded:
@@ -99,6 +100,8 @@ class OnnxRuntimeRunner(Runner):
                 self._evaluated = evaluation.describe()
             else:
                 self._session = onnxruntime_session(self.path, self._threads, flush_denormals=True)
+        except DeployError:
+            raise
         except Exception as exc:  # onnxruntime raises its own exception types for invalid models
             raise BadInputError(
                 f"{self.path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0][:160]})"

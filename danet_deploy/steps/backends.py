@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from danet_deploy.artifact import OnnxModel
+from danet_deploy.errors import printable
 from danet_deploy.files import (
     PathLike,
 )
@@ -20,6 +21,22 @@ def with_sidecars(engines: Sequence[PathLike]) -> list[PathLike]:
     return [*engines, *(sidecar_path(e) for e in engines)]
 
 
+def backend_names(kind: str, paths: Sequence[PathLike]) -> list[str]:
+    """'kind:file name' per path; files of one name in different folders get as much of their folders as tells
+    them apart ('onnxruntime:a/m.onnx', 'onnxruntime:b/m.onnx'), so reports never show two rows of one name."""
+    parts = [Path(p).absolute().parts for p in paths]
+    names = []
+    for i, own in enumerate(parts):
+        depth = 1
+        while depth < len(own) and any(
+            other[-depth:] == own[-depth:] for j, other in enumerate(parts) if j != i and other != own
+        ):
+            depth += 1
+        names.append(printable(f"{kind}:{'/'.join(own[-depth:])}"))  # file names reach every report
+    # One file given twice: numbered.
+    return [f"{n} #{names[: i + 1].count(n)}" if names.count(n) > 1 else n for i, n in enumerate(names)]
+
+
 def engine_runners(engines: Sequence[PathLike]) -> list[Any]:
     """TensorRT runners: a missing engine or sidecar is exit 2 first, then no TensorRT / GPU is exit 3, both before
     any data is read or any process started."""
@@ -28,7 +45,7 @@ def engine_runners(engines: Sequence[PathLike]) -> list[Any]:
     from danet_deploy.engine.system import running_system
     from danet_deploy.runners.tensorrt import TensorRTRunner
 
-    runners = [TensorRTRunner(path) for path in engines]
+    runners = [TensorRTRunner(path, name) for path, name in zip(engines, backend_names("tensorrt", engines))]
     running_system()
     return runners
 
@@ -47,7 +64,8 @@ def backends_plan(
     torch_weights = Path(checkpoint).stat().st_size if checkpoint is not None and Path(checkpoint).is_file() else None
     if command == "verify":
         return verify_plan(torch_weights, [f for f, _ in facts], size)
-    return benchmark_plan(torch_weights, [(f"onnxruntime:{Path(p).name}", f) for p, (f, _) in zip(onnx, facts)], size)
+    names = backend_names("onnxruntime", [p for p in onnx if Path(p).is_file()])
+    return benchmark_plan(torch_weights, [(name, f) for name, (f, _) in zip(names, facts)], size)
 
 
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")

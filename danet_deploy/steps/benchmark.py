@@ -17,7 +17,7 @@ from danet_deploy.files import (
 )
 from danet_deploy.options import BenchmarkOptions
 from danet_deploy.progress import SILENT, Progress
-from danet_deploy.steps.backends import backends_plan, engine_runners, with_sidecars
+from danet_deploy.steps.backends import backend_names, backends_plan, engine_runners, with_sidecars
 
 
 def read_benchmark_json(path: PathLike) -> dict[str, Any]:
@@ -87,11 +87,15 @@ def benchmark(
     for path in paths:
         if not Path(path).is_file():
             raise BadInputError(f"{path}: no such file")
+    trt = engine_runners(engines)  # a bad engine (exit 2) or no TensorRT / GPU (exit 3) before any image is read
     picture = read_image(Path(image)) if image else sample_image()
-    backends_plan("benchmark", checkpoint, onnx, picture.shape[:2]).show_and_check(progress, options.force)
+    if checkpoint is not None or onnx:  # engines run on the GPU: the plan is of this machine's memory
+        backends_plan("benchmark", checkpoint, onnx, picture.shape[:2]).show_and_check(progress, options.force)
     runners: list[Any] = [PyTorchRunner(checkpoint, threads=threads)] if checkpoint is not None else []
-    runners += [OnnxRuntimeRunner(p, name=f"onnxruntime:{Path(p).name}", threads=threads) for p in onnx]
-    runners += engine_runners(engines)
+    runners += [
+        OnnxRuntimeRunner(p, name=name, threads=threads) for p, name in zip(onnx, backend_names("onnxruntime", onnx))
+    ]
+    runners += trt
     what = f"benchmarking {len(runners)} backend(s): {warmup} warm-up + {iterations} timed runs each"
     with progress.task(what):
         result = BenchmarkResult(run_benchmark(runners, picture, warmup, iterations))

@@ -15,7 +15,7 @@ from danet_deploy.files import (
     write_json,
 )
 from danet_deploy.progress import SILENT, Progress
-from danet_deploy.steps.backends import backends_plan, engine_runners, with_sidecars
+from danet_deploy.steps.backends import backend_names, backends_plan, engine_runners, with_sidecars
 from danet_deploy.steps.benchmark import read_benchmark_json
 from danet_deploy.steps.export import load_checkpoint
 from danet_deploy.steps.quantize import checked_dataset
@@ -64,7 +64,8 @@ def _runners(
     from danet_deploy.runners.pytorch import PyTorchRunner
 
     runners: list[Any] = [
-        OnnxRuntimeRunner(p, name=f"onnxruntime:{Path(p).name}", threads=options.threads, bounded=True) for p in onnx
+        OnnxRuntimeRunner(p, name=name, threads=options.threads, bounded=True)
+        for p, name in zip(onnx, backend_names("onnxruntime", onnx))
     ]
     runners += engine_runners(engines)
     config = runners[0].config if runners else None
