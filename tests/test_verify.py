@@ -11,6 +11,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from danet_deploy.artifact import Precision
+from danet_deploy.config import ModelConfig
 from danet_deploy.data.datasets import open_dataset
 from danet_deploy.errors import BadInputError
 from danet_deploy.evaluate.verify import DEFAULT_THRESHOLDS, thresholds_with, verify
@@ -25,7 +26,7 @@ def test_threshold_overrides() -> None:
     assert t["fp16"].min_pixel_agreement == 0.5 and t["fp16"].max_miou_drop == DEFAULT_THRESHOLDS["fp16"].max_miou_drop
     assert t["int8"].max_abs_diff == 2.0 and t["fp32"].max_abs_diff is None
     for bad in ("fp64.max_abs_diff=1", "fp16.speed=1", "fp16.max_abs_diff", "int8.max_miou_drop=lots"):
-        with pytest.raises(BadInputError, match="--threshold"):
+        with pytest.raises(BadInputError, match="threshold override"):
             thresholds_with([bad])
 
 
@@ -180,3 +181,86 @@ def test_pytorch_fp16_needs_a_gpu(tiny_model) -> None:
         with pytest.raises(DeployError, match="CUDA GPU") as info:
             PyTorchRunner(tiny_model, TINY, half=True)
         assert info.value.exit_code == 3
+
+
+# --- the FP32 gate: derived from the reference's own FP32 noise -------------------------------------------------
+
+DEEP = ModelConfig(depth=101, base_width=8, stem_channels=(8, 8, 16), input_size=(64, 128))
+
+
+@pytest.fixture(scope="module")
+def deep_model() -> torch.nn.Module:
+    """A random-weight DANet-R101 (narrow, for CI) with trained-scale statistics: BatchNorm statistics measured on
+    images, so activations keep their scale through all 101 layers as in a trained model, and PAM / CAM active."""
+    from danet_deploy.data.preprocess import normalize
+    from danet_deploy.data.synthetic import generate_scene
+    from danet_deploy.model import build_danet
+
+    torch.manual_seed(0)
+    model = build_danet(DEEP)
+    model.head.pam.gamma.data.fill_(0.5)
+    model.head.cam.gamma.data.fill_(0.3)
+    x = torch.from_numpy(np.concatenate([normalize(generate_scene(s, 64, 128).image, DEEP) for s in range(4)]))
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average: the statistics of these images
+    model.train()
+    with torch.no_grad():
+        model(x)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def deep_case(deep_model, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The deep model's faithful ONNX export and three labeled scenes."""
+    from danet_deploy.data.synthetic import generate_scene, write_cityscapes_split
+    from danet_deploy.export import ExportOptions, export_onnx
+
+    tmp = tmp_path_factory.mktemp("deep")
+    path = tmp / "deep.onnx"
+    export_onnx(deep_model, DEEP, path, ExportOptions(atol=1e-2), generate_scene(0, 64, 128).image)
+    return path, write_cityscapes_split(tmp / "city", "val", 3, 64, 128)
+
+
+def _deep_verify(model: torch.nn.Module, onnx_path: Path, data: Path, config: ModelConfig = DEEP):
+    from danet_deploy.runners.onnxruntime import OnnxRuntimeRunner
+
+    runners = [PyTorchRunner(model, config), OnnxRuntimeRunner(onnx_path, bounded=True)]
+    return verify(open_dataset(data), runners, config)
+
+
+@pytest.mark.slow
+def test_faithful_deep_model_passes_the_noise_derived_fp32_gate(deep_model, deep_case) -> None:
+    onnx_path, data = deep_case
+    report = _deep_verify(deep_model, onnx_path, data)
+    backend = report.backends[1]
+    noise = report.fp32_noise
+    assert noise is not None and noise.max_abs > 1e-5  # deep: FP32 alone is far from exact
+    (tolerance,) = [t for t in report.limits("fp32") if t.name == "max_abs_diff"]
+    assert tolerance.value == pytest.approx(max(16 * noise.max_abs, 1e-4 + 1e-4 * noise.max_logit))
+    assert "FP32 noise" in tolerance.source and noise.image in tolerance.source
+    # The old fixed 1e-3 failed this faithful export; the derived gate passes it.
+    assert backend.max_abs_diff > 1e-4 and report.passed, backend.failures
+    assert all(t.source for t in report.thresholds_in_force)
+    assert report.to_dict()["fp32_noise"]["max_abs"] == noise.max_abs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("broken", ["bias", "normalization"])
+def test_deep_model_with_a_broken_bias_or_normalization_fails(deep_model, deep_case, broken: str) -> None:
+    import copy
+    import dataclasses
+
+    onnx_path, data = deep_case
+    model, config = copy.deepcopy(deep_model), DEEP
+    if broken == "bias":  # one BatchNorm bias in the middle of layer3 off by a tenth of its channels' scale
+        bn = model.backbone.layer3[10].bn2 if hasattr(model, "backbone") else None
+        assert bn is not None
+        with torch.no_grad():
+            bn.bias.add_(0.1 * bn.weight.abs().mean())
+    else:  # the reference normalizes with a slightly wrong mean (as a mistaken config would)
+        config = dataclasses.replace(DEEP, mean=tuple(m + 0.01 for m in DEEP.mean))
+    report = _deep_verify(model, onnx_path, data, config)
+    backend = report.backends[1]
+    assert not report.passed and any("max abs diff" in f for f in backend.failures), backend.failures

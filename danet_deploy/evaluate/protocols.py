@@ -105,7 +105,11 @@ def predict(infer: Infer, image: np.ndarray, protocol: EvalProtocol, align_corne
     total: np.ndarray | None = None
     for scale in protocol.scales:
         size = (max(8, round(h * scale)), max(8, round(w * scale)))
-        scaled = image if size == (h, w) else np.asarray(Image.fromarray(image).resize(size[::-1], Image.BILINEAR))
+        scaled = (
+            image
+            if size == (h, w)
+            else np.asarray(Image.fromarray(image).resize(size[::-1], Image.Resampling.BILINEAR))
+        )
         logits = once(scaled)
         if protocol.flip:
             logits = logits + once(np.ascontiguousarray(scaled[:, ::-1]))[..., ::-1]

@@ -82,7 +82,7 @@ def collect_examples(
 def _png(array: np.ndarray, max_width: int = 384) -> str:
     img = Image.fromarray(array)
     if img.width > max_width:
-        img = img.resize((max_width, round(img.height * max_width / img.width)), Image.NEAREST)
+        img = img.resize((max_width, round(img.height * max_width / img.width)), Image.Resampling.NEAREST)
     buffer = io.BytesIO()
     img.save(buffer, "PNG", optimize=True)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()

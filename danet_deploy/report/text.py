@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from rich.markup import escape
@@ -229,7 +230,7 @@ def engine_audit_line(name: str, sidecar: EngineSidecar) -> str:
     return f"{name}: {sidecar.precision} engine ({sidecar.build_path}, TensorRT {sidecar.tensorrt_version}), {audited}"
 
 
-def engine_inspect_lines(path: str, sidecar: EngineSidecar, live: Any = None, notes: list[str] = ()) -> list[str]:
+def engine_inspect_lines(path: str, sidecar: EngineSidecar, live: Any = None, notes: Sequence[str] = ()) -> list[str]:
     """What `inspect model.engine` prints: the sidecar's facts, then the engine's own layers where TensorRT read
     them. Every string comes from files: the caller prints them escaped."""
     shape = lambda dims: "x".join(map(str, dims))  # noqa: E731
@@ -285,8 +286,8 @@ def int8_lines(record: Any, budget: Any = None) -> list[str]:
     ]
     if profile is not None:
         lines += kernel_lines(record.kernels)
-        kept = {reason: len(names) for reason, names in record.float_nodes.items() if names}
-        lines.append("kept float by rule: " + ", ".join(f"{n} {reason} node(s)" for reason, n in kept.items()))
+        by_rule = {reason: len(names) for reason, names in record.float_nodes.items() if names}
+        lines.append("kept float by rule: " + ", ".join(f"{n} {reason} node(s)" for reason, n in by_rule.items()))
     if record.nodes_to_exclude:
         lines.append(f"kept in higher precision: {', '.join(record.nodes_to_exclude)}")
     if budget is not None:

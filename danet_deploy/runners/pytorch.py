@@ -116,6 +116,11 @@ class PyTorchRunner(Runner):
             torch.cuda.empty_cache()
 
     @property
+    def module(self) -> torch.nn.Module | None:
+        """The model as it runs (on the CPU in FP32, or the GPU FP16 copy) while active, else None."""
+        return self._module
+
+    @property
     def evaluated(self) -> str:
         """PAM as trained, or in query blocks where its map would be large (exact: `memory_efficient_attention`)."""
         return self._evaluated
@@ -126,7 +131,8 @@ class PyTorchRunner(Runner):
         # PAM's N x N map as trained needs 8 GiB at 1024x2048; query blocks give the same result in 128 MiB.
         with torch.inference_mode(), memory_efficient_attention(self._module):  # type: ignore[arg-type]
             out = self._module(x)  # type: ignore[misc]
-        blocks = {m.last_block for m in self._module.modules() if isinstance(m, PositionAttention)} - {None}  # type: ignore[union-attr]
+        modules = self._module.modules()  # type: ignore[union-attr]
+        blocks = [m.last_block for m in modules if isinstance(m, PositionAttention) and m.last_block is not None]
         self._evaluated = f"PAM in query blocks of {min(blocks)} (exact)" if blocks else "as trained"
         if self.half:
             torch.cuda.synchronize()
