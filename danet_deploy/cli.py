@@ -30,6 +30,7 @@ from danet_deploy.errors import (
     INTERRUPTED,
     CheckFailedError,
     DeployError,
+    OptionError,
 )
 from danet_deploy.export.torch_export import ExportOptions
 from danet_deploy.files import check_output, removed_on_failure, write_json
@@ -45,9 +46,11 @@ from danet_deploy.report.text import (
     fp16_lines,
     inspect_tables,
     int8_lines,
+    locate_lines,
     per_class_table,
     plan_lines,
     simplify_lines,
+    threshold_table,
     verify_table,
 )
 
@@ -557,9 +560,18 @@ def verify(
     ignore_unknown_labels: IgnoreUnknownLabelsOpt = False,
     allow_unlabeled: AllowUnlabeledOpt = False,
     force: ForceOpt = False,
+    locate: Annotated[
+        bool,
+        typer.Option(
+            help="Compare each FP16/INT8 backend's layers with the FP32 ONNX's and print where the error jumps "
+            "(done anyway for a failed one)."
+        ),
+    ] = False,
 ) -> None:
     """Evaluate backends (PyTorch, ONNX Runtime, TensorRT) on the same images: mIoU, per-class IoU, parity, NaN/Inf.
 
+    The FP32 logit tolerance is derived from the reference's own FP32 rounding (a float64 run on the first image);
+    the thresholds in force and where each came from are printed and written in every report.
     Exit code 0 when every backend is within tolerance of the reference, 1 when not, 2 on bad input.
     """
     try:
@@ -581,7 +593,13 @@ def verify(
         ignore_unknown_labels=ignore_unknown_labels,
         allow_unlabeled=allow_unlabeled,
         force=force,
+        locate=locate,
     )
+    try:
+        options.check()
+    except OptionError as exc:  # the library names the option; the user typed a flag
+        flag = {"thresholds": "--threshold"}.get(exc.option, "--" + exc.option.replace("_", "-"))
+        raise DeployError(exc.flag_message(flag), EXIT_BAD_INPUT) from None
     result = api.verify(
         data,
         ckpt,
@@ -606,6 +624,8 @@ def _print_verify(result: api.VerifyResult) -> None:
             out.print(escape(f"{b.name} evaluated with {b.evaluated}"), highlight=False, soft_wrap=True)
     if result.report.labeled:
         out.print(per_class_table(result.report))
+    out.print(threshold_table(result.report))
+    _lines(locate_lines(result.report))
     for note in result.report.notes:
         out.print(f"note: {escape(note)}", highlight=False, soft_wrap=True)
     for path in (result.json_path, result.html_path):

@@ -30,3 +30,23 @@ class CheckFailedError(DeployError):
     """A verification ran and its result is outside tolerance."""
 
     exit_code = EXIT_CHECK_FAILED
+
+
+class OptionError(BadInputError):
+    """A bad value of one option of a stage's options type, in the library's words ("threshold override 'x': ...");
+    the CLI names the flag instead (`flag_message`).
+
+    Attributes:
+        option: the options field (e.g. "thresholds", "scales").
+        subject: the value or item at fault, as the user wrote it ("" when the problem is the option as a whole).
+        problem: what is wrong with it.
+    """
+
+    def __init__(self, option: str, subject: str, problem: str, label: str | None = None):
+        self.option, self.subject, self.problem = option, subject, problem
+        words = label or option.replace("_", " ")
+        super().__init__(f"{words} {subject}: {problem}" if subject else f"{words}: {problem}")
+
+    def flag_message(self, flag: str) -> str:
+        """The same error naming the command-line flag that set the option."""
+        return f"{flag} {self.subject}: {self.problem}" if self.subject else f"{flag}: {self.problem}"

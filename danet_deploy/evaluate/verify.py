@@ -19,7 +19,7 @@ from danet_deploy.artifact import Precision, precision_label
 from danet_deploy.config import ModelConfig
 from danet_deploy.data.datasets import Dataset, LabelRules
 from danet_deploy.data.preprocess import resize_image
-from danet_deploy.errors import BadInputError
+from danet_deploy.errors import BadInputError, OptionError
 from danet_deploy.evaluate.metrics import confusion_matrix, mean_iou, per_class_iou
 from danet_deploy.evaluate.noise import NOISE_FACTOR, Fp32Noise, fp32_tolerance, reference_noise
 from danet_deploy.evaluate.protocols import EvalProtocol, predict, resize_logits
@@ -119,31 +119,45 @@ def threshold_settings(overrides: list[str], file: str | None = None) -> Thresho
     """Defaults, then a JSON file ({"fp16": {"min_pixel_agreement": 0.998}}), then overrides like
     'fp16.min_pixel_agreement=0.998' or 'int8.max_miou_drop=0.5'. A bad entry is a one-line BadInputError
     naming where it came from (the file or the override); NaN and out-of-range values included."""
-    items = [(f"{file}: {item}", f"thresholds file {file}", item) for item in _file_overrides(file)] if file else []
-    items += [(f"threshold override {item!r}", f"override {item.strip()}", item) for item in overrides]
+    items = (
+        [("thresholds_file", f"{file}: {item}", f"thresholds file {file}", item) for item in _file_overrides(file)]
+        if file
+        else []
+    )
+    items += [("thresholds", repr(item), f"override {item.strip()}", item) for item in overrides]
     settings = ThresholdSettings()
     result, sources = settings.values, settings.sources
     fields = set(Thresholds.__dataclass_fields__)
-    for where, origin, item in items:
-        key, _, value = item.partition("=")
-        precision, _, name = key.strip().partition(".")
-        if precision not in result or name not in fields or not value:
-            raise BadInputError(
-                f"{where}: expected PRECISION.FIELD=VALUE with PRECISION in {', '.join(result)} "
-                f"and FIELD in {', '.join(sorted(fields))}"
-            )
+    labels = {"thresholds": "threshold override", "thresholds_file": "thresholds file"}
+    for option, subject, origin, item in items:
         try:
-            number = None if value.strip().lower() == "none" else float(value)
-        except ValueError:
-            raise BadInputError(f"{where}: {value!r} is not a number") from None
-        low, high, nullable = THRESHOLD_RANGES[name]
-        if number is None and not nullable:
-            raise BadInputError(f"{where}: {name} must be a number")
-        if number is not None and not (math.isfinite(number) and low <= number <= high):
-            raise BadInputError(f"{where}: {name} must be between {low:g} and {high:g}, got {value.strip()}")
+            precision, name, number = _parse_override(item, fields, list(result))
+        except ValueError as exc:
+            raise OptionError(option, subject, str(exc), labels[option]) from None
         result[precision] = Thresholds(**{**asdict(result[precision]), name: number})
         sources[precision][name] = origin
     return settings
+
+
+def _parse_override(item: str, fields: set[str], precisions: list[str]) -> tuple[str, str, float | None]:
+    """'fp16.min_pixel_agreement=0.998' -> (precision, field, value); ValueError saying what is wrong."""
+    key, _, value = item.partition("=")
+    precision, _, name = key.strip().partition(".")
+    if precision not in precisions or name not in fields or not value:
+        raise ValueError(
+            f"expected PRECISION.FIELD=VALUE with PRECISION in {', '.join(precisions)} "
+            f"and FIELD in {', '.join(sorted(fields))}"
+        )
+    try:
+        number = None if value.strip().lower() == "none" else float(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a number") from None
+    low, high, nullable = THRESHOLD_RANGES[name]
+    if number is None and not nullable:
+        raise ValueError(f"{name} must be a number")
+    if number is not None and not (math.isfinite(number) and low <= number <= high):
+        raise ValueError(f"{name} must be between {low:g} and {high:g}, got {value.strip()}")
+    return precision, name, number
 
 
 def thresholds_with(overrides: list[str], file: str | None = None) -> dict[str, Thresholds]:

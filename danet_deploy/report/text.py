@@ -23,15 +23,18 @@ def _fmt(value: float | None, spec: str) -> str:
 
 
 def verify_table(report: VerifyReport) -> Table:
+    """Every backend against the reference: mIoU and its delta, label agreement, logit differences, the verdict.
+    Backend names are shown whole (folded, never cut), as are the failures."""
     size = "x".join(map(str, report.input_size)) if report.input_size else "native"
     title = f"verify: {report.images} images, {report.protocol}, input {size}, reference {report.reference}"
-    table = Table(title=title)
+    table = Table(title=escape(title))
     columns = (
         "backend",
         "precision",
         "mIoU %",
-        "delta",
+        "delta mIoU",
         "pixel agreement",
+        "labels changed",
         "max |diff|",
         "p99 |diff|",
         "cosine",
@@ -39,15 +42,17 @@ def verify_table(report: VerifyReport) -> Table:
         "result",
     )
     for column in columns:
-        table.add_column(column, justify="left" if column in ("backend", "precision", "result") else "right")
+        left = column in ("backend", "precision", "result")
+        table.add_column(column, justify="left" if left else "right", overflow="fold", no_wrap=column != "result")
     for b in report.backends:
         result = "[green]pass[/]" if b.passed else f"[red]FAIL[/] {escape('; '.join(b.failures))}"
         table.add_row(
             escape(b.name),
-            b.precision_label,
+            escape(b.precision_label),
             _fmt(b.miou, ".2f"),
             _fmt(b.miou_delta, "+.2f"),
             f"{b.pixel_agreement:.4%}",
+            f"{1 - b.pixel_agreement:.4%}",
             f"{b.max_abs_diff:.2e}",
             f"{b.p99_abs_diff:.1e}",
             f"{b.cosine:.6f}",
@@ -58,14 +63,46 @@ def verify_table(report: VerifyReport) -> Table:
 
 
 def per_class_table(report: VerifyReport) -> Table:
-    table = Table(title="per-class IoU %")
+    """Per-class IoU of the reference and each backend's delta against it (points)."""
+    table = Table(title="per-class IoU % (reference) and delta per backend (points)")
     table.add_column("class")
-    for b in report.backends:
-        table.add_column(escape(b.name), justify="right")
+    table.add_column(escape(report.backends[0].name), justify="right", overflow="fold")
+    for b in report.backends[1:]:
+        table.add_column(f"delta {escape(b.name)}", justify="right", overflow="fold")
     names = list(report.backends[0].per_class_iou)
     for name in names:  # class names come from the model file: escaped, so "[...]" is not Rich markup
-        table.add_row(escape(name), *[_fmt(b.per_class_iou.get(name), ".2f") for b in report.backends])
+        table.add_row(
+            escape(name),
+            _fmt(report.backends[0].per_class_iou.get(name), ".2f"),
+            *[_fmt(b.per_class_iou_delta.get(name), "+.2f") for b in report.backends[1:]],
+        )
     return table
+
+
+def threshold_table(report: VerifyReport) -> Table:
+    """The thresholds each precision was judged by and where each came from."""
+    table = Table(title="thresholds in force")
+    for column in ("precision", "threshold", "value", "from"):
+        table.add_column(column, overflow="fold")
+    for t in report.thresholds_in_force:
+        table.add_row(t.precision, t.name, threshold_value(t.name, t.value), escape(t.source))
+    return table
+
+
+def threshold_value(name: str, value: float | None) -> str:
+    """'not checked', '99.9000%' for agreement, '0.1 points' for mIoU, '8.29e-03' for logits."""
+    if value is None:
+        return "not checked"
+    if name == "min_pixel_agreement":
+        return f">= {value:.4%}"
+    if name == "max_miou_drop":
+        return f"<= {value:g} points"
+    return f"<= {value:.3g}"
+
+
+def locate_lines(report: VerifyReport) -> list[str]:
+    """Where each located backend's error jumps (names from model files: print escaped)."""
+    return [line for result in report.located for line in result.lines()]
 
 
 def export_summary(record: ExportRecord) -> list[str]:
