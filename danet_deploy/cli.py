@@ -143,8 +143,12 @@ class RichProgress(LibraryProgress):
     @contextlib.contextmanager
     def task(self, description: str, total: int | None = None) -> Iterator[Callable[..., None]]:
         if not err.is_terminal:
-            lines = PeriodicLines(description, total, self.note)
-            yield lines.update
+            lines = PeriodicLines(description, total, self.note, heartbeat=True)
+            try:
+                yield lines.update
+            except BaseException:
+                lines.stop()
+                raise
             lines.finish()
             return
         columns: list[Any] = [SpinnerColumn(), TextColumn("{task.description}")]

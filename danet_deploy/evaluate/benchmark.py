@@ -13,6 +13,7 @@ import resource
 import signal
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -64,17 +65,36 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
+# In a worker: runs finished so far (warm-up and timed), shared with the parent for its progress display.
+_runs_done: Any = None
+
+
+def _init_worker(counter: Any) -> None:
+    """Worker start: Ctrl-C is the parent's to handle; keep the shared run counter."""
+    global _runs_done
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _runs_done = counter
+
+
+def _count_run() -> None:
+    if _runs_done is not None:
+        with _runs_done.get_lock():
+            _runs_done.value += 1
+
+
 def _run_one(runner: Runner, image: np.ndarray, warmup: int, iterations: int) -> dict:
     """In the child: activate the runner, warm up, then time each call (the backend alone and end to end)."""
     with runner:
         for _ in range(warmup):
             runner.infer(image)
+            _count_run()
         compute, e2e = [], []
         for _ in range(iterations):
             started = time.perf_counter()
             runner.infer(image).argmax(1)
             e2e.append((time.perf_counter() - started) * 1000)
             compute.append((runner.last_inference_time() or 0.0) * 1000)
+            _count_run()
         peak = peak_rss_bytes() / 2**20
         median_e2e = statistics.median(e2e)
         return asdict(
@@ -108,8 +128,20 @@ def _child(args: tuple) -> dict:
         return {"error": f"{type(exc).__name__}: {exc}", "exit_code": 4}
 
 
-def benchmark(runners: list[Runner], image: np.ndarray, warmup: int = 3, iterations: int = 20) -> dict[str, Any]:
-    """Benchmark each (inactive) runner in a fresh spawned process, which activates it.
+# A progress callback: (backend index, backend name, runs done, runs per backend: warm-up + timed).
+OnRuns = Callable[[int, str, int, int], None]
+POLL_SECONDS = 0.5  # how often the parent reads the worker's run counter
+
+
+def benchmark(
+    runners: list[Runner],
+    image: np.ndarray,
+    warmup: int = 3,
+    iterations: int = 20,
+    on_runs: OnRuns | None = None,
+) -> dict[str, Any]:
+    """Benchmark each (inactive) runner in a fresh spawned process, which activates it. `on_runs(backend index,
+    name, runs done, runs per backend)` as the worker's warm-up and timed runs finish (polled every POLL_SECONDS).
 
     Returns {"backends": [LatencyStats dict, or {"error", "exit_code"}], "versions": ..., "device": the CPU and the
     GPUs the backends ran on}. All
@@ -128,10 +160,19 @@ def benchmark(runners: list[Runner], image: np.ndarray, warmup: int = 3, iterati
         image = resize_image(image, size)
     ctx = multiprocessing.get_context("spawn")
     results = []
-    for runner in runners:
+    runs = warmup + iterations
+    for index, runner in enumerate(runners):
+        counter = ctx.Value("i", 0)
         # Ctrl-C is the parent's to handle: it stops the worker (the pool's exit terminates it) and exits 130.
-        with ctx.Pool(1, initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN)) as pool:
-            results.append(pool.apply(_child, ((runner, image, warmup, iterations),)))
+        with ctx.Pool(1, initializer=_init_worker, initargs=(counter,)) as pool:
+            pending = pool.apply_async(_child, ((runner, image, warmup, iterations),))
+            while not pending.ready():
+                if on_runs is not None:
+                    on_runs(index, runner.name, counter.value, runs)
+                pending.wait(POLL_SECONDS)
+            results.append(pending.get())
+            if on_runs is not None:
+                on_runs(index, runner.name, runs, runs)
     return {"backends": results, "versions": tool_versions("onnxslim", "tensorrt"), "device": devices(results)}
 
 

@@ -106,6 +106,8 @@ def tensor_absmax(
     """max |value| of every intermediate float tensor over the calibration batches: one image at a time, each
     tensor reduced inside ONNX Runtime (`MagnitudeProbe`), so memory stays that of one inference.
     `on_image(done, total)` after each batch."""
+    if on_image is not None:  # the total before the probe model is built
+        on_image(0, len(calib))
     probe = MagnitudeProbe(model)
     amax: dict[str, float] = {}
     done = 0
