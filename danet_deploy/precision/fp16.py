@@ -374,9 +374,9 @@ def convert_fp16(
     return out, Fp16Record(
         onnx_path=str(out),
         onnx_sha256=sha256_file(out),
-        source_sha256=entry["source_sha256"],
-        mode=entry["mode"],
-        data_max=entry["data_max"],
+        source_sha256=source.sha256,
+        mode="plain" if plain else "protected",
+        data_max=None if plain else data_max,
         cam_nodes=cam,
         fp32_nodes=fp32_nodes,
         fp16_nodes=fp16_count,
