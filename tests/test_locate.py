@@ -87,3 +87,38 @@ def test_locate_finds_a_broken_node_in_an_int8_model(fp32_onnx: Path, tmp_path: 
     result = locate_onnx("int8", tmp_path / "broken.onnx", fp32_onnx, Precision.INT8, _feeds(fp32_onnx), ["scene"])
     assert result.jumps and result.jumps[0].node == target, result.lines()
     assert f"--exclude '{exclude_pattern(target)}'" in result.lines()[-1]
+
+
+@pytest.mark.slow
+def test_failed_fp16_backend_is_located_by_verify(fp32_onnx: Path, city_data: Path, tmp_path: Path) -> None:
+    """The CLI as a user meets it: a failed FP16 backend is located without asking, the layers and the exclude
+    patterns are printed and written in the JSON report; --locate on a passing one prints nothing alarming."""
+    import json
+
+    from danet_deploy.precision import convert_fp16
+
+    from .test_cli import run
+
+    fp16, _ = convert_fp16(fp32_onnx, tmp_path / "fp16.onnx")
+    target = _middle_conv(fp16)
+    _break_conv(fp16, tmp_path / "broken.onnx", target, factor=-4.0)
+    result = run(
+        "verify",
+        "--onnx",
+        fp32_onnx,
+        "--onnx",
+        tmp_path / "broken.onnx",
+        "--data",
+        city_data,
+        "--json",
+        tmp_path / "r.json",
+    )
+    assert result.returncode == 1, result.stderr + result.stdout
+    assert f"error jumps at {target}" in result.stdout and f"--exclude '{exclude_pattern(target)}'" in result.stdout
+    assert "thresholds in force" in result.stdout
+    located = json.loads((tmp_path / "r.json").read_text())["located"]
+    assert located[0]["jumps"][0]["node"] == target and located[0]["exclude"][0] == exclude_pattern(target)
+    # The tiny random model's FP16 flips 0.25% of its near-tie labels: a looser agreement lets it pass.
+    loose = ("--threshold", "fp16.min_pixel_agreement=0.99")
+    healthy = run("verify", "--onnx", fp32_onnx, "--onnx", fp16, "--data", city_data, "--locate", *loose)
+    assert healthy.returncode == 0 and "locate onnxruntime:fp16.onnx" in healthy.stdout, healthy.stderr
