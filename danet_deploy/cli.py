@@ -43,6 +43,7 @@ from danet_deploy.report.text import (
     engine_audit_line,
     engine_inspect_lines,
     export_summary,
+    failure_lines,
     fp16_lines,
     inspect_tables,
     int8_lines,
@@ -622,6 +623,7 @@ def verify(
 
 def _print_verify(result: api.VerifyResult) -> None:
     out.print(verify_table(result.report))
+    _lines(failure_lines(result.report))
     _lines([engine_audit_line(name, sidecar) for name, sidecar in result.engines])
     for b in result.report.backends:
         if b.evaluated not in ("as written", "as trained"):

@@ -91,6 +91,48 @@ def test_precision_selects_thresholds(tiny_model, city_data: Path) -> None:
     assert report.passed is False and report.labeled and report.images == 3
     assert [b.precision for b in report.backends] == ["fp32", "fp32", "fp16"]
     assert not any(r.is_active for r in runners)  # verify deactivates the runners it activated
+    # p99 is the upper edge of a histogram bin, capped by the max: never above it (the reference: both 0).
+    assert report.backends[0].p99_abs_diff == 0 == report.backends[0].max_abs_diff
+    assert all(b.p99_abs_diff <= b.max_abs_diff for b in report.backends)
+    # The tiny model's noise floor sets the FP32 tolerance; every precision's thresholds say where they came from.
+    assert report.fp32_noise is not None and {t.precision for t in report.thresholds_in_force} == {"fp32", "fp16"}
+    assert "FP32 noise" in report.limits("fp32")[0].source and report.limits("fp16")[0].value is None
+
+
+def test_terminal_table_shows_deltas_and_whole_backend_names(tiny_model, city_data: Path) -> None:
+    from rich.console import Console
+
+    from danet_deploy.report.text import failure_lines, per_class_table, threshold_table, verify_table
+
+    name = "onnxruntime:danet_r101_cityscapes_1024x2048.int8.onnx"
+    report = verify(open_dataset(city_data), [PyTorchRunner(tiny_model, TINY), NoisyRunner(tiny_model, "int8", 5.0)])
+    report.backends[1].name = name
+    console = Console(width=160, record=True)
+    for table in (verify_table(report), per_class_table(report), threshold_table(report)):
+        console.print(table)
+    text = console.export_text()
+    assert "…" not in text and "delta mIoU" in text and "labels changed" in text
+    assert name in text and f"delta {name}" in text  # whole, on one line, in both tables
+    assert "thresholds in force" in text and "min_pixel_agreement" in text
+    assert failure_lines(report) == [f"{name} FAILED: {'; '.join(report.backends[1].failures)}"]
+
+
+def test_verify_options_check_names_the_option_in_library_words(tmp_path: Path) -> None:
+    from danet_deploy.errors import OptionError
+    from danet_deploy.steps.verify import VerifyOptions
+
+    VerifyOptions().check()
+    cases = [
+        (VerifyOptions(locate_images=0), "locate_images", "locate images 0: must be at least 1"),
+        (VerifyOptions(thresholds=("fp16.min_pixel_agreement=2",)), "thresholds", "threshold override"),
+        (VerifyOptions(crop=64), "stride", "needs both a crop size and a stride"),
+        (VerifyOptions(scales=(0.0,)), "scales", "scales 0: each scale"),
+    ]
+    for options, option, words in cases:
+        with pytest.raises(OptionError, match=words) as info:
+            options.check()
+        assert info.value.option == option and "--" not in str(info.value)
+    assert info.value.flag_message("--scales") == "--scales 0: each scale must be a number in (0, 4]"
 
 
 # --- evaluation protocols ------------------------------------------------------------------------------

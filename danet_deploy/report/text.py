@@ -24,28 +24,19 @@ def _fmt(value: float | None, spec: str) -> str:
 
 def verify_table(report: VerifyReport) -> Table:
     """Every backend against the reference: mIoU and its delta, label agreement, logit differences, the verdict.
-    Backend names are shown whole (folded, never cut), as are the failures."""
+    Backend names are shown whole (folded onto a second line if need be, never cut); why a backend failed is in
+    `failure_lines`, below the table, so a long reason never squeezes the columns."""
     size = "x".join(map(str, report.input_size)) if report.input_size else "native"
     title = f"verify: {report.images} images, {report.protocol}, input {size}, reference {report.reference}"
     table = Table(title=escape(title))
-    columns = (
-        "backend",
-        "precision",
-        "mIoU %",
-        "delta mIoU",
-        "pixel agreement",
-        "labels changed",
-        "max |diff|",
-        "p99 |diff|",
-        "cosine",
-        "NaN/Inf",
-        "result",
-    )
-    for column in columns:
-        left = column in ("backend", "precision", "result")
-        table.add_column(column, justify="left" if left else "right", overflow="fold", no_wrap=column != "result")
+    longest = max(len(b.name) for b in report.backends)
+    table.add_column("backend", overflow="fold", min_width=min(longest, 64))
+    table.add_column("precision", no_wrap=True)
+    for column in ("mIoU %", "delta mIoU", "agreement", "labels changed", "max |diff|", "p99 |diff|", "cosine"):
+        table.add_column(column, justify="right", no_wrap=True)
+    table.add_column("NaN/Inf", justify="right", no_wrap=True)
+    table.add_column("result", no_wrap=True)
     for b in report.backends:
-        result = "[green]pass[/]" if b.passed else f"[red]FAIL[/] {escape('; '.join(b.failures))}"
         table.add_row(
             escape(b.name),
             escape(b.precision_label),
@@ -57,9 +48,14 @@ def verify_table(report: VerifyReport) -> Table:
             f"{b.p99_abs_diff:.1e}",
             f"{b.cosine:.6f}",
             str(b.nonfinite_values),
-            result,
+            "[green]pass[/]" if b.passed else "[red]FAIL[/]",
         )
     return table
+
+
+def failure_lines(report: VerifyReport) -> list[str]:
+    """One line per failed backend: what it missed (names from files: print escaped)."""
+    return [f"{b.name} FAILED: {'; '.join(b.failures)}" for b in report.backends if not b.passed]
 
 
 def per_class_table(report: VerifyReport) -> Table:
