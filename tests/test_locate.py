@@ -122,3 +122,20 @@ def test_failed_fp16_backend_is_located_by_verify(fp32_onnx: Path, city_data: Pa
     loose = ("--threshold", "fp16.min_pixel_agreement=0.99")
     healthy = run("verify", "--onnx", fp32_onnx, "--onnx", fp16, "--data", city_data, "--locate", *loose)
     assert healthy.returncode == 0 and "locate onnxruntime:fp16.onnx" in healthy.stdout, healthy.stderr
+
+
+def test_tensorrt_locate_says_why_it_was_skipped_without_tensorrt(fp32_onnx: Path) -> None:
+    """The TensorRT path (Polygraphy marks every layer output of the engine's source network) needs TensorRT and a
+    GPU; without them it reports the reason instead of comparing anything."""
+    pytest.importorskip("polygraphy")
+    try:
+        import tensorrt  # noqa: F401
+
+        pytest.skip("TensorRT is installed: tests/test_tensorrt_gpu.py covers the real path")
+    except ImportError:
+        pass
+    from danet_deploy.evaluate.locate import locate_tensorrt
+
+    result = locate_tensorrt("tensorrt:m.engine", fp32_onnx, fp32_onnx, Precision.FP16, _feeds(fp32_onnx), ["scene"])
+    assert result.skipped.startswith("TensorRT is not installed") and result.compared == 0
+    assert result.lines() == [f"locate tensorrt:m.engine: skipped ({result.skipped})"]
