@@ -11,7 +11,7 @@ resolution; the float64 copy of the weights and its activations are dropped befo
 
 The rule (`fp32_tolerance`): max |diff| allowed for an FP32 backend = max(NOISE_FACTOR x noise, export's default
 parity tolerance 1e-4 + 1e-4 x max |logit|). ONNX Runtime vs PyTorch differences on faithful exports measured
-2.3x (a random-weight R101 with data statistics at 64x128, tests/test_verify.py) to 6x (R101 at 1024x2048,
+1.3x (a narrow random-weight R101 with data statistics at 64x128, tests/test_verify.py) to 6x (R101 at 1024x2048,
 docs/benchmarks.md) PyTorch's own noise; 16 keeps more than twice that margin, while a broken layer or a wrong
 normalization moves logits by percents of their magnitude, hundreds of times the noise.
 """

@@ -62,7 +62,7 @@ DEFAULT_SOURCES: dict[str, dict[str, str]] = {
         "the model's own noise)",
         "min_pixel_agreement": "default: within the FP32 tolerance labels flip only at near-ties of two classes",
         "max_miou_drop": "default: FP32 rounding moves no more than near-tie pixels",
-        "noise_factor": "default: faithful FP32 exports measured at 2.3x to 6x the reference's noise "
+        "noise_factor": "default: faithful FP32 exports measured at 1.3x to 6x the reference's noise "
         "(docs/benchmarks.md fp32-noise); 16 leaves twice that margin",
     },
     "fp16": {
