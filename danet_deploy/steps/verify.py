@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from danet_deploy.artifact import Precision
 from danet_deploy.errors import BadInputError, CheckFailedError, OptionError
 from danet_deploy.files import (
     PathLike,
@@ -189,7 +190,7 @@ def verify(
         warnings += [w for r in runners for w in getattr(r, "warnings", [])]
         for warning in warnings:
             progress.note(f"warning: {warning}")
-        if any(r.kind == "pytorch" for r in runners[:1]) and len(runners) > 1:
+        if runners[0].kind == "pytorch" and any(r.precision is Precision.FP32 for r in runners[1:]):
             progress.note("measuring the reference's own FP32 noise (a float64 run on the first image)")
         with progress.task(f"verify ({len(runners)} backends)", total=len(dataset)) as advance:
             result.report = run_verify(
@@ -225,7 +226,6 @@ def locate_backends(
 ) -> list[Any]:
     """`evaluate.locate` for each FP16 / INT8 backend that failed (or every one with `options.locate`), on its worst
     images, against the FP32 ONNX among the backends. A backend that cannot be located says why."""
-    from danet_deploy.artifact import Precision
     from danet_deploy.data.preprocess import resize_image
     from danet_deploy.evaluate.locate import LocateResult, locate_onnx, locate_tensorrt
     from danet_deploy.evaluate.verify import common_input_size
@@ -240,14 +240,16 @@ def locate_backends(
             continue
         ranked = [item["image"] for item in sorted(backend.per_image, key=lambda item: item["pixel_agreement"])]
         names = ranked[: options.locate_images]
-        if fp32 is None:
+        reason = ""
+        if runner.kind not in ("onnxruntime", "tensorrt"):
+            reason = "only ONNX models and TensorRT engines are located (their node names match the FP32 ONNX's)"
+        elif fp32 is None:
             reason = "no FP32 ONNX among the backends to compare its layers with"
-            located.append(
-                LocateResult(
-                    runner.name, str(getattr(runner, "path", "")), "", runner.precision.value, names, skipped=reason
-                )
-            )
+        if reason:
+            path = str(getattr(runner, "path", ""))
+            located.append(LocateResult(runner.name, path, "", runner.precision.value, names, skipped=reason))
             continue
+        assert fp32 is not None
         feeds = []
         for name in names:
             image = dataset.load(index[name]).image
@@ -256,15 +258,19 @@ def locate_backends(
                 image = image[: options.crop, : options.crop]
             feeds.append({runner.input_spec.input_name: fp32.input_spec.prepare(image, fp32.config)})
         with progress.task(f"locating {runner.name}: its layers against {fp32.name} on {len(names)} image(s)"):
-            if runner.kind == "tensorrt":
-                source = runner.sidecar.source_onnx
-                found = locate_tensorrt(
-                    runner.name, source, fp32.path, runner.precision, feeds, names, options.locate_layers
-                )
-            else:
-                found = locate_onnx(
-                    runner.name, runner.path, fp32.path, runner.precision, feeds, names, options.locate_layers
-                )
+            try:
+                if runner.kind == "tensorrt":
+                    source = runner.sidecar.source_onnx
+                    found = locate_tensorrt(
+                        runner.name, source, fp32.path, runner.precision, feeds, names, options.locate_layers
+                    )
+                else:
+                    found = locate_onnx(
+                        runner.name, runner.path, fp32.path, runner.precision, feeds, names, options.locate_layers
+                    )
+            except BadInputError as exc:  # e.g. models exported differently: verify's verdict stands, said why
+                found = LocateResult(runner.name, str(runner.path), str(fp32.path), runner.precision.value, names)
+                found.skipped = str(exc)
         located.append(found)
     return located
 
