@@ -499,7 +499,8 @@ def write_markdown(report: VerifyReport, path: str | os.PathLike[str], html_name
 
     for t in report.thresholds_in_force:
         lines.append(
-            f"| {t.precision} | {t.name} | {md_escape(threshold_value(t.name, t.value))} | {md_escape(t.source)} |"
+            f"| {md_escape(t.precision)} | {md_escape(t.name)} | {md_escape(threshold_value(t.name, t.value))} | "
+            f"{md_escape(t.source)} |"
         )
     for result in report.located:
         lines += ["", *[md_escape(line) + "  " for line in result.lines()]]
