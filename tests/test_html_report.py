@@ -77,7 +77,7 @@ def test_report_is_self_contained_and_escaped(report_page: Path) -> None:
     assert "FAILED" in page and "Per-class IoU delta" in page and "Latency" in page and "Per-image IoU" in page
     assert "&lt;layer3&gt;" in page and "Thresholds in force" in page and "FP32 noise floor" not in page
     markdown = (report_page.parent / "report.md").read_text()
-    assert "FAIL" in markdown and "min_pixel_agreement" in markdown and "error jumps at" in markdown
+    assert "FAIL" in markdown and r"min\_pixel\_agreement" in markdown and "error jumps at" in markdown
 
 
 def _browser_missing() -> str | None:
