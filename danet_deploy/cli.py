@@ -74,6 +74,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 # Option fields whose flag is not `--` + the field name with dashes (see OptionError).
 FLAG_OF_FIELD = {
     "layer4_dilations": "--dilations",
+    "thresholds": "--threshold",
     "workspace_mib": "--workspace",
     "image": "--image",
     "data": "--data",
@@ -211,8 +212,12 @@ class RichProgress(LibraryProgress):
             yield lambda *args, **kwargs: None
             return
         if not err.is_terminal:
-            lines = PeriodicLines(description, total, self.note)
-            yield lines.update
+            lines = PeriodicLines(description, total, self.note, heartbeat=True)
+            try:
+                yield lines.update
+            except BaseException:
+                lines.stop()
+                raise
             lines.finish()
             return
         columns: list[Any] = [SpinnerColumn(), TextColumn("{task.description}")]
@@ -751,9 +756,19 @@ def verify(
     ignore_unknown_labels: IgnoreUnknownLabelsOpt = False,
     allow_unlabeled: AllowUnlabeledOpt = False,
     force: ForceOpt = False,
+    locate: Annotated[
+        bool,
+        typer.Option(
+            "--locate",
+            help="Compare each FP16/INT8 backend's layers with the FP32 ONNX's and print where the error jumps "
+            "(done anyway for a failed one).",
+        ),
+    ] = False,
 ) -> None:
     """Evaluate backends (PyTorch, ONNX Runtime, TensorRT) on the same images: mIoU, per-class IoU, parity, NaN/Inf.
 
+    The FP32 logit tolerance is derived from the reference's own FP32 rounding (a float64 run on the first image);
+    the thresholds in force and where each came from are printed and written in every report.
     Exit code 0 when every backend is within tolerance of the reference, 1 when not, 2 on bad input.
     """
     from danet_deploy import api
@@ -777,6 +792,7 @@ def verify(
         ignore_unknown_labels=ignore_unknown_labels,
         allow_unlabeled=allow_unlabeled,
         force=force,
+        locate=locate,
     )
     result = api.verify(
         data,
@@ -795,15 +811,25 @@ def verify(
 
 
 def _print_verify(result: api.VerifyResult) -> None:
-    from danet_deploy.report.text import engine_audit_line, per_class_table, verify_table
+    from danet_deploy.report.text import (
+        engine_audit_line,
+        failure_lines,
+        locate_lines,
+        per_class_table,
+        threshold_table,
+        verify_table,
+    )
 
     out.print(verify_table(result.report))
+    _lines(failure_lines(result.report))
     _lines([engine_audit_line(name, sidecar) for name, sidecar in result.engines])
     for b in result.report.backends:
         if b.evaluated not in ("as written", "as trained"):
             out.print(escape(f"{b.name} evaluated with {b.evaluated}"), highlight=False, soft_wrap=True)
     if result.report.labeled:
         out.print(per_class_table(result.report))
+    out.print(threshold_table(result.report))
+    _lines(locate_lines(result.report))
     for note in result.report.notes:
         out.print(f"note: {escape(note)}", highlight=False, soft_wrap=True)
     for path in (result.json_path, result.html_path):

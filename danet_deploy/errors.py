@@ -61,15 +61,22 @@ class CheckFailedError(DeployError):
 
 class OptionError(BadInputError):
     """An option value no stage can use, in the library's words: `field` is the option's field name (e.g.
-    `max_miou_drop`), so a Python caller sees what they passed; the CLI shows the field as its flag."""
+    `max_miou_drop`), so a Python caller sees what they passed; the CLI shows the field as its flag (`as_flag`).
 
-    def __init__(self, field: str, value: object, problem: str):
+    Attributes:
+        field: the options field (e.g. "method", "thresholds", "scales").
+        value: the value or item at fault, as given ("" when the problem is the option as a whole).
+        problem: what is wrong with it.
+    """
+
+    def __init__(self, field: str, value: object, problem: str, label: str | None = None):
         self.field, self.value, self.problem = field, value, problem
-        super().__init__(f"{field}={value!r}: {problem}")
+        words = label or field.replace("_", " ")  # the field for people, e.g. "max miou drop", "threshold override"
+        super().__init__(f"{words} {value}: {problem}" if value != "" else f"{words}: {problem}")
 
     def as_flag(self, flag: str) -> str:
         """The message with the field shown as the command-line flag that set it."""
-        return f"{flag} {self.value}: {self.problem}"
+        return f"{flag} {self.value}: {self.problem}" if self.value != "" else f"{flag}: {self.problem}"
 
 
 def user_error(exc: BaseException) -> DeployError | None:

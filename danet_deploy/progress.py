@@ -4,6 +4,7 @@ terminal and as plain periodic lines (`PeriodicLines`) in logs."""
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -40,7 +41,9 @@ def duration(seconds: float) -> str:
 class PeriodicLines:
     """One task as plain lines for logs (no bar, no cursor movement): a line when it starts, when its description
     changes, at most every `interval` seconds while it advances (done of total, percent, elapsed, ETA from the
-    average so far), and when it ends."""
+    average so far), and when it ends. With `heartbeat` a background thread also writes the status every `interval`
+    seconds in which nothing else was written, so a log never goes quiet while a long phase runs (model
+    preparation before calibration, a slow first image)."""
 
     def __init__(
         self,
@@ -49,11 +52,18 @@ class PeriodicLines:
         write: Callable[[str], None],
         interval: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
+        heartbeat: bool = False,
     ) -> None:
         self.description, self.total, self.write, self.interval, self.clock = description, total, write, interval, clock
         self.done = 0
         self.started = self.last = clock()
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
         self.write(f"{description}: started" + (f" (0/{total})" if total else ""))
+        self._thread: threading.Thread | None = None
+        if heartbeat:
+            self._thread = threading.Thread(target=self._beat, name="progress-heartbeat", daemon=True)
+            self._thread.start()
 
     def status(self) -> str:
         elapsed = self.clock() - self.started
@@ -67,19 +77,36 @@ class PeriodicLines:
         return line
 
     def update(self, advance: int = 1, description: str | None = None, total: int | None = None) -> None:
-        self.done += advance
-        if total:
-            self.total = total
-        now = self.clock()
-        if description and description != self.description:
-            self.description = description
-        elif now - self.last < self.interval:
-            return
-        self.last = now
-        self.write(self.status())
+        with self._lock:
+            self.done += advance
+            if total:
+                self.total = total
+            now = self.clock()
+            if description and description != self.description:
+                self.description = description
+            elif now - self.last < self.interval:
+                return
+            self.last = now
+            self.write(self.status())
+
+    def _beat(self) -> None:
+        while not self._stopped.wait(self.interval / 4):
+            with self._lock:
+                if self._stopped.is_set() or self.clock() - self.last < self.interval:
+                    continue
+                self.last = self.clock()
+                self.write(self.status())
+
+    def stop(self) -> None:
+        """End the heartbeat without a final line (the task failed or was interrupted)."""
+        self._stopped.set()
+        if self._thread is not None:
+            self._thread.join()
 
     def finish(self) -> None:
-        self.write(f"{self.status()}; finished")
+        self.stop()
+        with self._lock:
+            self.write(f"{self.status()}; finished")
 
 
 def format_bytes(value: float) -> str:

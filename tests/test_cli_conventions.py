@@ -55,7 +55,7 @@ def test_option_errors_name_the_field_in_python_and_the_flag_on_the_command_line
     assert flag_message(caught.value).startswith("--method minmax: choose from entropy")
     with pytest.raises(OptionError, match="atol"):
         SimplifyOptions(atol=float("nan")).check()
-    with pytest.raises(OptionError, match="layer4_dilations"):
+    with pytest.raises(OptionError, match="layer4 dilations 0: must be at least 1"):
         ExportOptions(model=ExportOptions().model.__class__(layer4_dilations=(4, 0, 16))).check()
     result = run("simplify", fp32_onnx, "--atol", "nan", "-o", fp32_onnx.parent / "s.onnx")
     assert_one_line_error(result, 2, "--atol nan: must be a finite number")

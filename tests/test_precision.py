@@ -234,7 +234,7 @@ def test_percentile_clips_ranges_below_max(calib_dir: Path, fp32_onnx: Path, tmp
 
 
 def test_unknown_method_and_quantized_input_are_bad_input(calib_dir: Path, fp32_onnx: Path, tmp_path: Path) -> None:
-    with pytest.raises(OptionError, match=r"method=.kl.: choose from entropy, max, percentile"):
+    with pytest.raises(OptionError, match="method kl: choose from entropy, max, percentile"):
         quantize_int8(fp32_onnx, tmp_path / "x.onnx", Int8Options(calib=calib_dir, method="kl"))
     out, _ = quantize_int8(
         fp32_onnx, tmp_path / "q.onnx", Int8Options(calib=calib_dir, method="max", cache_dir=tmp_path / "c")

@@ -11,6 +11,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from danet_deploy.artifact import Precision
+from danet_deploy.config import ModelConfig
 from danet_deploy.data.datasets import open_dataset
 from danet_deploy.errors import BadInputError
 from danet_deploy.evaluate.verify import DEFAULT_THRESHOLDS, thresholds_with, verify
@@ -25,7 +26,7 @@ def test_threshold_overrides() -> None:
     assert t["fp16"].min_pixel_agreement == 0.5 and t["fp16"].max_miou_drop == DEFAULT_THRESHOLDS["fp16"].max_miou_drop
     assert t["int8"].max_abs_diff == 2.0 and t["fp32"].max_abs_diff is None
     for bad in ("fp64.max_abs_diff=1", "fp16.speed=1", "fp16.max_abs_diff", "int8.max_miou_drop=lots"):
-        with pytest.raises(BadInputError, match="--threshold"):
+        with pytest.raises(BadInputError, match="threshold override"):
             thresholds_with([bad])
 
 
@@ -90,6 +91,48 @@ def test_precision_selects_thresholds(tiny_model, city_data: Path) -> None:
     assert report.passed is False and report.labeled and report.images == 3
     assert [b.precision for b in report.backends] == ["fp32", "fp32", "fp16"]
     assert not any(r.is_active for r in runners)  # verify deactivates the runners it activated
+    # p99 is the upper edge of a histogram bin, capped by the max: never above it (the reference: both 0).
+    assert report.backends[0].p99_abs_diff == 0 == report.backends[0].max_abs_diff
+    assert all(b.p99_abs_diff <= b.max_abs_diff for b in report.backends)
+    # The tiny model's noise floor sets the FP32 tolerance; every precision's thresholds say where they came from.
+    assert report.fp32_noise is not None and {t.precision for t in report.thresholds_in_force} == {"fp32", "fp16"}
+    assert "FP32 noise" in report.limits("fp32")[0].source and report.limits("fp16")[0].value is None
+
+
+def test_terminal_table_shows_deltas_and_whole_backend_names(tiny_model, city_data: Path) -> None:
+    from rich.console import Console
+
+    from danet_deploy.report.text import failure_lines, per_class_table, threshold_table, verify_table
+
+    name = "onnxruntime:danet_r101_cityscapes_1024x2048.int8.onnx"
+    report = verify(open_dataset(city_data), [PyTorchRunner(tiny_model, TINY), NoisyRunner(tiny_model, "int8", 5.0)])
+    report.backends[1].name = name
+    console = Console(width=160, record=True)
+    for table in (verify_table(report), per_class_table(report), threshold_table(report)):
+        console.print(table)
+    text = console.export_text()
+    assert "…" not in text and "delta mIoU" in text and "labels changed" in text
+    assert name in text and f"delta {name}" in text  # whole, on one line, in both tables
+    assert "thresholds in force" in text and "min_pixel_agreement" in text
+    assert failure_lines(report) == [f"{name} FAILED: {'; '.join(report.backends[1].failures)}"]
+
+
+def test_verify_options_check_names_the_option_in_library_words(tmp_path: Path) -> None:
+    from danet_deploy.errors import OptionError
+    from danet_deploy.steps.verify import VerifyOptions
+
+    VerifyOptions().check()
+    cases = [
+        (VerifyOptions(locate_images=0), "locate_images", "locate images 0: must be at least 1"),
+        (VerifyOptions(thresholds=("fp16.min_pixel_agreement=2",)), "thresholds", "threshold override"),
+        (VerifyOptions(crop=64), "stride", "needs both a crop size and a stride"),
+        (VerifyOptions(scales=(0.0,)), "scales", "scales 0: each scale"),
+    ]
+    for options, option, words in cases:
+        with pytest.raises(OptionError, match=words) as info:
+            options.check()
+        assert info.value.field == option and "--" not in str(info.value)
+    assert info.value.as_flag("--scales") == "--scales 0: each scale must be a number in (0, 4]"
 
 
 # --- evaluation protocols ------------------------------------------------------------------------------
@@ -180,3 +223,87 @@ def test_pytorch_fp16_needs_a_gpu(tiny_model) -> None:
         with pytest.raises(DeployError, match="CUDA GPU") as info:
             PyTorchRunner(tiny_model, TINY, half=True)
         assert info.value.exit_code == 3
+
+
+# --- the FP32 gate: derived from the reference's own FP32 noise -------------------------------------------------
+
+DEEP = ModelConfig(depth=101, base_width=8, stem_channels=(8, 8, 16), input_size=(64, 128))
+
+
+@pytest.fixture(scope="module")
+def deep_model() -> torch.nn.Module:
+    """A random-weight DANet-R101 (narrow, for CI) with trained-scale statistics: BatchNorm statistics measured on
+    images, so activations keep their scale through all 101 layers as in a trained model, and PAM / CAM active."""
+    from danet_deploy.data.preprocess import normalize
+    from danet_deploy.data.synthetic import generate_scene
+    from danet_deploy.model import build_danet
+
+    torch.manual_seed(0)
+    model = build_danet(DEEP)
+    model.head.pam.gamma.data.fill_(0.5)
+    model.head.cam.gamma.data.fill_(0.3)
+    x = torch.from_numpy(np.concatenate([normalize(generate_scene(s, 64, 128).image, DEEP) for s in range(4)]))
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average: the statistics of these images
+    model.train()
+    with torch.no_grad():
+        model(x)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def deep_case(deep_model, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The deep model's faithful ONNX export and three labeled scenes."""
+    from danet_deploy.export import ExportOptions, export_onnx
+
+    from danet_deploy.data.synthetic import generate_scene, write_cityscapes_split
+
+    tmp = tmp_path_factory.mktemp("deep")
+    path = tmp / "deep.onnx"
+    export_onnx(deep_model, DEEP, path, ExportOptions(atol=1e-2), generate_scene(0, 64, 128).image)
+    return path, write_cityscapes_split(tmp / "city", "val", 3, 64, 128)
+
+
+def _deep_verify(model: torch.nn.Module, onnx_path: Path, data: Path, config: ModelConfig = DEEP):
+    from danet_deploy.runners.onnxruntime import OnnxRuntimeRunner
+
+    runners = [PyTorchRunner(model, config), OnnxRuntimeRunner(onnx_path, bounded=True)]
+    return verify(open_dataset(data), runners, config)
+
+
+@pytest.mark.slow
+def test_faithful_deep_model_passes_the_noise_derived_fp32_gate(deep_model, deep_case) -> None:
+    onnx_path, data = deep_case
+    report = _deep_verify(deep_model, onnx_path, data)
+    backend = report.backends[1]
+    noise = report.fp32_noise
+    assert noise is not None and noise.max_abs > 1e-5  # deep: FP32 alone is far from exact
+    (tolerance,) = [t for t in report.limits("fp32") if t.name == "max_abs_diff"]
+    assert tolerance.value == pytest.approx(max(16 * noise.max_abs, 1e-4 + 1e-4 * noise.max_logit))
+    assert "FP32 noise" in tolerance.source and noise.image in tolerance.source
+    # The old fixed 1e-3 failed this faithful export; the derived gate passes it.
+    assert backend.max_abs_diff > 1e-4 and report.passed, backend.failures
+    assert all(t.source for t in report.thresholds_in_force)
+    assert report.to_dict()["fp32_noise"]["max_abs"] == noise.max_abs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("broken", ["bias", "normalization"])
+def test_deep_model_with_a_broken_bias_or_normalization_fails(deep_model, deep_case, broken: str) -> None:
+    import copy
+    import dataclasses
+
+    onnx_path, data = deep_case
+    model, config = copy.deepcopy(deep_model), DEEP
+    if broken == "bias":  # one BatchNorm bias in the middle of layer3 off by a tenth of its channels' scale
+        bn = model.backbone.layer3[10].bn2 if hasattr(model, "backbone") else None
+        assert bn is not None
+        with torch.no_grad():
+            bn.bias.add_(0.1 * bn.weight.abs().mean())
+    else:  # the reference normalizes with a slightly wrong mean (as a mistaken config would)
+        config = dataclasses.replace(DEEP, mean=tuple(m + 0.01 for m in DEEP.mean))
+    report = _deep_verify(model, onnx_path, data, config)
+    backend = report.backends[1]
+    assert not report.passed and any("max abs diff" in f for f in backend.failures), backend.failures

@@ -16,6 +16,7 @@ import resource
 import signal
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
 from typing import Any
@@ -68,17 +69,36 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
+# In a worker: runs finished so far (warm-up and timed), shared with the parent for its progress display.
+_runs_done: Any = None
+
+
+def _init_worker(counter: Any) -> None:
+    """Worker start: Ctrl-C is the parent's to handle; keep the shared run counter."""
+    global _runs_done
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _runs_done = counter
+
+
+def _count_run() -> None:
+    if _runs_done is not None:
+        with _runs_done.get_lock():
+            _runs_done.value += 1
+
+
 def _run_one(runner: Runner, image: np.ndarray, warmup: int, iterations: int) -> dict:
     """In the child: activate the runner, warm up, then time each call (the backend alone and end to end)."""
     with runner:
         for _ in range(warmup):
             runner.infer(image)
+            _count_run()
         compute, e2e = [], []
         for _ in range(iterations):
             started = time.perf_counter()
             runner.infer(image).argmax(1)
             e2e.append((time.perf_counter() - started) * 1000)
             compute.append((runner.last_inference_time() or 0.0) * 1000)
+            _count_run()
         peak = peak_rss_bytes() / 2**20
         median_e2e = statistics.median(e2e)
         return asdict(
@@ -126,10 +146,11 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _worker(connection: Connection, parent: int, args: tuple) -> None:
-    """The spawned worker: dies with its parent, leaves Ctrl-C to the parent (which stops it), sends one row."""
+def _worker(connection: Connection, parent: int, counter: Any, args: tuple) -> None:
+    """The spawned worker: dies with its parent, leaves Ctrl-C to the parent (which stops it), counts its runs in
+    `counter` (the parent's progress), sends one row."""
     _die_with_parent(parent)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _init_worker(counter)
     try:
         connection.send(_child(args))
     finally:
@@ -147,14 +168,20 @@ def _died(name: str, exitcode: int | None) -> dict:
     return {"name": name, "error": f"{name}: its benchmark process died, {how}", "exit_code": EXIT_BAD_INPUT}
 
 
-def _run_in_process(ctx: Any, runner: Runner, args: tuple) -> dict:
-    """One backend's row from its own spawned process; a process that dies is a failed row, never a hang."""
+def _run_in_process(
+    ctx: Any, runner: Runner, args: tuple, counter: Any, waiting: Callable[[int], None] | None = None
+) -> dict:
+    """One backend's row from its own spawned process; a process that dies is a failed row, never a hang.
+    `waiting(runs done)` is called every POLL_SECONDS while the worker runs."""
     receive, send = ctx.Pipe(duplex=False)
-    process = ctx.Process(target=_worker, args=(send, os.getpid(), args), daemon=True)
+    process = ctx.Process(target=_worker, args=(send, os.getpid(), counter, args), daemon=True)
     try:
         process.start()
         send.close()  # only the worker holds the sending end: its death is the end of the pipe
         try:
+            while not receive.poll(POLL_SECONDS):
+                if waiting is not None:
+                    waiting(counter.value)
             row: dict = receive.recv()
         except EOFError:
             process.join()
@@ -168,8 +195,20 @@ def _run_in_process(ctx: Any, runner: Runner, args: tuple) -> dict:
             process.join()
 
 
-def benchmark(runners: list[Runner], image: np.ndarray, warmup: int = 3, iterations: int = 20) -> dict[str, Any]:
-    """Benchmark each (inactive) runner in a fresh spawned process, which activates it.
+# A progress callback: (backend index, backend name, runs done, runs per backend: warm-up + timed).
+OnRuns = Callable[[int, str, int, int], None]
+POLL_SECONDS = 0.5  # how often the parent reads the worker's run counter
+
+
+def benchmark(
+    runners: list[Runner],
+    image: np.ndarray,
+    warmup: int = 3,
+    iterations: int = 20,
+    on_runs: OnRuns | None = None,
+) -> dict[str, Any]:
+    """Benchmark each (inactive) runner in a fresh spawned process, which activates it. `on_runs(backend index,
+    name, runs done, runs per backend)` as the worker's warm-up and timed runs finish (polled every POLL_SECONDS).
 
     Returns {"backends": [LatencyStats dict, or {"name", "error", "exit_code"}], "versions": ..., "device": the CPU
     and the GPUs the backends ran on}. All backends run at one input size: a static backend's size if there is one,
@@ -187,7 +226,18 @@ def benchmark(runners: list[Runner], image: np.ndarray, warmup: int = 3, iterati
     if size:
         image = resize_image(image, size)
     ctx = multiprocessing.get_context("spawn")
-    results = [_run_in_process(ctx, runner, (runner, image, warmup, iterations)) for runner in runners]
+    results = []
+    runs = warmup + iterations
+    for index, runner in enumerate(runners):
+        counter = ctx.Value("i", 0)
+
+        def waiting(done: int, index: int = index, name: str = runner.name) -> None:
+            if on_runs is not None:
+                on_runs(index, name, done, runs)
+
+        results.append(_run_in_process(ctx, runner, (runner, image, warmup, iterations), counter, waiting))
+        if on_runs is not None:
+            on_runs(index, runner.name, runs, runs)
     return {"backends": results, "versions": tool_versions("onnxslim", "tensorrt"), "device": devices(results)}
 
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from danet_deploy.errors import BadInputError
+from danet_deploy.errors import OptionError
 
 MAX_SCALE = 4.0
 Infer = Callable[[np.ndarray], np.ndarray]  # H x W x 3 uint8 -> 1 x C x H x W logits
@@ -26,20 +26,30 @@ Infer = Callable[[np.ndarray], np.ndarray]  # H x W x 3 uint8 -> 1 x C x H x W l
 
 @dataclass(frozen=True)
 class EvalProtocol:
-    crop: int | None = None  # sliding window size; None: whole image
+    """How each image is evaluated, the same for every backend.
+
+    Attributes:
+        crop: sliding-window size; None: the whole image at once.
+        stride: sliding-window step (with `crop`).
+        flip: average with the horizontally flipped image.
+        scales: image scales whose logits are averaged (multi-scale).
+    """
+
+    crop: int | None = None
     stride: int | None = None
     flip: bool = False
     scales: tuple[float, ...] = (1.0,)
 
     def __post_init__(self) -> None:
         if (self.crop is None) != (self.stride is None):
-            raise BadInputError("--crop and --stride go together")
+            missing = "stride" if self.stride is None else "crop"
+            raise OptionError(missing, "", "a sliding window needs both a crop size and a stride")
         if self.crop is not None and self.stride is not None and not 0 < self.stride <= self.crop:
-            raise BadInputError(f"--stride must be in 1..crop ({self.crop}), got {self.stride}")
+            raise OptionError("stride", str(self.stride), f"the sliding-window stride must be in 1..crop ({self.crop})")
         # DANet's multi-scale protocols use 0.5-2.0; beyond 4 an image's attention map grows by the 4th power.
         if not self.scales or not all(math.isfinite(s) and 0 < s <= MAX_SCALE for s in self.scales):
             shown = ",".join(f"{s:g}" for s in self.scales)
-            raise BadInputError(f"--scales {shown}: each scale must be a number in (0, {MAX_SCALE:g}]")
+            raise OptionError("scales", shown, f"each scale must be a number in (0, {MAX_SCALE:g}]")
 
     @property
     def name(self) -> str:
@@ -105,7 +115,11 @@ def predict(infer: Infer, image: np.ndarray, protocol: EvalProtocol, align_corne
     total: np.ndarray | None = None
     for scale in protocol.scales:
         size = (max(8, round(h * scale)), max(8, round(w * scale)))
-        scaled = image if size == (h, w) else np.asarray(Image.fromarray(image).resize(size[::-1], Image.BILINEAR))
+        scaled = (
+            image
+            if size == (h, w)
+            else np.asarray(Image.fromarray(image).resize(size[::-1], Image.Resampling.BILINEAR))
+        )
         logits = once(scaled)
         if protocol.flip:
             logits = logits + once(np.ascontiguousarray(scaled[:, ::-1]))[..., ::-1]

@@ -9,38 +9,74 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
 from danet_deploy.artifact import Precision, precision_label
 from danet_deploy.config import ModelConfig
 from danet_deploy.data.datasets import Dataset, LabelRules
 from danet_deploy.data.preprocess import resize_image
-from danet_deploy.errors import BadInputError
+from danet_deploy.errors import BadInputError, OptionError
 from danet_deploy.evaluate.metrics import confusion_matrix, mean_iou, per_class_iou
+from danet_deploy.evaluate.noise import NOISE_FACTOR, Fp32Noise, fp32_tolerance, reference_noise
 from danet_deploy.evaluate.protocols import EvalProtocol, predict, resize_logits
 from danet_deploy.runners.base import Runner, activated
 
-REPORT_SCHEMA_VERSION = 1
+REPORT_SCHEMA_VERSION = 2  # 2: thresholds in force with sources, FP32 noise, confusion, per-image IoU
 
 
 @dataclass(frozen=True)
 class Thresholds:
-    """What a backend must meet against the reference to pass."""
+    """What a backend must meet against the reference to pass.
 
-    max_abs_diff: float | None = 1e-3  # on logits; None: not checked (reduced precision)
-    min_pixel_agreement: float = 0.9999  # fraction of pixels whose argmax label matches the reference
-    max_miou_drop: float = 0.05  # mIoU points below the reference
+    Attributes:
+        max_abs_diff: fixed tolerance on max |logit difference|; None: not checked (reduced precision). For FP32
+            it applies only where the noise floor is not measured (no PyTorch reference) or it is set explicitly.
+        min_pixel_agreement: fraction of pixels whose argmax label matches the reference.
+        max_miou_drop: mIoU points below the reference.
+        noise_factor: FP32: the logit tolerance is this times the reference's own FP32 rounding noise, measured
+            against float64 (`evaluate.noise`); None: use `max_abs_diff` as it is.
+    """
+
+    max_abs_diff: float | None = 1e-3
+    min_pixel_agreement: float = 0.9999
+    max_miou_drop: float = 0.05
+    noise_factor: float | None = None
 
 
-# Per precision: FP32 must match to rounding; FP16 and INT8 are judged on labels and mIoU, which is what
-# a user ships, because their logit errors are expected and a logit tolerance would fail them for nothing.
+# Per precision: FP32 must match to its own rounding (measured per model and size); FP16 and INT8 are judged on
+# labels and mIoU, which is what a user ships: their logit errors are expected and reported, not gated.
 DEFAULT_THRESHOLDS: dict[str, Thresholds] = {
-    "fp32": Thresholds(max_abs_diff=1e-3, min_pixel_agreement=0.9999, max_miou_drop=0.05),
+    "fp32": Thresholds(max_abs_diff=1e-3, min_pixel_agreement=0.999, max_miou_drop=0.05, noise_factor=NOISE_FACTOR),
     "fp16": Thresholds(max_abs_diff=None, min_pixel_agreement=0.999, max_miou_drop=0.1),
     "int8": Thresholds(max_abs_diff=None, min_pixel_agreement=0.95, max_miou_drop=1.0),
+}
+
+# Where each default comes from, as every report shows it next to the value.
+DEFAULT_SOURCES: dict[str, dict[str, str]] = {
+    "fp32": {
+        "max_abs_diff": "fixed default: FP32 rounding of a shallow model (used where no PyTorch reference measures "
+        "the model's own noise)",
+        "min_pixel_agreement": "default: within the FP32 tolerance labels flip only at near-ties of two classes",
+        "max_miou_drop": "default: FP32 rounding moves no more than near-tie pixels",
+        "noise_factor": "default: faithful FP32 exports measured at 1.3x to 6x the reference's noise "
+        "(docs/benchmarks.md fp32-noise); 16 leaves twice that margin",
+    },
+    "fp16": {
+        "max_abs_diff": "not checked: FP16 logit error is expected; reported as max and p99",
+        "min_pixel_agreement": "default: FP16 rounding flips labels at near-ties only (at most 0.1% of pixels)",
+        "max_miou_drop": "default: 0.1 mIoU points, the rounding of reported Cityscapes results",
+        "noise_factor": "not used for FP16",
+    },
+    "int8": {
+        "max_abs_diff": "not checked: INT8 logit error is expected; reported as max and p99",
+        "min_pixel_agreement": "default: 95% of the reference's labels (INT8 moves class boundaries)",
+        "max_miou_drop": "default: 1 mIoU point, the usual INT8 budget for segmentation (TensorRT INT8 guidance)",
+        "noise_factor": "not used for INT8",
+    },
 }
 
 
@@ -49,36 +85,84 @@ THRESHOLD_RANGES = {
     "max_abs_diff": (0.0, math.inf, True),
     "min_pixel_agreement": (0.0, 1.0, False),
     "max_miou_drop": (0.0, 100.0, False),
+    "noise_factor": (1.0, 1e6, True),
 }
 
 
-def thresholds_with(overrides: list[str], file: str | None = None) -> dict[str, Thresholds]:
+@dataclass(frozen=True)
+class ThresholdSettings:
+    """Thresholds per precision and where each value came from (a default's reason, an override, a file).
+
+    Attributes:
+        values: precision ("fp32", "fp16", "int8") -> its thresholds.
+        sources: precision -> field -> where the value came from.
+    """
+
+    values: dict[str, Thresholds] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
+    sources: dict[str, dict[str, str]] = field(default_factory=lambda: {k: dict(v) for k, v in DEFAULT_SOURCES.items()})
+
+    def overridden(self, precision: str, name: str) -> bool:
+        return self.sources.get(precision, {}).get(name, "") != DEFAULT_SOURCES.get(precision, {}).get(name, "")
+
+
+@dataclass
+class ThresholdInForce:
+    """One threshold a backend was judged by: the value and where it came from."""
+
+    precision: str
+    name: str  # a `Thresholds` field
+    value: float | None  # None: not checked
+    source: str
+
+
+def threshold_settings(overrides: list[str], file: str | None = None) -> ThresholdSettings:
     """Defaults, then a JSON file ({"fp16": {"min_pixel_agreement": 0.998}}), then overrides like
     'fp16.min_pixel_agreement=0.998' or 'int8.max_miou_drop=0.5'. A bad entry is a one-line BadInputError
-    naming where it came from (the file or the --threshold option); NaN and out-of-range values included."""
-    items = [(f"{file}: {item}", item) for item in _file_overrides(file)] if file else []
-    items += [(f"--threshold {item!r}", item) for item in overrides]
-    result = dict(DEFAULT_THRESHOLDS)
+    naming where it came from (the file or the override); NaN and out-of-range values included."""
+    items = (
+        [("thresholds_file", f"{file}: {item}", f"thresholds file {file}", item) for item in _file_overrides(file)]
+        if file
+        else []
+    )
+    items += [("thresholds", repr(item), f"override {item.strip()}", item) for item in overrides]
+    settings = ThresholdSettings()
+    result, sources = settings.values, settings.sources
     fields = set(Thresholds.__dataclass_fields__)
-    for where, item in items:
-        key, _, value = item.partition("=")
-        precision, _, name = key.strip().partition(".")
-        if precision not in result or name not in fields or not value:
-            raise BadInputError(
-                f"{where}: expected PRECISION.FIELD=VALUE with PRECISION in {', '.join(result)} "
-                f"and FIELD in {', '.join(sorted(fields))}"
-            )
+    labels = {"thresholds": "threshold override", "thresholds_file": "thresholds file"}
+    for option, subject, origin, item in items:
         try:
-            number = None if value.strip().lower() == "none" else float(value)
-        except ValueError:
-            raise BadInputError(f"{where}: {value!r} is not a number") from None
-        low, high, nullable = THRESHOLD_RANGES[name]
-        if number is None and not nullable:
-            raise BadInputError(f"{where}: {name} must be a number")
-        if number is not None and not (math.isfinite(number) and low <= number <= high):
-            raise BadInputError(f"{where}: {name} must be between {low:g} and {high:g}, got {value.strip()}")
-        result[precision] = replace(result[precision], **{name: number})
-    return result
+            precision, name, number = _parse_override(item, fields, list(result))
+        except ValueError as exc:
+            raise OptionError(option, subject, str(exc), labels[option]) from None
+        result[precision] = Thresholds(**{**asdict(result[precision]), name: number})
+        sources[precision][name] = origin
+    return settings
+
+
+def _parse_override(item: str, fields: set[str], precisions: list[str]) -> tuple[str, str, float | None]:
+    """'fp16.min_pixel_agreement=0.998' -> (precision, field, value); ValueError saying what is wrong."""
+    key, _, value = item.partition("=")
+    precision, _, name = key.strip().partition(".")
+    if precision not in precisions or name not in fields or not value:
+        raise ValueError(
+            f"expected PRECISION.FIELD=VALUE with PRECISION in {', '.join(precisions)} "
+            f"and FIELD in {', '.join(sorted(fields))}"
+        )
+    try:
+        number = None if value.strip().lower() == "none" else float(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a number") from None
+    low, high, nullable = THRESHOLD_RANGES[name]
+    if number is None and not nullable:
+        raise ValueError(f"{name} must be a number")
+    if number is not None and not (math.isfinite(number) and low <= number <= high):
+        raise ValueError(f"{name} must be between {low:g} and {high:g}, got {value.strip()}")
+    return precision, name, number
+
+
+def thresholds_with(overrides: list[str], file: str | None = None) -> dict[str, Thresholds]:
+    """The values of `threshold_settings` (without their sources)."""
+    return threshold_settings(overrides, file).values
 
 
 def _file_overrides(file: str) -> list[str]:
@@ -115,6 +199,9 @@ class BackendResult:
     worst_images: list[dict[str, Any]] = field(default_factory=list)  # lowest pixel agreement first
     quantized_for: str | None = None  # INT8: "tensorrt" or "onnxruntime" (who the Q/DQ placement is for)
     evaluated: str = "as written"  # how the backend evaluated the model (e.g. attention in query blocks, exact)
+    confusion: list[list[int]] = field(default_factory=list)  # rows: ground truth, columns: prediction (labeled)
+    # Every image: {"image", "pixel_agreement" (vs the reference), "miou" (percent vs ground truth, None unlabeled)}.
+    per_image: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def precision_label(self) -> str:
@@ -136,7 +223,15 @@ class VerifyReport:
     # which every report shows next to the mIoU they qualify.
     label_check: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    # The thresholds each precision present was judged by, with where each value came from.
+    thresholds_in_force: list[ThresholdInForce] = field(default_factory=list)
+    fp32_noise: Fp32Noise | None = None  # the reference's own FP32 rounding noise, where measured
+    located: list[Any] = field(default_factory=list)  # evaluate.locate.LocateResult per located backend
     schema_version: int = REPORT_SCHEMA_VERSION
+
+    def limits(self, precision: str) -> list[ThresholdInForce]:
+        """The thresholds in force for one precision."""
+        return [t for t in self.thresholds_in_force if t.precision == precision]
 
     def to_dict(self) -> dict[str, Any]:
         return _json_safe(asdict(self))
@@ -167,7 +262,7 @@ class _Accumulator:
         self.nonfinite = 0
         self.diff_histogram = np.zeros(len(_DIFF_BINS) - 1, np.int64)
         self.dot = self.norm_a = self.norm_b = 0.0
-        self.per_image: list[tuple[str, float]] = []  # (image, pixel agreement)
+        self.per_image: list[tuple[str, float, float | None]] = []  # (image, pixel agreement, mIoU %)
 
     def add(self, out: np.ndarray, reference: np.ndarray, ref_labels: np.ndarray, name: str) -> np.ndarray:
         finite = np.isfinite(out)
@@ -191,13 +286,14 @@ class _Accumulator:
         agree = int((labels == ref_labels).sum())
         self.agree += agree
         self.pixels += labels.size
-        self.per_image.append((name, agree / labels.size))
+        self.per_image.append((name, agree / labels.size, None))
         return labels
 
     def p99(self) -> float:
         cumulative = np.cumsum(self.diff_histogram)
         index = int(np.searchsorted(cumulative, 0.99 * cumulative[-1]))
-        return float(_DIFF_BINS[min(index + 1, len(_DIFF_BINS) - 1)])  # upper edge of the bin
+        edge = float(_DIFF_BINS[min(index + 1, len(_DIFF_BINS) - 1)])  # upper edge of the bin
+        return min(edge, self.max_abs)  # the bin's edge can lie above every value in it: p99 is never above max
 
     def cosine(self) -> float:
         denominator = math.sqrt(self.norm_a * self.norm_b)
@@ -216,7 +312,7 @@ def verify(
     dataset: Dataset,
     runners: Sequence[Runner],
     config: ModelConfig | None = None,
-    thresholds: dict[str, Thresholds] | None = None,
+    thresholds: dict[str, Thresholds] | ThresholdSettings | None = None,
     on_image: Callable[[int], None] | None = None,
     protocol: EvalProtocol = EvalProtocol(),
     worst: int = 3,
@@ -228,14 +324,22 @@ def verify(
 
     Runners not active yet are activated for the run and deactivated after it. `config` (classes,
     align_corners, ignore index) defaults to the reference runner's. Each backend is judged by the thresholds
-    of its precision. Images stream one at a time; per image only each backend's pixel agreement is kept
-    (for the worst images).
+    of its precision; an FP32 backend's logit tolerance is derived from the reference's own FP32 noise when the
+    reference is a PyTorch FP32 model (`evaluate.noise`: one float64 run on the first image). Images stream one at
+    a time; per image only each backend's pixel agreement and IoU are kept.
 
     The data set is checked first unless the caller did (`Dataset.checked` with the model's label rules):
     mask values that are neither a class id nor the ignore index, and a partly labeled set, are errors unless
     `ignore_unknown_labels` / `allow_unlabeled` opt in; the report says what the opt-ins changed.
     """
-    thresholds = thresholds or DEFAULT_THRESHOLDS
+    if thresholds is None:
+        settings = ThresholdSettings()
+    elif isinstance(thresholds, ThresholdSettings):
+        settings = thresholds
+    else:  # plain values: what was passed is the source
+        settings = ThresholdSettings(
+            dict(thresholds), {k: {f: "given by the caller" for f in DEFAULT_SOURCES[k]} for k in thresholds}
+        )
     if len(runners) < 1:
         raise BadInputError("verify needs at least one backend")
     if len(dataset) == 0:
@@ -244,13 +348,13 @@ def verify(
     if protocol.crop is not None and size is not None and size != (protocol.crop, protocol.crop):
         crop = f"{protocol.crop}x{protocol.crop}"
         raise BadInputError(
-            f"sliding window {crop} needs backends of that size; a backend is fixed at "
-            f"{size[0]}x{size[1]} (export it with --input-size {crop})"
+            f"a sliding window of {crop} needs backends of that size; a backend is fixed at "
+            f"{size[0]}x{size[1]} (export it at {crop})"
         )
     if protocol.crop is None and size is not None and protocol.scales != (1.0,):
         raise BadInputError(
-            f"--scales runs each image at several sizes; a backend is fixed at {size[0]}x{size[1]} "
-            "(export it with --dynamic)"
+            f"multi-scale evaluation runs each image at several sizes; a backend is fixed at {size[0]}x{size[1]} "
+            "(export it with dynamic height and width)"
         )
     resize_to = size if protocol.crop is None else None
     with activated(runners):
@@ -258,9 +362,12 @@ def verify(
         rules = LabelRules(config.num_classes, config.ignore_index, ignore_unknown_labels)
         if dataset.label_check is None or dataset.rules != rules:
             dataset = dataset.checked(rules, allow_unlabeled)
+        noise = _fp32_noise(dataset, runners, settings, resize_to, protocol)
         acc = _evaluate(dataset, runners, config, protocol, resize_to, on_image)
     n = config.num_classes
     labeled = dataset.labeled
+    in_force = _in_force(settings, noise, {Precision(r.precision).value for r in runners[1:]})
+    limit_of = {(t.precision, t.name): t.value for t in in_force}
 
     results: list[BackendResult] = []
     ref_miou = mean_iou(acc[0].confusion) * 100 if labeled else None
@@ -270,20 +377,26 @@ def verify(
         iou = per_class_iou(a.confusion) * 100
         agreement = a.agree / a.pixels
         precision = Precision(runner.precision).value
-        limits = thresholds.get(precision, thresholds["fp32"])
         failures = []
         if a.nonfinite:
             failures.append(f"{a.nonfinite} NaN/Inf logits")
         if i > 0:
-            if limits.max_abs_diff is not None and not a.max_abs <= limits.max_abs_diff:
-                failures.append(f"max abs diff {a.max_abs:.3g} > {limits.max_abs_diff:g}")
-            if agreement < limits.min_pixel_agreement:
-                failures.append(f"pixel agreement {agreement:.4%} < {limits.min_pixel_agreement:.4%}")
-            if miou is not None and ref_miou is not None and ref_miou - miou > limits.max_miou_drop:
-                failures.append(f"mIoU drop {ref_miou - miou:.2f} > {limits.max_miou_drop:g} points")
+            max_abs = limit_of.get((precision, "max_abs_diff"))
+            min_agreement = limit_of.get((precision, "min_pixel_agreement"), 0.0) or 0.0
+            max_drop = limit_of.get((precision, "max_miou_drop"))
+            if max_abs is not None and not a.max_abs <= max_abs:
+                failures.append(f"max abs diff {a.max_abs:.3g} > {max_abs:.3g}")
+            if agreement < min_agreement:
+                failures.append(f"pixel agreement {agreement:.4%} < {min_agreement:.4%}")
+            if max_drop is not None and miou is not None and ref_miou is not None and ref_miou - miou > max_drop:
+                failures.append(f"mIoU drop {ref_miou - miou:.2f} > {max_drop:g} points")
         per_class = {c: _round(v) for c, v in zip(config.class_names, iou)} if labeled else {}
         deltas = {c: _round(v - r) for c, v, r in zip(config.class_names, iou, ref_iou)} if labeled else {}
-        worst_first = sorted(a.per_image, key=lambda item: item[1])[:worst] if i > 0 else []
+        per_image = [
+            {"image": name, "pixel_agreement": value, "miou": _round(image_miou)}
+            for name, value, image_miou in a.per_image
+        ]
+        worst_first = sorted(per_image, key=lambda item: float(item["pixel_agreement"] or 0.0))[:worst] if i > 0 else []
         results.append(
             BackendResult(
                 name=runner.name,
@@ -300,9 +413,11 @@ def verify(
                 failures=failures,
                 miou_delta=_round(miou - ref_miou) if miou is not None and ref_miou is not None else None,
                 per_class_iou_delta=deltas,
-                worst_images=[{"image": name, "pixel_agreement": value} for name, value in worst_first],
+                worst_images=[{"image": w["image"], "pixel_agreement": w["pixel_agreement"]} for w in worst_first],
                 quantized_for=runner.quantized_for,
                 evaluated=runner.evaluated,
+                confusion=a.confusion.tolist() if labeled else [],
+                per_image=per_image,
             )
         )
     return VerifyReport(
@@ -313,11 +428,63 @@ def verify(
         labeled=labeled,
         input_size=list(size) if size else None,
         protocol=protocol.name,
-        thresholds={k: asdict(v) for k, v in thresholds.items()},
+        thresholds={k: asdict(v) for k, v in settings.values.items()},
         model={"arch": config.arch, "variant": config.variant, "num_classes": n, "align_corners": config.align_corners},
         label_check=asdict(dataset.label_check) if dataset.label_check else None,
         notes=dataset.label_check.notes() if dataset.label_check else [],
+        thresholds_in_force=in_force,
+        fp32_noise=noise,
     )
+
+
+def _fp32_noise(
+    dataset: Dataset,
+    runners: Sequence[Runner],
+    settings: ThresholdSettings,
+    resize_to: tuple[int, int] | None,
+    protocol: EvalProtocol,
+) -> Fp32Noise | None:
+    """The reference's FP32 noise on the first image, where an FP32 backend's tolerance is derived from it: the
+    reference is a PyTorch FP32 model and the FP32 tolerance is neither fixed by the user nor the factor off."""
+    reference = runners[0]
+    module = getattr(reference, "module", None)
+    wanted = any(Precision(r.precision) is Precision.FP32 for r in runners[1:])
+    fp32 = settings.values.get("fp32")
+    if (
+        not wanted
+        or fp32 is None
+        or fp32.noise_factor is None
+        or settings.overridden("fp32", "max_abs_diff")
+        or reference.kind != "pytorch"
+        or Precision(reference.precision) is not Precision.FP32
+        or not isinstance(module, torch.nn.Module)
+    ):
+        return None
+    sample = dataset.load(0)
+    image = resize_image(sample.image, resize_to) if resize_to else sample.image
+    if protocol.crop is not None:  # a window as the sliding protocol runs it
+        image = np.ascontiguousarray(image[: protocol.crop, : protocol.crop])
+    return reference_noise(module, reference.prepare(image), sample.name)
+
+
+def _in_force(settings: ThresholdSettings, noise: Fp32Noise | None, precisions: set[str]) -> list[ThresholdInForce]:
+    """The thresholds each precision is judged by, with their sources (the FP32 tolerance derived from `noise`)."""
+    rows = []
+    for precision in sorted(precisions, key=list(DEFAULT_THRESHOLDS).index):
+        values = settings.values.get(precision, settings.values["fp32"])
+        sources = settings.sources.get(precision, settings.sources["fp32"])
+        for name in ("max_abs_diff", "min_pixel_agreement", "max_miou_drop"):
+            value: float | None = getattr(values, name)
+            source = sources[name]
+            if precision == "fp32" and name == "max_abs_diff" and noise is not None and values.noise_factor:
+                value = fp32_tolerance(noise, values.noise_factor)
+                source = (
+                    f"max({values.noise_factor:g} x the reference's own FP32 noise, export's default tolerance "
+                    f"1e-4 + 1e-4 x max |logit| {noise.max_logit:.3g}); noise = {noise.describe()}; factor: "
+                    f"{sources['noise_factor']}"
+                )
+            rows.append(ThresholdInForce(precision, name, value, source))
+    return rows
 
 
 def _evaluate(
@@ -341,9 +508,13 @@ def _evaluate(
             # One backend's output at a time beside the reference (150 MiB each at 1024x2048).
             out = reference if i == 0 else predict(runner.infer, image, protocol, config.align_corners)
             a.add(out, reference, ref_labels, sample.name)
+            image_miou = None
             if sample.label is not None:
                 scored = resize_logits(out, sample.label.shape, config.align_corners).argmax(1)[0]
-                a.confusion += confusion_matrix(sample.label, scored, n, config.ignore_index)
+                confusion = confusion_matrix(sample.label, scored, n, config.ignore_index)
+                a.confusion += confusion
+                image_miou = mean_iou(confusion) * 100
+            a.per_image[-1] = (*a.per_image[-1][:2], image_miou)
             del out
         if on_image:
             on_image(index)

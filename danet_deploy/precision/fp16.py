@@ -107,6 +107,8 @@ def tensor_absmax(
     """max |value| of every intermediate float tensor over the calibration batches: one image at a time, each
     tensor reduced inside ONNX Runtime (`MagnitudeProbe`), so memory stays that of one inference.
     `on_image(done, total)` after each batch."""
+    if on_image is not None:  # the total before the probe model is built
+        on_image(0, len(calib))
     probe = MagnitudeProbe(model)
     amax: dict[str, float] = {}
     done = 0
@@ -385,9 +387,9 @@ def _convert_fp16(
     return out, Fp16Record(
         onnx_path=str(out),
         onnx_sha256=sha256_file(out),
-        source_sha256=entry["source_sha256"],
-        mode=entry["mode"],
-        data_max=entry["data_max"],
+        source_sha256=source.sha256,
+        mode="plain" if plain else "protected",
+        data_max=None if plain else data_max,
         cam_nodes=cam,
         fp32_nodes=fp32_nodes,
         fp16_nodes=fp16_count,

@@ -170,6 +170,9 @@ def _quantize_int8(
             if on_image is not None:
                 on_image(min(done, total), total)
 
+        if on_image is not None:  # the total before the quantizer's own preparation, which takes a while
+            on_image(0, total)
+
         if profile is None:
             data = run_modelopt(source.proto, calib, method, patterns, percentile, on_batch)
         else:

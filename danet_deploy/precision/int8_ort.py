@@ -234,7 +234,7 @@ def run_onnxruntime_quantizer(
     # Only op types that something still quantizes: the calibrator then never collects the N x N attention maps.
     quantizable = set(QDQRegistry) | set(QLinearOpsRegistry)
     op_types = sorted({n.op_type for n in model.graph.node if n.name not in excluded} & quantizable)
-    extra = {"CalibStridedMinMax": 1}
+    extra: dict[str, float] = {"CalibStridedMinMax": 1}
     if method == "percentile":
         extra["CalibPercentile"] = percentile
     with temporary_folder("int8-ort") as tmp:

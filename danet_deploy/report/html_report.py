@@ -41,10 +41,21 @@ BACKEND_COLOURS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#9378
 
 @dataclass
 class Example:
+    """One of the worst images, re-run through every backend for the report.
+
+    Attributes:
+        name: the image (relative to the data set root).
+        image: H x W x 3 uint8, at the size the backends ran.
+        labels: per backend, H x W predicted class ids.
+        agreement: per backend, the fraction of pixels labeled as the reference labels them.
+        ground_truth: H x W class ids (ignore index where unlabeled) resized to the image, None without labels.
+    """
+
     name: str
-    image: np.ndarray  # H x W x 3 uint8
-    labels: list[np.ndarray]  # per backend, H x W class ids
-    agreement: list[float]  # per backend vs the reference
+    image: np.ndarray
+    labels: list[np.ndarray]
+    agreement: list[float]
+    ground_truth: np.ndarray | None = None
 
 
 def collect_examples(
@@ -75,7 +86,11 @@ def collect_examples(
             image = resize_image(sample.image, size) if size else sample.image
             labels = [predict(r.infer, image, protocol, config.align_corners).argmax(1)[0] for r in runners]
             agreement = [float((lab == labels[0]).mean()) for lab in labels]
-            examples.append(Example(name, image, labels, agreement))
+            truth = None
+            if sample.label is not None:  # nearest neighbour: class ids are not blended
+                resized = Image.fromarray(sample.label).resize(image.shape[1::-1], Image.Resampling.NEAREST)
+                truth = np.asarray(resized)
+            examples.append(Example(name, image, labels, agreement, truth))
     return examples
 
 
@@ -95,6 +110,14 @@ def colourize(labels: np.ndarray, palette: Sequence[Sequence[int]]) -> np.ndarra
     return lut[labels.astype(np.uint8)]
 
 
+def overlay(image: np.ndarray, labels: np.ndarray, palette: Sequence[Sequence[int]], ignore: int = 255) -> np.ndarray:
+    """The class colours blended half and half over the input (ignored pixels show the input alone)."""
+    colours = colourize(labels, palette).astype(np.uint16)
+    blended = ((image.astype(np.uint16) + colours) // 2).astype(np.uint8)
+    blended[labels == ignore] = image[labels == ignore]
+    return blended
+
+
 def disagreement_map(image: np.ndarray, labels: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """Grey input with the pixels whose label differs from the reference in red."""
     grey = (image.mean(axis=2, keepdims=True) * 0.6).astype(np.uint8).repeat(3, axis=2)
@@ -102,49 +125,109 @@ def disagreement_map(image: np.ndarray, labels: np.ndarray, reference: np.ndarra
     return grey
 
 
-def svg_per_class(report: VerifyReport) -> str:
-    """Grouped horizontal bars: per-class IoU of every backend."""
+def svg_per_class_delta(report: VerifyReport) -> str:
+    """The main chart: per class, each backend's IoU minus the reference's (points), bars around a zero axis with a
+    labeled scale. The absolute values are in the table below it."""
     classes = list(report.backends[0].per_class_iou)
-    if not classes:
-        return "<p>No labels: per-class IoU not computed.</p>"
-    n = len(report.backends)
-    bar, gap, left, width = 7, 6, 130, 420
-    height = len(classes) * (n * bar + gap) + 30
+    others = report.backends[1:]
+    if not classes or not others:
+        return "<p>No labels (or no backend besides the reference): per-class IoU deltas not computed.</p>"
+    values = [abs(v) for b in others for v in b.per_class_iou_delta.values() if v is not None]
+    span = max([*values, 0.1]) * 1.1
+    bar, gap, left, width, top = 9, 6, 150, 480, 24
+    row = len(others) * bar + gap
+    height = top + len(classes) * row + 40
+    zero = left + width / 2
+    x = lambda v: zero + width / 2 * v / span  # noqa: E731
     parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 60}" height="{height}" role="img" '
-        'aria-label="per-class IoU">'
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 80}" height="{height}" role="img" '
+        'aria-label="per-class IoU delta">'
     ]
     for i, name in enumerate(classes):
-        y0 = i * (n * bar + gap)
+        y0 = top + i * row
         parts.append(
-            f'<text x="{left - 6}" y="{y0 + n * bar / 2 + 4}" text-anchor="end" font-size="11">'
+            f'<text x="{left - 6}" y="{y0 + len(others) * bar / 2 + 4}" text-anchor="end" font-size="11">'
             f"{html.escape(name)}</text>"
         )
-        for j, backend in enumerate(report.backends):
-            value = backend.per_class_iou.get(name)
-            w = 0 if value is None else width * value / 100
-            colour = BACKEND_COLOURS[j % len(BACKEND_COLOURS)]
-            label = "n/a" if value is None else f"{value:.1f}"
+        for j, backend in enumerate(others):
+            value = backend.per_class_iou_delta.get(name)
+            colour = BACKEND_COLOURS[(j + 1) % len(BACKEND_COLOURS)]
+            label = "n/a" if value is None else f"{value:+.2f} points"
+            v = value or 0.0
+            x0, x1 = sorted((zero, x(v)))
             parts.append(
-                f'<rect x="{left}" y="{y0 + j * bar}" width="{w:.1f}" height="{bar - 1}" fill="{colour}">'
-                f"<title>{html.escape(backend.name)}: {label}</title></rect>"
+                f'<rect class="delta" x="{x0:.1f}" y="{y0 + j * bar}" width="{max(x1 - x0, 0.5):.1f}" '
+                f'height="{bar - 1}" fill="{colour}"><title>{html.escape(backend.name)}, {html.escape(name)}: '
+                f"{label}</title></rect>"
             )
-    for tick in range(0, 101, 25):
-        x = left + width * tick / 100
-        parts.append(f'<text x="{x}" y="{height - 8}" text-anchor="middle" font-size="10">{tick}</text>')
+    axis_y = top + len(classes) * row
+    parts.append(f'<line x1="{zero}" x2="{zero}" y1="{top - 4}" y2="{axis_y}" stroke="#333"/>')
+    parts.append(f'<line x1="{left}" x2="{left + width}" y1="{axis_y}" y2="{axis_y}" stroke="#333"/>')
+    for k in range(-2, 3):
+        tick = span * k / 2
+        parts.append(
+            f'<line x1="{x(tick):.1f}" x2="{x(tick):.1f}" y1="{axis_y}" y2="{axis_y + 4}" stroke="#333"/>'
+            f'<text x="{x(tick):.1f}" y="{axis_y + 16}" text-anchor="middle" font-size="10">{tick:+.2g}</text>'
+        )
+    parts.append(
+        f'<text x="{zero}" y="{axis_y + 32}" text-anchor="middle" font-size="11">'
+        "IoU delta vs the reference (points; left: worse)</text>"
+    )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def svg_confusion(confusion: list[list[int]], class_names: Sequence[str], title: str) -> str:
+    """Confusion matrix as a heat map, rows (ground truth) normalized to 1; each cell's title gives the numbers."""
+    matrix = np.asarray(confusion, dtype=np.float64)
+    if matrix.size == 0:
+        return ""
+    rows = matrix.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        normalized = np.where(rows > 0, matrix / rows, 0.0)
+    n = len(matrix)
+    cell, left, top = max(8, min(18, 380 // max(n, 1))), 120, 110
+    size = n * cell
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + size + 10}" height="{top + size + 30}" role="img" '
+        f'aria-label="confusion matrix {html.escape(title)}" class="confusion">',
+        f'<text x="{left}" y="14" font-size="12" font-weight="600">{html.escape(title)}</text>',
+        f'<text x="{left + size / 2}" y="{top + size + 22}" text-anchor="middle" font-size="11">predicted</text>',
+    ]
+    for i, name in enumerate(class_names[:n]):
+        escaped = html.escape(name)
+        parts.append(
+            f'<text x="{left - 4}" y="{top + i * cell + cell * 0.75}" text-anchor="end" font-size="9">{escaped}</text>'
+        )
+        cx = left + i * cell + cell * 0.7
+        parts.append(
+            f'<text x="{cx}" y="{top - 4}" font-size="9" transform="rotate(-60 {cx} {top - 4})">{escaped}</text>'
+        )
+    for i in range(n):
+        for j in range(n):
+            value = normalized[i, j]
+            shade = int(255 - 200 * value)
+            fill = f"rgb({shade},{shade},255)" if i == j else f"rgb(255,{shade},{shade})"
+            parts.append(
+                f'<rect x="{left + j * cell}" y="{top + i * cell}" width="{cell}" height="{cell}" fill="{fill}" '
+                f'stroke="#eee"><title>truth {html.escape(class_names[i]) if i < len(class_names) else i} -&gt; '
+                f"{html.escape(class_names[j]) if j < len(class_names) else j}: {value:.3f} "
+                f"({int(matrix[i, j])} px)</title></rect>"
+            )
     parts.append("</svg>")
     return "".join(parts)
 
 
 def svg_latency(results: list[dict[str, Any]]) -> str:
-    """Median latency bars with a p90-p99 whisker per backend."""
+    """Median latency bars with a p90-p99 whisker per backend, on a labeled millisecond axis."""
     ok = [r for r in results if "error" not in r]
     if not ok:
         return ""
     top = max(r["p99_ms"] for r in ok) * 1.1
     left, width, row = 190, 420, 26
+    axis_y = len(ok) * row + 10
     parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 90}" height="{len(ok) * row + 10}" '
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 90}" height="{axis_y + 40}" '
         'role="img" aria-label="latency">'
     ]
     for i, r in enumerate(ok):
@@ -157,8 +240,104 @@ def svg_latency(results: list[dict[str, Any]]) -> str:
             f'<line x1="{x90:.1f}" x2="{x99:.1f}" y1="{y + 9}" y2="{y + 9}" stroke="#333" stroke-width="2"/>',
             f'<text x="{x99 + 6:.1f}" y="{y + 14}" font-size="11">{r["median_ms"]:.1f} ms</text>',
         ]
-    parts.append("</svg>")
+    parts.append(f'<line class="axis" x1="{left}" x2="{left + width}" y1="{axis_y}" y2="{axis_y}" stroke="#333"/>')
+    for k in range(5):
+        value = top * k / 4
+        tx = left + width * k / 4
+        parts.append(
+            f'<line x1="{tx:.1f}" x2="{tx:.1f}" y1="{axis_y}" y2="{axis_y + 4}" stroke="#333"/>'
+            f'<text x="{tx:.1f}" y="{axis_y + 16}" text-anchor="middle" font-size="10">{value:.3g}</text>'
+        )
+    parts.append(
+        f'<text x="{left + width / 2}" y="{axis_y + 32}" text-anchor="middle" font-size="11">'
+        "latency per image (ms): bar median, whisker p90 to p99</text></svg>"
+    )
     return "".join(parts)
+
+
+def _class_rows(report: VerifyReport) -> str:
+    """Absolute per-class IoU, one column per backend."""
+    names = list(report.backends[0].per_class_iou)
+    rows = []
+    for name in names:
+        cells = "".join(
+            f"<td>{'-' if b.per_class_iou.get(name) is None else format(b.per_class_iou[name], '.2f')}</td>"
+            for b in report.backends
+        )
+        rows.append(f"<tr><td>{html.escape(name)}</td>{cells}</tr>")
+    head = "".join(f"<th>{html.escape(b.name)}</th>" for b in report.backends)
+    return f'<table class="per-class"><tr><th>class</th>{head}</tr>{"".join(rows)}</table>'
+
+
+def _image_rows(report: VerifyReport, limit: int = 50) -> str:
+    """Per image: mIoU against the ground truth per backend and agreement with the reference; worst first."""
+    others = report.backends[1:]
+    reference = {item["image"]: item for item in report.backends[0].per_image}
+    order = sorted(
+        reference,
+        key=lambda name: min([1.0, *(i["pixel_agreement"] for b in others for i in b.per_image if i["image"] == name)]),
+    )
+    by_backend = [{item["image"]: item for item in b.per_image} for b in report.backends]
+    head = "".join(f"<th>{html.escape(b.name)} mIoU %</th>" for b in report.backends)
+    head += "".join(f"<th>{html.escape(b.name)} agreement</th>" for b in others)
+    rows = []
+    for name in order[:limit]:
+        mious = "".join(
+            f"<td>{'-' if items[name]['miou'] is None else format(items[name]['miou'], '.2f')}</td>"
+            for items in by_backend
+        )
+        agree = "".join(f"<td>{items[name]['pixel_agreement']:.4%}</td>" for items in by_backend[1:])
+        rows.append(f"<tr><td>{html.escape(name)}</td>{mious}{agree}</tr>")
+    more = f"<p>{len(order) - limit} more images in the JSON report.</p>" if len(order) > limit else ""
+    return f'<table class="per-image"><tr><th>image</th>{head}</tr>{"".join(rows)}</table>{more}'
+
+
+def _threshold_rows(report: VerifyReport) -> str:
+    from danet_deploy.report.text import threshold_value
+
+    rows = "".join(
+        f"<tr><td>{html.escape(t.precision)}</td><td>{html.escape(t.name)}</td>"
+        f'<td>{html.escape(threshold_value(t.name, t.value))}</td><td class="source">{html.escape(t.source)}</td></tr>'
+        for t in report.thresholds_in_force
+    )
+    noise = ""
+    if report.fp32_noise is not None:
+        n = report.fp32_noise
+        noise = (
+            f"<p>FP32 noise floor: {html.escape(n.describe())} (mean {n.mean_abs:.2e}, max |logit| "
+            f"{n.max_logit:.3g}, {n.seconds:.1f} s).</p>"
+        )
+    return (
+        f'<table class="thresholds"><tr><th>precision</th><th>threshold</th><th>value</th><th>from</th></tr>{rows}'
+        f"</table>{noise}"
+    )
+
+
+def _locate_html(report: VerifyReport) -> str:
+    if not report.located:
+        return ""
+    blocks = ["<h2>Where the error appears (locate)</h2>"]
+    for result in report.located:
+        name = html.escape(result.backend)
+        if result.skipped:
+            blocks.append(f"<p>{name}: skipped ({html.escape(result.skipped)})</p>")
+            continue
+        rows = "".join(
+            f"<tr><td>{html.escape(layer.node)}</td><td>{html.escape(layer.op_type)}</td><td>{layer.error:.3g}</td>"
+            f"<td>{layer.inherited:.3g}</td><td>{layer.max_abs_diff:.3g}</td></tr>"
+            for layer in result.jumps
+        )
+        images = html.escape(", ".join(result.images))
+        blocks.append(
+            f"<p>{name}: {result.compared} tensors compared with {html.escape(result.reference)} on {images}; "
+            "the first nodes where the error jumps:</p>"
+            f'<table class="locate"><tr><th>node</th><th>op</th><th>relative error</th><th>inherited</th>'
+            f"<th>max |diff|</th></tr>{rows}</table>"
+        )
+        if result.exclude:
+            command = " ".join(f"--exclude '{p}'" for p in result.exclude)
+            blocks.append(f"<p>Keep them in higher precision: <code>quantize {html.escape(command)}</code></p>")
+    return "".join(blocks)
 
 
 def _backend_rows(report: VerifyReport) -> str:
@@ -179,24 +358,29 @@ def _backend_rows(report: VerifyReport) -> str:
     return "\n".join(rows)
 
 
-def _examples_html(examples: list[Example], report: VerifyReport, palette: Sequence[Sequence[int]]) -> str:
+def _examples_html(
+    examples: list[Example], report: VerifyReport, palette: Sequence[Sequence[int]], ignore: int = 255
+) -> str:
     if not examples:
         return "<p>No disagreements to show.</p>"
+
+    def figure(array: np.ndarray, caption: str, kind: str) -> str:
+        return (
+            f'<figure class="{kind}"><img src="{_png(array)}" alt="{caption}"><figcaption>{caption}</figcaption>'
+            "</figure>"
+        )
+
     blocks = []
     for ex in examples:
-        cells = [f'<figure><img src="{_png(ex.image)}" alt="input"><figcaption>input</figcaption></figure>']
+        cells = [figure(ex.image, "input", "input")]
+        if ex.ground_truth is not None:
+            cells.append(figure(overlay(ex.image, ex.ground_truth, palette, ignore), "ground truth", "truth"))
         for b, labels, agreement in zip(report.backends, ex.labels, ex.agreement):
-            name = html.escape(b.name)
-            cells.append(
-                f'<figure><img src="{_png(colourize(labels, palette))}" alt="{name}">'
-                f"<figcaption>{name}<br>{agreement:.3%} agree</figcaption></figure>"
-            )
+            caption = f"{html.escape(b.name)}<br>{agreement:.3%} agree"
+            cells.append(figure(overlay(ex.image, labels, palette), caption, "prediction"))
         for b, labels in zip(report.backends[1:], ex.labels[1:]):
-            cells.append(
-                f'<figure><img src="{_png(disagreement_map(ex.image, labels, ex.labels[0]))}" '
-                f'alt="disagreement"><figcaption>{html.escape(b.name)} vs {html.escape(report.reference)}'
-                "</figcaption></figure>"
-            )
+            caption = f"{html.escape(b.name)} vs {html.escape(report.reference)}: red = differs"
+            cells.append(figure(disagreement_map(ex.image, labels, ex.labels[0]), caption, "disagreement"))
         blocks.append(f'<h3>{html.escape(ex.name)}</h3><div class="row">{"".join(cells)}</div>')
     return "\n".join(blocks)
 
@@ -210,6 +394,7 @@ td:first-child,th:first-child{text-align:left}.pass{color:#1a7f37;font-weight:60
 .row{display:flex;flex-wrap:wrap;gap:8px}figure{margin:0}figcaption{font-size:12px;text-align:center}
 .legend span{display:inline-block;margin-right:12px;font-size:12px}
 .legend i{display:inline-block;width:10px;height:10px;margin-right:4px}
+td.source{text-align:left;font-size:12px;max-width:700px}code{background:#f6f8fa;padding:2px 4px}
 """
 
 
@@ -224,6 +409,7 @@ def write_html(
     legend = "".join(
         f'<span><i style="background:{BACKEND_COLOURS[i % len(BACKEND_COLOURS)]}"></i>{html.escape(b.name)}</span>'
         for i, b in enumerate(report.backends)
+        if i > 0
     )
     classes = "".join(
         f'<span><i style="background:{_rgb(config.palette[i])}"></i>{html.escape(n)}</span>'
@@ -231,24 +417,41 @@ def write_html(
     )
     bench = ""
     if benchmark:
-        bench = f"<h2>Latency (median; whisker p90-p99)</h2><p>{html.escape(str(benchmark.get('device', '')))}</p>"
+        bench = f"<h2>Latency</h2><p>{html.escape(str(benchmark.get('device', '')))}</p>"
         bench += svg_latency(benchmark["backends"])
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     banner = '<div class="banner ok">PASSED</div>' if report.passed else '<div class="banner bad">FAILED</div>'
     size = html.escape("x".join(map(str, report.input_size)) if report.input_size else "native size")
     notes = "".join(f'<p class="note">{html.escape(note)}</p>' for note in report.notes)
+    confusion = ""
+    if report.labeled and len(report.backends) > 1:
+        worst = min(report.backends[1:], key=lambda b: (b.miou if b.miou is not None else 0.0, b.pixel_agreement))
+        confusion = (
+            "<h2>Confusion matrices (rows: ground truth, normalized)</h2>"
+            f'<div class="row">{svg_confusion(report.backends[0].confusion, config.class_names, report.reference)}'
+            f"{svg_confusion(worst.confusion, config.class_names, worst.name)}</div>"
+        )
+    worst_images = _examples_html(examples, report, config.palette, config.ignore_index)
+    per_class = ""
+    if report.labeled:
+        per_class = f"<h3>Per-class IoU %</h3>{_class_rows(report)}"
     page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="{CSP}"><title>{html.escape(title)}</title>
 <style>{STYLE}</style></head><body>
 <h1>{html.escape(title)}</h1>{banner}
 <p>{html.escape(config.arch)}, {html.escape(str(config.num_classes))} classes; {report.images} images;
 protocol {html.escape(report.protocol)}; input {size}; reference {html.escape(report.reference)}; {created}</p>{notes}
-<h2>Backends</h2><table><tr><th>backend</th><th>precision</th><th>mIoU %</th><th>delta</th><th>pixel agreement</th>
+<h2>Backends</h2><table><tr><th>backend</th><th>precision</th><th>mIoU %</th><th>delta mIoU</th><th>pixel agreement</th>
 <th>max |diff|</th><th>p99 |diff|</th><th>cosine</th><th>NaN/Inf</th><th>result</th></tr>
 {_backend_rows(report)}</table>
-<h2>Per-class IoU</h2><div class="legend">{legend}</div>{svg_per_class(report)}
+<h2>Thresholds in force</h2>{_threshold_rows(report)}
+<h2>Per-class IoU delta vs the reference</h2><div class="legend">{legend}</div>{svg_per_class_delta(report)}
+{per_class}
+{confusion}
+{_locate_html(report)}
 {bench}
-<h2>Worst images</h2><div class="legend">{classes}</div>{_examples_html(examples, report, config.palette)}
+<h2>Per-image IoU</h2>{_image_rows(report)}
+<h2>Worst images</h2><div class="legend">{classes}</div>{worst_images}
 </body></html>"""
     with atomic_path(path) as tmp:
         tmp.write_text(page)
@@ -291,6 +494,16 @@ def write_markdown(report: VerifyReport, path: str | os.PathLike[str], html_name
             f"{b.pixel_agreement:.4%} | {b.max_abs_diff:.2e} | {b.p99_abs_diff:.1e} | {b.cosine:.6f} | "
             f"{md_escape(result)} |"
         )
+    lines += ["", "| precision | threshold | value | from |", "|---|---|---|---|"]
+    from danet_deploy.report.text import threshold_value
+
+    for t in report.thresholds_in_force:
+        lines.append(
+            f"| {md_escape(t.precision)} | {md_escape(t.name)} | {md_escape(threshold_value(t.name, t.value))} | "
+            f"{md_escape(t.source)} |"
+        )
+    for result in report.located:
+        lines += ["", *[md_escape(line) + "  " for line in result.lines()]]
     if html_name:
         code = html_name.replace("`", "")  # a code span: backslash escapes do not work inside one
         lines += ["", f"Full report with per-class IoU and the worst images: `{code}`."]

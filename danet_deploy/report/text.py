@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from rich.markup import escape
@@ -22,49 +23,82 @@ def _fmt(value: float | None, spec: str) -> str:
 
 
 def verify_table(report: VerifyReport) -> Table:
+    """Every backend against the reference: mIoU and its delta, label agreement, logit differences, the verdict.
+    Backend names are shown whole (folded onto a second line if need be, never cut); why a backend failed is in
+    `failure_lines`, below the table, so a long reason never squeezes the columns."""
     size = "x".join(map(str, report.input_size)) if report.input_size else "native"
     title = f"verify: {report.images} images, {report.protocol}, input {size}, reference {report.reference}"
-    table = Table(title=title)
-    columns = (
-        "backend",
-        "precision",
-        "mIoU %",
-        "delta",
-        "pixel agreement",
-        "max |diff|",
-        "p99 |diff|",
-        "cosine",
-        "NaN/Inf",
-        "result",
-    )
-    for column in columns:
-        table.add_column(column, justify="left" if column in ("backend", "precision", "result") else "right")
+    table = Table(title=escape(title))
+    longest = max(len(b.name) for b in report.backends)
+    table.add_column("backend", overflow="fold", min_width=min(longest, 64))
+    table.add_column("precision", no_wrap=True)
+    for column in ("mIoU %", "delta mIoU", "agreement", "labels changed", "max |diff|", "p99 |diff|", "cosine"):
+        table.add_column(column, justify="right", no_wrap=True)
+    table.add_column("NaN/Inf", justify="right", no_wrap=True)
+    table.add_column("result", no_wrap=True)
     for b in report.backends:
-        result = "[green]pass[/]" if b.passed else f"[red]FAIL[/] {escape('; '.join(b.failures))}"
         table.add_row(
             escape(b.name),
-            b.precision_label,
+            escape(b.precision_label),
             _fmt(b.miou, ".2f"),
             _fmt(b.miou_delta, "+.2f"),
             f"{b.pixel_agreement:.4%}",
+            f"{1 - b.pixel_agreement:.4%}",
             f"{b.max_abs_diff:.2e}",
             f"{b.p99_abs_diff:.1e}",
             f"{b.cosine:.6f}",
             str(b.nonfinite_values),
-            result,
+            "[green]pass[/]" if b.passed else "[red]FAIL[/]",
         )
     return table
 
 
+def failure_lines(report: VerifyReport) -> list[str]:
+    """One line per failed backend: what it missed (names from files: print escaped)."""
+    return [f"{b.name} FAILED: {'; '.join(b.failures)}" for b in report.backends if not b.passed]
+
+
 def per_class_table(report: VerifyReport) -> Table:
-    table = Table(title="per-class IoU %")
+    """Per-class IoU of the reference and each backend's delta against it (points)."""
+    table = Table(title="per-class IoU % (reference) and delta per backend (points)")
     table.add_column("class")
-    for b in report.backends:
-        table.add_column(escape(b.name), justify="right")
+    table.add_column(escape(report.backends[0].name), justify="right", overflow="fold")
+    for b in report.backends[1:]:
+        table.add_column(f"delta {escape(b.name)}", justify="right", overflow="fold")
     names = list(report.backends[0].per_class_iou)
     for name in names:  # class names come from the model file: escaped, so "[...]" is not Rich markup
-        table.add_row(escape(name), *[_fmt(b.per_class_iou.get(name), ".2f") for b in report.backends])
+        table.add_row(
+            escape(name),
+            _fmt(report.backends[0].per_class_iou.get(name), ".2f"),
+            *[_fmt(b.per_class_iou_delta.get(name), "+.2f") for b in report.backends[1:]],
+        )
     return table
+
+
+def threshold_table(report: VerifyReport) -> Table:
+    """The thresholds each precision was judged by and where each came from."""
+    table = Table(title="thresholds in force")
+    for column in ("precision", "threshold", "value", "from"):
+        table.add_column(column, overflow="fold")
+    for t in report.thresholds_in_force:
+        table.add_row(t.precision, t.name, threshold_value(t.name, t.value), escape(t.source))
+    return table
+
+
+def threshold_value(name: str, value: float | None) -> str:
+    """'not checked', '99.9000%' for agreement, '0.1 points' for mIoU, '8.29e-03' for logits."""
+    if value is None:
+        return "not checked"
+    if name == "min_pixel_agreement":
+        return f">= {value:.4%}"
+    if name == "max_miou_drop":
+        return f"<= {value:g} points"
+    return f"<= {value:.3g}"
+
+
+def locate_lines(report: VerifyReport) -> list[str]:
+    """Where each located backend's error jumps (names from model files: print escaped)."""
+    return [line for result in report.located for line in result.lines()]
 
 
 def export_summary(record: ExportRecord) -> list[str]:
@@ -229,7 +263,7 @@ def engine_audit_line(name: str, sidecar: EngineSidecar) -> str:
     return f"{name}: {sidecar.precision} engine ({sidecar.build_path}, TensorRT {sidecar.tensorrt_version}), {audited}"
 
 
-def engine_inspect_lines(path: str, sidecar: EngineSidecar, live: Any = None, notes: list[str] = ()) -> list[str]:
+def engine_inspect_lines(path: str, sidecar: EngineSidecar, live: Any = None, notes: Sequence[str] = ()) -> list[str]:
     """What `inspect model.engine` prints: the sidecar's facts, then the engine's own layers where TensorRT read
     them. Every string comes from files: the caller prints them escaped."""
     shape = lambda dims: "x".join(map(str, dims))  # noqa: E731
@@ -285,8 +319,8 @@ def int8_lines(record: Any, budget: Any = None) -> list[str]:
     ]
     if profile is not None:
         lines += kernel_lines(record.kernels)
-        kept = {reason: len(names) for reason, names in record.float_nodes.items() if names}
-        lines.append("kept float by rule: " + ", ".join(f"{n} {reason} node(s)" for reason, n in kept.items()))
+        by_rule = {reason: len(names) for reason, names in record.float_nodes.items() if names}
+        lines.append("kept float by rule: " + ", ".join(f"{n} {reason} node(s)" for reason, n in by_rule.items()))
     if record.nodes_to_exclude:
         lines.append(f"kept in higher precision: {', '.join(record.nodes_to_exclude)}")
     if budget is not None:

@@ -119,6 +119,11 @@ class PyTorchRunner(Runner):
             torch.cuda.empty_cache()
 
     @property
+    def module(self) -> torch.nn.Module | None:
+        """The model as it runs (on the CPU in FP32, or the GPU FP16 copy) while active, else None."""
+        return self._module
+
+    @property
     def evaluated(self) -> str:
         """PAM as trained, or in query blocks where its map would be large (exact: `memory_efficient_attention`)."""
         return self._evaluated

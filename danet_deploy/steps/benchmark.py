@@ -97,8 +97,17 @@ def benchmark(
     ]
     runners += trt
     what = f"benchmarking {len(runners)} backend(s): {warmup} warm-up + {iterations} timed runs each"
-    with progress.task(what):
-        result = BenchmarkResult(run_benchmark(runners, picture, warmup, iterations))
+    with progress.task(what, total=len(runners) * (warmup + iterations)) as update:
+        shown = [0]
+
+        def on_runs(index: int, name: str, done: int, runs: int) -> None:
+            overall = index * runs + done
+            phase = "warm-up" if done < warmup else "timed runs"
+            label = f"benchmark {index + 1}/{len(runners)}: {name} ({phase}; runs counted over all backends)"
+            update(overall - shown[0], description=label)
+            shown[0] = overall
+
+        result = BenchmarkResult(run_benchmark(runners, picture, warmup, iterations, on_runs))
     if json_path is not None:
         result.json_path = write_json(json_path, result.results)
     return result
