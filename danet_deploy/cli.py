@@ -671,6 +671,51 @@ def demo(
     out.print("[green]passed[/]")
 
 
+# --- using the deployed model: predict, deploy (issue 24) -------------------------------------------------------
+
+
+@app.command()
+@guarded
+def predict(
+    model: Annotated[Path, typer.Argument(help="Checkpoint (.pth), ONNX (FP32/FP16/INT8) or TensorRT engine.")],
+    sources: Annotated[list[str], typer.Argument(help="Images, folders, globs ('imgs/*.jpg') and videos.")],
+    outdir: Annotated[Path, typer.Option("-o", "--outdir", help="Folder for the label maps and overlays.")],
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write class fractions and times per image / frame.")
+    ] = None,
+    mode: Annotated[str, typer.Option(help="whole (the image at once) or slide (model-size windows).")] = "whole",
+    crop: Annotated[int | None, typer.Option(help="--mode slide: window side (default: the model's size).")] = None,
+    stride: Annotated[int | None, typer.Option(help="--mode slide: window step (default: 2/3 of the window).")] = None,
+    labels: Annotated[bool, typer.Option("--labels", help="Videos: also write each frame's label map.")] = False,
+    alpha: Annotated[float, typer.Option(help="Overlay: weight of the class colours (0-1).")] = 0.5,
+    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads (PyTorch, ONNX Runtime).")] = None,
+    layout: LayoutOpt = None,
+    force: ForceOpt = False,
+) -> None:
+    """Segment images and videos: OUTDIR/<name>.png (class ids, palette PNG), <name>.overlay.jpg, <clip>.overlay.mp4."""
+    from danet_deploy.predict.segmenter import SegmenterOptions
+    from danet_deploy.steps.predict import PredictOptions
+    from danet_deploy.steps.predict import predict as run_predict
+
+    segmenter = SegmenterOptions(
+        mode=mode, crop=crop, stride=stride, alpha=alpha, threads=threads, layout=layout, force=force
+    )
+    options = PredictOptions(segmenter=segmenter, video_labels=labels)
+    result = run_predict(model, sources, outdir, options, json_path=json_path, progress=PROGRESS)
+    count = result.predictions
+    rate = count / result.seconds if result.seconds else 0.0
+    out.print(
+        escape(
+            f"{count} prediction(s) from {len(result.items)} source(s) in {result.seconds:.1f} s ({rate:.2f}/s) "
+            f"with {result.model['backend']} ({result.model['precision']}); outputs in {outdir}"
+        ),
+        highlight=False,
+        soft_wrap=True,
+    )
+    if result.json_path:
+        out.print(f"results: {escape(str(result.json_path))}", highlight=False)
+
+
 def main() -> None:
     """The `danet-deploy` entry point: usage errors as one line (exit 2), Ctrl-C as exit 130 in every stage."""
     signal.signal(signal.SIGINT, _on_sigint)
