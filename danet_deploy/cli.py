@@ -278,6 +278,9 @@ def export(
     uint8_input: Annotated[
         bool, typer.Option(help="Bake preprocessing: input 'image' is uint8 N x H x W x 3 RGB (0-255).")
     ] = False,
+    rgb255_input: Annotated[
+        bool, typer.Option(help="Input float N x 3 x H x W RGB 0-255, normalized inside (DeepStream's exact form).")
+    ] = False,
     image: Annotated[Path | None, typer.Option(help="Real image for the parity check (default: bundled).")] = None,
     atol: Annotated[float, typer.Option(help="Parity tolerance: atol + rtol * max|logit|.")] = 1e-4,
     rtol: Annotated[float, typer.Option(help="Parity tolerance, relative part.")] = 1e-4,
@@ -306,6 +309,7 @@ def export(
         opset=opset,
         argmax=argmax,
         uint8_input=uint8_input,
+        rgb255_input=rgb255_input,
         atol=atol,
         rtol=rtol,
     )
@@ -714,6 +718,59 @@ def predict(
     )
     if result.json_path:
         out.print(f"results: {escape(str(result.json_path))}", highlight=False)
+
+
+deploy_app = typer.Typer(no_args_is_help=True, help="Package a model for a serving runtime: Triton, DeepStream.")
+app.add_typer(deploy_app, name="deploy")
+
+
+def _print_deployed(result: Any) -> None:
+    _lines([f"wrote {path}" for path in result.files])
+    for note in result.notes:
+        err.print(f"note: {escape(note)}", highlight=False, soft_wrap=True)
+
+
+@deploy_app.command("triton")
+@guarded
+def deploy_triton(
+    model: Annotated[Path, typer.Argument(help="ONNX model or TensorRT engine (with its sidecar).")],
+    repo: Annotated[Path, typer.Option("-o", "--output", help="Triton model repository folder.")],
+    name: Annotated[str | None, typer.Option(help="Model name (default: the file name).")] = None,
+    version: Annotated[int, typer.Option(help="Model version folder.")] = 1,
+    argmax: Annotated[
+        bool | None, typer.Option("--argmax/--no-argmax", help="Serve the 'labels' output (default: when present).")
+    ] = None,
+    max_batch_size: Annotated[
+        int | None, typer.Option(help="Batch limit for dynamic batching (default: engine profile, else 8).")
+    ] = None,
+    instances: Annotated[int, typer.Option(help="Model instances per device.")] = 1,
+    device: Annotated[str, typer.Option(help="gpu or cpu (ONNX only).")] = "gpu",
+) -> None:
+    """A Triton model repository: REPO/<name>/config.pbtxt, REPO/<name>/<version>/model.onnx|model.plan, labels."""
+    from danet_deploy.steps.deploy import TritonOptions
+    from danet_deploy.steps.deploy import deploy_triton as run_deploy
+
+    options = TritonOptions(
+        name=name, version=version, argmax=argmax, max_batch_size=max_batch_size, instances=instances, device=device
+    )
+    _print_deployed(run_deploy(model, repo, options))
+
+
+@deploy_app.command("deepstream")
+@guarded
+def deploy_deepstream(
+    model: Annotated[Path, typer.Argument(help="ONNX model or TensorRT engine (with its sidecar).")],
+    outdir: Annotated[Path, typer.Option("-o", "--output", help="Folder for the model, config and pipeline.")],
+    threshold: Annotated[float, typer.Option(help="nvinfer segmentation-threshold.")] = 0.0,
+    batch_size: Annotated[int, typer.Option(help="Frames per inference (a static batch wins).")] = 1,
+    gpu_id: Annotated[int, typer.Option(help="GPU nvinfer runs on.")] = 0,
+) -> None:
+    """A DeepStream Gst-nvinfer config for semantic segmentation and a gst-launch-1.0 pipeline."""
+    from danet_deploy.steps.deploy import DeepStreamOptions
+    from danet_deploy.steps.deploy import deploy_deepstream as run_deploy
+
+    options = DeepStreamOptions(threshold=threshold, batch_size=batch_size, gpu_id=gpu_id)
+    _print_deployed(run_deploy(model, outdir, options))
 
 
 def main() -> None:

@@ -51,6 +51,9 @@ class ExportOptions:
     opset: int = DEFAULT_OPSET
     argmax: bool = False
     uint8_input: bool = False
+    # Input float32 N x 3 x H x W RGB 0-255, normalized inside the graph: DeepStream's nvinfer then feeds it
+    # exactly (net-scale-factor 1, offsets 0), which its one scale for all channels cannot do for a per-channel std.
+    rgb255_input: bool = False
     atol: float = 1e-4
     rtol: float = 1e-4
 
@@ -63,6 +66,8 @@ class ExportOptions:
         check_number("--rtol", self.rtol)
         if self.batch < 1:
             raise BadInputError(f"--batch {self.batch}: must be at least 1")
+        if self.uint8_input and self.rgb255_input:
+            raise BadInputError("choose one input form: uint8 NHWC or float RGB 0-255 NCHW")
 
     def size(self, config: ModelConfig) -> tuple[int, int]:
         """The (H, W) to export at: the option, else the model config's size."""
@@ -111,11 +116,17 @@ class ExportRecord:
 class DeployWrapper(nn.Module):
     """The graph users deploy: optional baked preprocessing (uint8 NHWC RGB in) and argmax labels out."""
 
-    def __init__(self, model: nn.Module, config: ModelConfig, argmax: bool, uint8_input: bool):
+    mean255: torch.Tensor
+    std255: torch.Tensor
+
+    def __init__(
+        self, model: nn.Module, config: ModelConfig, argmax: bool, uint8_input: bool, rgb255_input: bool = False
+    ):
         super().__init__()
         self.model = model
         self.argmax = argmax
         self.uint8_input = uint8_input
+        self.rgb255_input = rgb255_input
         self.register_buffer("mean255", torch.tensor(config.mean).view(1, 3, 1, 1) * 255.0, persistent=False)
         self.register_buffer("std255", torch.tensor(config.std).view(1, 3, 1, 1) * 255.0, persistent=False)
 
@@ -123,6 +134,8 @@ class DeployWrapper(nn.Module):
         x = image
         if self.uint8_input:
             x = (image.permute(0, 3, 1, 2).float() - self.mean255) / self.std255
+        elif self.rgb255_input:
+            x = (image - self.mean255) / self.std255
         logits = self.model(x)
         if not self.argmax:
             return logits
@@ -137,6 +150,8 @@ def io_spec(config: ModelConfig, options: ExportOptions) -> tuple[dict[str, Any]
     ww: int | str = "width" if options.dynamic else w
     if options.uint8_input:
         inputs = {"image": {"dtype": "uint8", "shape": [n, hh, ww, 3], "layout": "NHWC RGB 0-255, unnormalized"}}
+    elif options.rgb255_input:
+        inputs = {"image": {"dtype": "float32", "shape": [n, 3, hh, ww], "layout": "NCHW RGB 0-255, unnormalized"}}
     else:
         inputs = {"image": {"dtype": "float32", "shape": [n, 3, hh, ww], "layout": "NCHW RGB, normalized"}}
     outputs: dict[str, Any] = {"logits": {"dtype": "float32", "shape": [n, config.num_classes, hh, ww]}}
@@ -156,6 +171,8 @@ def _example_input(config: ModelConfig, options: ExportOptions, image: np.ndarra
     batch = np.repeat(image[None], options.batch, axis=0)
     if options.uint8_input:
         return torch.from_numpy(np.ascontiguousarray(batch))
+    if options.rgb255_input:
+        return torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2).astype(np.float32)))
     return torch.from_numpy(np.concatenate([normalize(im, config) for im in batch]))
 
 
@@ -283,7 +300,7 @@ def export_onnx(
     """
     options.check()
     model = model.eval()
-    wrapper = DeployWrapper(model, config, options.argmax, options.uint8_input).eval()
+    wrapper = DeployWrapper(model, config, options.argmax, options.uint8_input, options.rgb255_input).eval()
     example = _example_input(config, options, image)
     out = Path(out_path)
     started = time.perf_counter()
