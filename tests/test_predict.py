@@ -245,6 +245,9 @@ def test_images_of_several_sizes_and_modes_in_one_call(fp32_onnx: Path, tmp_path
             assert overlay.size == (w, h) and overlay.mode == "RGB"
     data = json.loads((tmp_path / "p.json").read_text())
     assert data["model"]["backend"] == "onnxruntime:tiny.onnx" and data["model"]["run_size"] == [64, 128]
+    again = predict(fp32_onnx, [tmp_path / "imgs"], tmp_path / "imgs" / "masks")  # OUTDIR inside the input folder
+    assert len(again.items) == len(sizes)
+    assert len(predict(fp32_onnx, [tmp_path / "imgs"], tmp_path / "imgs" / "masks").items) == len(sizes)
     for item in data["items"]:
         assert item["kind"] == "image" and item["seconds"] > 0
         assert sum(item["fractions"].values()) == pytest.approx(1.0, abs=1e-4)

@@ -157,6 +157,9 @@ def predict(
     options.check()
     model, outdir = Path(model), Path(outdir)
     items = expand_sources(list(sources))
+    # OUTDIR inside an input folder: an earlier run's outputs there are not inputs of this one.
+    inside = outdir.resolve()
+    items = [s for s in items if inside not in s.path.resolve().parents] or items
     _check_outputs(model, items, outdir, json_path)
     total = 0
     for source in items:  # every video's header is read before the model loads: a bad one fails first
