@@ -413,3 +413,51 @@ def test_cli_predict_and_its_errors(fp32_onnx: Path, tmp_path: Path) -> None:
         run("predict", fp32_onnx, tmp_path / "clip.mp4", "-o", tmp_path / "o4", "--mode", "tiles"), 2, "mode 'tiles'"
     )
     assert not any(p.exists() for p in (tmp_path / "o2", tmp_path / "o3", tmp_path / "o4"))
+
+
+def test_image_sizes_beyond_the_memory_plan_stop_unless_forced(
+    tiny_ckpt: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from danet_deploy import memory_plan
+
+    image = scene(40, 56)
+    with Segmenter.load(tiny_ckpt) as segmenter:  # a checkpoint runs at the image's own size
+        monkeypatch.setattr(memory_plan, "available_memory", lambda: 1 << 20)
+        with pytest.raises(BadInputError, match=r"predict at 40x56 needs an estimated .* is available"):
+            segmenter.predict(image)
+    with Segmenter.load(tiny_ckpt, SegmenterOptions(force=True)) as segmenter:
+        assert segmenter.predict(image).labels.shape == (40, 56)
+
+
+def test_an_engine_needs_tensorrt_here(tmp_path: Path) -> None:
+    from danet_deploy.artifact import InputSpec
+    from danet_deploy.errors import EXIT_MISSING_DEPENDENCY, DeployError
+
+    from .test_deploy import fake_engine
+
+    engine = fake_engine(tmp_path, InputSpec(batch=1, height=64, width=128), None)
+    with pytest.raises(DeployError) as caught:
+        Segmenter.load(engine)
+    assert caught.value.exit_code == EXIT_MISSING_DEPENDENCY
+
+
+@pytest.mark.slow
+def test_cli_sigterm_exits_130_and_leaves_nothing(fp32_onnx: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    write_clip(tmp_path / "long.mp4", frames=200, size=(64, 128))
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k != "DANET_DEPLOY_DEBUG"}
+    args = [sys.executable, "-m", "danet_deploy", "predict", str(fp32_onnx), str(tmp_path / "long.mp4"), "-o", str(out)]
+    process = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while not (out.is_dir() and any(out.iterdir())) and time.monotonic() < deadline:  # the video's temporary file
+        time.sleep(0.05)
+    assert process.poll() is None, "finished before it could be interrupted"
+    process.send_signal(signal.SIGTERM)
+    _, rest = process.communicate(timeout=120)
+    assert process.returncode == 130, rest
+    assert "interrupted" in rest and "Traceback" not in rest
+    assert not out.exists() or not any(out.rglob("*"))
