@@ -133,7 +133,7 @@ def test_slide_mode_is_verify_sliding_window(tiny_model: object, tmp_path: Path)
         Segmenter.load(square, SegmenterOptions(mode="slide", crop=32))
 
 
-def test_slide_needs_a_square_static_model_and_options_are_checked(fp32_onnx: Path) -> None:
+def test_slide_needs_a_square_static_model_and_options_are_checked(fp32_onnx: Path, tmp_path: Path) -> None:
     with pytest.raises(BadInputError, match="square"):
         Segmenter.load(fp32_onnx, SegmenterOptions(mode="slide"))
     for options, needle in [
@@ -145,6 +145,13 @@ def test_slide_needs_a_square_static_model_and_options_are_checked(fp32_onnx: Pa
     ]:
         with pytest.raises(BadInputError, match=re.escape(needle)):
             options.check()
+    import onnx
+
+    batch_two = onnx.load(str(fp32_onnx))
+    batch_two.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 2
+    onnx.save(batch_two, str(tmp_path / "b2.onnx"))
+    with pytest.raises(BadInputError, match="fixed batch of 2"):
+        Segmenter.load(tmp_path / "b2.onnx")
     with Segmenter.load(fp32_onnx) as segmenter:
         with pytest.raises(BadInputError, match="H x W x 3 uint8"):
             segmenter.predict(np.zeros((10, 10), np.uint8))
@@ -461,3 +468,34 @@ def test_cli_sigterm_exits_130_and_leaves_nothing(fp32_onnx: Path, tmp_path: Pat
     assert process.returncode == 130, rest
     assert "interrupted" in rest and "Traceback" not in rest
     assert not out.exists() or not any(out.rglob("*"))
+
+
+def test_a_dynamic_engine_runs_images_within_its_profile_at_their_size() -> None:
+    """The sizing rule alone (TensorRT does not run here): inside the profile's min..max the image's own size,
+    outside it the profile's optimum with the logits resized back."""
+    from types import SimpleNamespace
+
+    from danet_deploy.artifact import InputSpec
+    from danet_deploy.runners.base import Runner
+
+    class ProfiledBackend(Runner):
+        kind = "tensorrt"
+
+        def __init__(self) -> None:
+            super().__init__("profiled", input_spec=InputSpec(batch=1), config=TINY)
+            self.sidecar = SimpleNamespace(profiles=[{"image": [[1, 3, 32, 32], [1, 3, 64, 128], [1, 3, 128, 256]]}])
+            self.shapes: list[tuple[int, ...]] = []
+
+        @property
+        def device(self) -> str:
+            return "GPU: none"
+
+        def infer_impl(self, feed: np.ndarray) -> np.ndarray:
+            self.shapes.append(feed.shape)
+            return np.zeros((1, 19, *feed.shape[2:]), np.float32)
+
+    backend = ProfiledBackend()
+    segmenter = Segmenter(backend)
+    assert segmenter.predict(scene(48, 100)).labels.shape == (48, 100)
+    assert segmenter.predict(scene(300, 400)).labels.shape == (300, 400)
+    assert backend.shapes == [(1, 3, 48, 100), (1, 3, 64, 128)]

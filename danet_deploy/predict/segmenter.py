@@ -173,10 +173,21 @@ class Segmenter:
         self.options = options
         self._model_bytes = model_bytes
         self._planned: set[tuple[int, int]] = set()
+        batch = runner.input_spec.batch
+        if batch is not None and batch != 1:
+            raise BadInputError(
+                f"{runner.name}: has a fixed batch of {batch}; the segmenter runs one image at a time "
+                "(export with batch 1 or a dynamic batch)"
+            )
         runner.activate()  # a checkpoint's config is known once loaded
         if self.config.num_classes > 256:
+            runner.deactivate()
             raise BadInputError(f"{runner.name}: {self.config.num_classes} classes do not fit 8-bit label maps")
-        self._crop = self._window() if options.mode == "slide" else None
+        try:
+            self._crop = self._window() if options.mode == "slide" else None
+        except BadInputError:
+            runner.deactivate()
+            raise
 
     @classmethod
     def load(cls, model: str | os.PathLike[str], options: SegmenterOptions = SegmenterOptions()) -> Segmenter:
@@ -191,16 +202,18 @@ class Segmenter:
 
     @property
     def run_size(self) -> tuple[int, int] | None:
-        """The (H, W) every image is resized to in whole-image mode; None: each image runs at its own size."""
-        spec = self.runner.input_spec
-        if spec.static_size:
-            return spec.static_size
+        """The (H, W) every image is resized to in whole-image mode; None: each image runs at its own size (a
+        dynamic engine: within its profile, else at the profile's optimum)."""
+        return self.runner.input_spec.static_size
+
+    def _profile_sizes(self) -> list[tuple[int, int]] | None:
+        """A dynamic engine's profile as (H, W) for min, opt and max; None for other backends."""
         sidecar = getattr(self.runner, "sidecar", None)
-        if sidecar is not None:  # a dynamic engine runs at its profile's optimum shape
-            opt = next(iter(sidecar.profiles[0].values()))[1] if sidecar.profiles else None
-            if opt:
-                return (opt[1], opt[2]) if spec.uint8 else (opt[2], opt[3])
-        return None
+        if sidecar is None or not sidecar.profiles:
+            return None
+        spec = self.runner.input_spec
+        shapes = sidecar.profiles[0].get(spec.input_name) or next(iter(sidecar.profiles[0].values()))
+        return [(s[1], s[2]) if spec.uint8 else (s[2], s[3]) for s in shapes]
 
     def _window(self) -> tuple[int, int]:
         """(crop, stride) of the sliding window."""
@@ -259,6 +272,9 @@ class Segmenter:
                 self._check_memory((crop, crop))
             return protocol_predict(self.runner.infer, image, EvalProtocol(crop=crop, stride=stride), align)
         size = self.run_size
+        profile = self._profile_sizes() if size is None else None
+        if profile is not None and not all(lo <= v <= hi for lo, v, hi in zip(profile[0], (h, w), profile[2])):
+            size = profile[1]  # outside the engine's profile: at its optimum size, the logits resized back
         if size is None:
             self._check_memory((h, w))
             return self.runner.infer(image)
