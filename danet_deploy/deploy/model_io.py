@@ -5,13 +5,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import onnx
 
 from danet_deploy.artifact import InputSpec, OnnxModel
 from danet_deploy.config import ModelConfig
 from danet_deploy.errors import BadInputError
+
+if TYPE_CHECKING:
+    from danet_deploy.engine.sidecar import EngineSidecar
 
 _ONNX_TYPES: dict[int, str] = {
     onnx.TensorProto.FLOAT: "float32",
@@ -62,7 +65,7 @@ class ModelIO:
     outputs: tuple[Tensor, ...]
     max_batch: int | None
     precision: str
-    sidecar: Any = None
+    sidecar: EngineSidecar | None = None
     external_data: tuple[Path, ...] = field(default=())
 
     @property
@@ -85,7 +88,7 @@ def _tensor(value: onnx.ValueInfoProto, where: Path) -> Tensor:
 def read_model_io(path: str | os.PathLike[str]) -> ModelIO:
     """The tensors of an ONNX model (from its graph) or a TensorRT engine (from its sidecar: build-time names,
     dims and the optimization profile); one-line BadInputError for anything else."""
-    from danet_deploy.steps.backends import ENGINE_SUFFIXES
+    from danet_deploy.engine.sidecar import ENGINE_SUFFIXES
 
     where = Path(path)
     if where.suffix.lower() in ENGINE_SUFFIXES:

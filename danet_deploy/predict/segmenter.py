@@ -131,7 +131,7 @@ class Prediction:
 def load_runner(model: str | os.PathLike[str], options: SegmenterOptions) -> Runner:
     """The runner of a model file, by its suffix: a checkpoint (PyTorch), an ONNX (ONNX Runtime) or an engine
     (TensorRT: exit 3 where TensorRT or a GPU is missing)."""
-    from danet_deploy.steps.backends import ENGINE_SUFFIXES, engine_runners
+    from danet_deploy.engine.sidecar import ENGINE_SUFFIXES
 
     path = Path(model)
     suffix = path.suffix.lower()
@@ -142,7 +142,11 @@ def load_runner(model: str | os.PathLike[str], options: SegmenterOptions) -> Run
 
         return OnnxRuntimeRunner(path, threads=options.threads)
     if suffix in ENGINE_SUFFIXES:
-        runner: Runner = engine_runners([path])[0]
+        from danet_deploy.engine.system import running_system
+        from danet_deploy.runners.tensorrt import TensorRTRunner
+
+        runner = TensorRTRunner(path)  # a missing or bad sidecar: exit 2, before TensorRT is looked for
+        running_system()  # no TensorRT or GPU: exit 3
         return runner
     if suffix in CHECKPOINT_SUFFIXES:
         from danet_deploy.runners.pytorch import PyTorchRunner

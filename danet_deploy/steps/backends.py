@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from danet_deploy.artifact import OnnxModel
+from danet_deploy.engine.sidecar import ENGINE_SUFFIXES as SIDECAR_ENGINE_SUFFIXES
 from danet_deploy.files import (
     PathLike,
 )
@@ -50,4 +51,4 @@ def backends_plan(
     return benchmark_plan(torch_weights, [(f"onnxruntime:{Path(p).name}", f) for p, (f, _) in zip(onnx, facts)], size)
 
 
-ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+ENGINE_SUFFIXES = SIDECAR_ENGINE_SUFFIXES

@@ -7,6 +7,9 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from danet_deploy.deploy.deepstream import NvinferConfig
+from danet_deploy.deploy.model_io import ModelIO
+from danet_deploy.deploy.triton import TritonConfig
 from danet_deploy.errors import BadInputError
 from danet_deploy.files import PathLike, all_or_nothing, atomic_path, check_outputs, write_text
 
@@ -100,7 +103,7 @@ class DeployResult:
     labels_path: Path
     files: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    config: object = None
+    config: TritonConfig | NvinferConfig | None = None
 
 
 def _copy(source: Path, target: Path) -> Path:
@@ -113,8 +116,8 @@ def _labels_text(names: tuple[str, ...]) -> str:
     return "".join(f"{name}\n" for name in names)
 
 
-def _engine_notes(model: object) -> list[str]:
-    sidecar = getattr(model, "sidecar", None)
+def _engine_notes(model: ModelIO) -> list[str]:
+    sidecar = model.sidecar
     if sidecar is None:
         return []
     return [
