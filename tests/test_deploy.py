@@ -168,6 +168,13 @@ def test_triton_repository_for_an_engine_takes_the_profile(tmp_path: Path) -> No
     assert (out.name, list(out.dims)) == ("logits", [19, 64, 128])
     assert result.model_path.read_bytes() == engine.read_bytes()
     assert "TensorRT 10.3.0" in result.notes[0]
+    (tmp_path / "u8").mkdir()
+    uint8 = fake_engine(tmp_path / "u8", InputSpec(layout="NHWC", dtype="uint8", batch=1, height=64, width=128), None)
+    config = parse_config(deploy_triton(uint8, tmp_path / "r4").config_path)
+    (inp,) = config.input  # type: ignore[attr-defined]
+    assert config.max_batch_size == 0 and not config.HasField("dynamic_batching")  # type: ignore[attr-defined]
+    assert (schema.DataType.Name(inp.data_type), list(inp.dims)) == ("TYPE_UINT8", [1, 64, 128, 3])
+    assert "uint8 NHWC RGB 0-255" in (tmp_path / "r4" / "model" / "config.pbtxt").read_text()
     with pytest.raises(BadInputError, match="GPU only"):
         deploy_triton(engine, tmp_path / "r2", TritonOptions(device="cpu"))
     with pytest.raises(BadInputError, match="profile's max batch 4"):
