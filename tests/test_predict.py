@@ -354,6 +354,32 @@ def test_unreadable_and_empty_videos_are_one_line_errors(fp32_onnx: Path, tmp_pa
         predict(fp32_onnx, [truncated], tmp_path / "out3")
 
 
+def test_a_corrupt_frame_is_a_one_line_error(fp32_onnx: Path, tmp_path: Path) -> None:
+    import av
+
+    clip = tmp_path / "clip.mp4"
+    rng = np.random.default_rng(0)
+    with av.open(str(clip), "w") as container:  # a valid container whose 5th and 6th frames' data are noise
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 128, 64, "yuv420p"
+        packets = []
+        for i in range(10):
+            packets += stream.encode(av.VideoFrame.from_ndarray(scene(64, 128, seed=i), format="rgb24"))
+        packets += stream.encode()
+        for index, packet in enumerate(packets):
+            if index in (4, 5):
+                data = bytearray(bytes(packet))
+                data[12:] = rng.integers(0, 256, len(data) - 12, dtype=np.uint8).tobytes()
+                damaged = av.Packet(bytes(data))
+                damaged.pts, damaged.dts, damaged.time_base = packet.pts, packet.dts, packet.time_base
+                damaged.stream = packet.stream
+                packet = damaged
+            container.mux(packet)
+    with pytest.raises(BadInputError, match=r"clip\.mp4: frame \d+ cannot be decoded"):
+        predict(fp32_onnx, [clip], tmp_path / "out")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*"))
+
+
 def test_corrupt_image_and_unwritable_outdir(fp32_onnx: Path, tmp_path: Path) -> None:
     folder = tmp_path / "imgs"
     _images_of_every_kind(folder)

@@ -61,6 +61,9 @@ class VideoReader:
             raise BadInputError(f"{self.path}: has no video stream")
         self._stream = self._container.streams.video[0]
         self._stream.thread_type = "AUTO"
+        # A damaged frame is an error (FFmpeg's decoders otherwise conceal it or drop the frame without a word,
+        # and the overlay video would silently differ from the input).
+        self._stream.codec_context.options = {"err_detect": "explode"}
         ctx = self._stream.codec_context
         rate = self._stream.average_rate or self._stream.guessed_rate or Fraction(25)
         frames = int(self._stream.frames) or None
