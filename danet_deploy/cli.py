@@ -688,7 +688,9 @@ def predict(
         Path | None, typer.Option("--json", help="Write class fractions and times per image / frame.")
     ] = None,
     mode: Annotated[str, typer.Option(help="whole (the image at once) or slide (model-size windows).")] = "whole",
-    crop: Annotated[int | None, typer.Option(help="--mode slide: window side (default: the model's size).")] = None,
+    crop: Annotated[
+        int | None, typer.Option(help="--mode slide, dynamic models: window side (static: the model's size).")
+    ] = None,
     stride: Annotated[int | None, typer.Option(help="--mode slide: window step (default: 2/3 of the window).")] = None,
     labels: Annotated[bool, typer.Option("--labels", help="Videos: also write each frame's label map.")] = False,
     alpha: Annotated[float, typer.Option(help="Overlay: weight of the class colours (0-1).")] = 0.5,

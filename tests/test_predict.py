@@ -20,7 +20,7 @@ from danet_deploy.data.datasets import open_dataset
 from danet_deploy.data.preprocess import resize_image
 from danet_deploy.data.synthetic import generate_scene
 from danet_deploy.errors import BadInputError
-from danet_deploy.evaluate.protocols import EvalProtocol, resize_logits
+from danet_deploy.evaluate.protocols import EvalProtocol, resize_logits, sliding_window
 from danet_deploy.evaluate.protocols import predict as protocol_predict
 from danet_deploy.export import ExportOptions, export_onnx
 from danet_deploy.files import removed_on_failure
@@ -125,17 +125,25 @@ def test_slide_mode_is_verify_sliding_window(tiny_model: object, tmp_path: Path)
     export_onnx(tiny_model, TINY, square, ExportOptions(input_size=(64, 64)), scene(64, 64))  # type: ignore[arg-type]
     image = scene(100, 170, seed=5)
     with Segmenter.load(square, SegmenterOptions(mode="slide", stride=40)) as segmenter:
-        assert segmenter.mode == "slide 64/40"
+        assert segmenter.mode == "slide 64x64/40x40"
         got = segmenter.predict(image, logits=True)
         expected = protocol_predict(segmenter.runner.infer, image, EvalProtocol(crop=64, stride=40), False)
     np.testing.assert_array_equal(got.logits, expected)
-    with pytest.raises(BadInputError, match="fixed at 64x64"):
+    with pytest.raises(BadInputError, match="fixed at 64x64; its windows are that size"):
         Segmenter.load(square, SegmenterOptions(mode="slide", crop=32))
 
 
-def test_slide_needs_a_square_static_model_and_options_are_checked(fp32_onnx: Path, tmp_path: Path) -> None:
-    with pytest.raises(BadInputError, match="square"):
-        Segmenter.load(fp32_onnx, SegmenterOptions(mode="slide"))
+def test_slide_mode_on_a_non_square_static_model_and_options_are_checked(fp32_onnx: Path, tmp_path: Path) -> None:
+    image = scene(100, 300, seed=2)
+    with Segmenter.load(fp32_onnx, SegmenterOptions(mode="slide")) as segmenter:  # windows of 64x128
+        assert segmenter.mode == "slide 64x128/42x85"
+        got = segmenter.predict(image, logits=True)
+        expected = sliding_window(segmenter.runner.infer, image, (64, 128), (42, 85))
+        small = segmenter.predict(scene(30, 50)).labels  # padded with black, as verify pads
+    np.testing.assert_array_equal(got.logits, expected)
+    assert got.labels.shape == (100, 300) and small.shape == (30, 50)
+    with pytest.raises(BadInputError, match="window stride 100"):
+        Segmenter.load(fp32_onnx, SegmenterOptions(mode="slide", stride=100))
     for options, needle in [
         (SegmenterOptions(mode="tiles"), "mode 'tiles'"),
         (SegmenterOptions(crop=64), "sliding-window mode only"),

@@ -11,7 +11,7 @@ print(result.present)  # the classes in the image, most pixels first
 Labels are computed as MMSegmentation computes them: the logits resized bilinearly to the image's size (with the
 model's align_corners), then argmax. Static models run at their size (the image resized to it, the logits back);
 dynamic models and checkpoints run at the image's own size, within the memory plan; `mode="slide"` runs
-windows of the model's size over the image (the sliding-window protocol verify uses).
+windows of the model's size over the image (the sliding-window code of verify's protocol).
 """
 
 from __future__ import annotations
@@ -31,8 +31,7 @@ from danet_deploy.config import ModelConfig
 from danet_deploy.data.images import image_to_rgb, read_image
 from danet_deploy.data.preprocess import resize_image
 from danet_deploy.errors import BadInputError
-from danet_deploy.evaluate.protocols import EvalProtocol, resize_logits
-from danet_deploy.evaluate.protocols import predict as protocol_predict
+from danet_deploy.evaluate.protocols import resize_logits, sliding_window
 from danet_deploy.predict.overlay import DEFAULT_ALPHA, label_image, overlay_image
 from danet_deploy.runners.base import Runner
 
@@ -48,8 +47,8 @@ class SegmenterOptions:
     Attributes:
         mode: "whole" (the image at once: at the model's static size, else at its own) or "slide" (windows of
             `crop` x `crop` over the image, overlapping logits averaged).
-        crop: side of a sliding window; None: the model's static size (square), else the smaller side of the
-            model config's input size.
+        crop: side of a square sliding window for a dynamic model or checkpoint; None: the smaller side of the
+            model config's input size. A static model's windows are its own size.
         stride: step between windows; None: two thirds of the window.
         alpha: weight of the class colour in the overlay, 0 (image only) to 1 (colours only).
         threads: CPU threads of PyTorch / ONNX Runtime; None: every core.
@@ -188,7 +187,7 @@ class Segmenter:
             runner.deactivate()
             raise BadInputError(f"{runner.name}: {self.config.num_classes} classes do not fit 8-bit label maps")
         try:
-            self._crop = self._window() if options.mode == "slide" else None
+            self._slide = self._window() if options.mode == "slide" else None
         except BadInputError:
             runner.deactivate()
             raise
@@ -219,24 +218,24 @@ class Segmenter:
         shapes = sidecar.profiles[0].get(spec.input_name) or next(iter(sidecar.profiles[0].values()))
         return [(s[1], s[2]) if spec.uint8 else (s[2], s[3]) for s in shapes]
 
-    def _window(self) -> tuple[int, int]:
-        """(crop, stride) of the sliding window."""
+    def _window(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """((H, W) of a window, (H, W) of the stride): a static model's own size, else a square of `crop`."""
         static = self.run_size
         crop = self.options.crop
         if static is not None:
-            if static[0] != static[1]:
+            if crop is not None and (crop, crop) != static:
                 raise BadInputError(
-                    f"{self.runner.name}: the sliding window needs a square model size; this one is fixed at "
-                    f"{static[0]}x{static[1]} (export it square or dynamic)"
+                    f"{self.runner.name}: is fixed at {static[0]}x{static[1]}; its windows are that size"
                 )
-            if crop is not None and crop != static[0]:
-                raise BadInputError(f"{self.runner.name}: is fixed at {static[0]}x{static[1]}; the window must be that")
-            crop = static[0]
-        crop = crop or min(self.config.input_size)
-        stride = self.options.stride or max(1, crop * 2 // 3)
-        if stride > crop:
-            raise BadInputError(f"window stride {stride}: must be between 1 and the window size {crop}")
-        return crop, stride
+            window = static
+        else:
+            side = crop or min(self.config.input_size)
+            window = (side, side)
+        if self.options.stride is None:
+            return window, (max(1, window[0] * 2 // 3), max(1, window[1] * 2 // 3))
+        if self.options.stride > min(window):
+            raise BadInputError(f"window stride {self.options.stride}: must be between 1 and the window size {window}")
+        return window, (self.options.stride, self.options.stride)
 
     def _check_memory(self, size: tuple[int, int]) -> None:
         """The memory plan of one run at `size` (dynamic models run at the image's size): exit 2 when it does
@@ -270,11 +269,11 @@ class Segmenter:
         """1 x classes x H x W float32 logits at the size of `image` (H x W x 3 uint8 RGB)."""
         h, w = image.shape[:2]
         align = self.config.align_corners
-        if self._crop is not None:
-            crop, stride = self._crop
+        if self._slide is not None:
+            window, stride = self._slide
             if self.run_size is None:
-                self._check_memory((crop, crop))
-            return protocol_predict(self.runner.infer, image, EvalProtocol(crop=crop, stride=stride), align)
+                self._check_memory(window)
+            return sliding_window(self.runner.infer, image, window, stride)  # verify's --crop/--stride code
         size = self.run_size
         profile = self._profile_sizes() if size is None else None
         if profile is not None and not all(lo <= v <= hi for lo, v, hi in zip(profile[0], (h, w), profile[2])):
@@ -296,8 +295,11 @@ class Segmenter:
 
     @property
     def mode(self) -> str:
-        """'whole', or 'slide CROP/STRIDE'."""
-        return "whole" if self._crop is None else f"slide {self._crop[0]}/{self._crop[1]}"
+        """'whole', or 'slide HxW/SHxSW' (window / stride)."""
+        if self._slide is None:
+            return "whole"
+        (h, w), (sh, sw) = self._slide
+        return f"slide {h}x{w}/{sh}x{sw}"
 
     def describe(self) -> dict[str, Any]:
         """What a run uses, for predict's JSON: backend, precision, device, mode, run size."""
