@@ -29,9 +29,11 @@ from danet_deploy.options import (
     ModelOverrides,
     SimplifyOptions,
 )
+from danet_deploy.predict.segmenter import Prediction, Segmenter, SegmenterOptions
 from danet_deploy.progress import Progress
 from danet_deploy.steps.benchmark import BenchmarkResult, benchmark
 from danet_deploy.steps.demo import DemoResult, demo
+from danet_deploy.steps.deploy import DeepStreamOptions, DeployResult, TritonOptions, deploy_deepstream, deploy_triton
 from danet_deploy.steps.engine import EngineResult, build_engine, plan_engine, prepare_network
 from danet_deploy.steps.export import (
     ExportResult,
@@ -41,6 +43,7 @@ from danet_deploy.steps.export import (
     simplify_model_file,
 )
 from danet_deploy.steps.inspect import EngineInspectResult, InspectResult, inspect, inspect_engine
+from danet_deploy.steps.predict import PredictOptions, PredictResult, predict
 from danet_deploy.steps.quantize import QuantizeResult, quantize
 from danet_deploy.steps.verify import VerifyOptions, VerifyResult, check_verify_passed, verify
 
@@ -50,8 +53,10 @@ __all__ = [
     "BenchmarkResult",
     "BudgetOptions",
     "CheckFailedError",
+    "DeepStreamOptions",
     "DemoResult",
     "DeployError",
+    "DeployResult",
     "EngineInspectResult",
     "EngineResult",
     "ExportOptions",
@@ -62,21 +67,30 @@ __all__ = [
     "Int8Options",
     "ModelOverrides",
     "OptionError",
+    "PredictOptions",
+    "PredictResult",
+    "Prediction",
     "Progress",
     "QuantizeResult",
+    "Segmenter",
+    "SegmenterOptions",
     "SimplifyOptions",
     "SimplifyResult",
+    "TritonOptions",
     "VerifyOptions",
     "VerifyResult",
     "benchmark",
     "build_engine",
     "check_verify_passed",
     "demo",
+    "deploy_deepstream",
+    "deploy_triton",
     "export",
     "inspect",
     "inspect_engine",
     "load_checkpoint",
     "plan_engine",
+    "predict",
     "prepare_network",
     "quantize",
     "simplify_model_file",

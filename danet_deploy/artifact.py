@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
 from functools import cached_property
 from pathlib import Path
@@ -65,8 +65,9 @@ def precision_label(precision: Precision | str, quantized_for: str | None = None
 class InputSpec:
     """The image input and the outputs of a model: names, layout, dtype and (static or dynamic) shape.
 
-    Layout "NCHW": float RGB normalized with the model config's mean/std. Layout "NHWC": uint8 RGB 0-255
-    with the preprocessing baked into the graph. A None dim is dynamic.
+    Layout "NCHW": float RGB normalized with the model config's mean/std, or with `normalized` False float RGB
+    0-255 with the normalization inside the graph (export's `rgb255_input`, DeepStream's exact form). Layout
+    "NHWC": uint8 RGB 0-255 with the preprocessing baked into the graph. A None dim is dynamic.
     """
 
     input_name: str = "image"
@@ -76,6 +77,7 @@ class InputSpec:
     batch: int | None = None
     height: int | None = None
     width: int | None = None
+    normalized: bool = True  # NCHW float input: False when it takes RGB 0-255 and the graph normalizes
 
     @property
     def uint8(self) -> bool:
@@ -97,6 +99,8 @@ class InputSpec:
         """H x W x 3 uint8 RGB -> a batch of one in this input's layout and dtype."""
         if self.uint8:
             return np.ascontiguousarray(image[None])
+        if not self.normalized:
+            return np.ascontiguousarray(image.transpose(2, 0, 1)[None]).astype(self.dtype)
         return normalize(image, config).astype(self.dtype, copy=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -251,7 +255,11 @@ class OnnxModel:
             precision, source = Precision(recorded), "metadata"
         else:
             precision, source = graph_precision(proto), "graph"
-        return cls(where, proto, metadata, InputSpec.from_onnx(proto, str(where)), precision, source)
+        spec = InputSpec.from_onnx(proto, str(where))
+        layout = metadata.get("io", {}).get("inputs", {}).get(spec.input_name, {}).get("layout", "")
+        if not spec.uint8 and isinstance(layout, str) and "0-255" in layout:  # export's rgb255_input
+            spec = replace(spec, normalized=False)
+        return cls(where, proto, metadata, spec, precision, source)
 
     @property
     def quantized_for(self) -> str | None:

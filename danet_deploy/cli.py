@@ -412,6 +412,12 @@ def export(
     uint8_input: Annotated[
         bool, typer.Option("--uint8-input", help="Bake preprocessing: input 'image' is uint8 N x H x W x 3 RGB.")
     ] = False,
+    rgb255_input: Annotated[
+        bool,
+        typer.Option(
+            "--rgb255-input", help="Input float N x 3 x H x W RGB 0-255, normalized inside (DeepStream's exact form)."
+        ),
+    ] = False,
     image: Annotated[Path | None, typer.Option(help="Real image for the parity check (default: bundled).")] = None,
     atol: Annotated[float, typer.Option(help="Parity tolerance: atol + rtol * max|logit|.")] = ExportOptions.atol,
     rtol: Annotated[float, typer.Option(help="Parity tolerance, relative part.")] = ExportOptions.rtol,
@@ -452,6 +458,7 @@ def export(
         opset=opset,
         argmax=argmax,
         uint8_input=uint8_input,
+        rgb255_input=rgb255_input,
         atol=atol,
         rtol=rtol,
         image=image,
@@ -895,6 +902,102 @@ def demo(
     _print_verify(result.verify)
     api.check_verify_passed(result.verify)
     out.print("[green]passed[/]")
+
+
+# --- using the deployed model: predict, deploy (issue 24) -------------------------------------------------------
+
+
+@app.command()
+@guarded
+def predict(
+    model: Annotated[Path, typer.Argument(help="Checkpoint (.pth), ONNX (FP32/FP16/INT8) or TensorRT engine.")],
+    sources: Annotated[list[str], typer.Argument(help="Images, folders, globs ('imgs/*.jpg') and videos.")],
+    outdir: Annotated[Path, typer.Option("-o", "--outdir", help="Folder for the label maps and overlays.")],
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write class fractions and times per image / frame.")
+    ] = None,
+    mode: Annotated[str, typer.Option(help="whole (the image at once) or slide (model-size windows).")] = "whole",
+    crop: Annotated[
+        int | None, typer.Option(help="--mode slide, dynamic models: window side (static: the model's size).")
+    ] = None,
+    stride: Annotated[int | None, typer.Option(help="--mode slide: window step (default: 2/3 of the window).")] = None,
+    labels: Annotated[bool, typer.Option("--labels", help="Videos: also write each frame's label map.")] = False,
+    alpha: Annotated[float, typer.Option(help="Overlay: weight of the class colours (0-1).")] = 0.5,
+    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads (PyTorch, ONNX Runtime).")] = None,
+    layout: LayoutOpt = None,
+    force: ForceOpt = False,
+) -> None:
+    """Segment images and videos: OUTDIR/<name>.png (class ids, palette PNG), <name>.overlay.jpg, <clip>.overlay.mp4."""
+    from danet_deploy import api
+
+    segmenter = api.SegmenterOptions(
+        mode=mode, crop=crop, stride=stride, alpha=alpha, threads=threads, layout=layout, force=force
+    )
+    options = api.PredictOptions(segmenter=segmenter, video_labels=labels)
+    result = api.predict(model, sources, outdir, options, json_path=json_path, progress=PROGRESS)
+    count = result.predictions
+    rate = count / result.seconds if result.seconds else 0.0
+    out.print(
+        escape(
+            f"{count} prediction(s) from {len(result.items)} source(s) in {result.seconds:.1f} s ({rate:.2f}/s) "
+            f"with {result.model['backend']} ({result.model['precision']}); outputs in {outdir}"
+        ),
+        highlight=False,
+        soft_wrap=True,
+    )
+    if result.json_path:
+        out.print(f"results: {escape(str(result.json_path))}", highlight=False)
+
+
+deploy_app = typer.Typer(no_args_is_help=True, help="Package a model for a serving runtime: Triton, DeepStream.")
+app.add_typer(deploy_app, name="deploy")
+
+
+def _print_deployed(result: Any) -> None:
+    _lines([f"wrote {path}" for path in result.files])
+    for note in result.notes:
+        err.print(f"note: {escape(note)}", highlight=False, soft_wrap=True)
+
+
+@deploy_app.command("triton")
+@guarded
+def deploy_triton(
+    model: Annotated[Path, typer.Argument(help="ONNX model or TensorRT engine (with its sidecar).")],
+    repo: Annotated[Path, typer.Option("-o", "--output", help="Triton model repository folder.")],
+    name: Annotated[str | None, typer.Option(help="Model name (default: the file name).")] = None,
+    version: Annotated[int, typer.Option(help="Model version folder.")] = 1,
+    argmax: Annotated[
+        bool | None, typer.Option("--argmax/--no-argmax", help="Serve the 'labels' output (default: when present).")
+    ] = None,
+    max_batch_size: Annotated[
+        int | None, typer.Option(help="Batch limit for dynamic batching (default: engine profile, else 8).")
+    ] = None,
+    instances: Annotated[int, typer.Option(help="Model instances per device.")] = 1,
+    device: Annotated[str, typer.Option(help="gpu or cpu (ONNX only).")] = "gpu",
+) -> None:
+    """A Triton model repository: REPO/<name>/config.pbtxt, REPO/<name>/<version>/model.onnx|model.plan, labels."""
+    from danet_deploy import api
+
+    options = api.TritonOptions(
+        name=name, version=version, argmax=argmax, max_batch_size=max_batch_size, instances=instances, device=device
+    )
+    _print_deployed(api.deploy_triton(model, repo, options))
+
+
+@deploy_app.command("deepstream")
+@guarded
+def deploy_deepstream(
+    model: Annotated[Path, typer.Argument(help="ONNX model or TensorRT engine (with its sidecar).")],
+    outdir: Annotated[Path, typer.Option("-o", "--output", help="Folder for the model, config and pipeline.")],
+    threshold: Annotated[float, typer.Option(help="nvinfer segmentation-threshold.")] = 0.0,
+    batch_size: Annotated[int, typer.Option(help="Frames per inference (a static batch wins).")] = 1,
+    gpu_id: Annotated[int, typer.Option(help="GPU nvinfer runs on.")] = 0,
+) -> None:
+    """A DeepStream Gst-nvinfer config for semantic segmentation and a gst-launch-1.0 pipeline."""
+    from danet_deploy import api
+
+    options = api.DeepStreamOptions(threshold=threshold, batch_size=batch_size, gpu_id=gpu_id)
+    _print_deployed(api.deploy_deepstream(model, outdir, options))
 
 
 def _check_arguments(argv: list[str]) -> None:

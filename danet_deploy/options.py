@@ -114,6 +114,9 @@ class ExportOptions:
         opset: ONNX opset; >= 18 uses the dynamo exporter, < 18 the legacy TorchScript one.
         argmax: add an int32 `labels` output (N x H x W) next to `logits`.
         uint8_input: bake preprocessing in: input `image` is uint8 N x H x W x 3 RGB 0-255.
+        rgb255_input: input `image` is float32 N x 3 x H x W RGB 0-255, normalized inside the graph: DeepStream's
+            nvinfer then feeds it exactly (net-scale-factor 1, offsets 0), which its one scale for all channels
+            cannot do for a per-channel std.
         atol: parity tolerance, absolute part: max |diff| <= atol + rtol * max |logit|.
         rtol: parity tolerance, relative part.
         image: the real image the parity check runs on (None: a bundled scene).
@@ -128,6 +131,7 @@ class ExportOptions:
     opset: int = DEFAULT_OPSET
     argmax: bool = False
     uint8_input: bool = False
+    rgb255_input: bool = False
     atol: float = 1e-4
     rtol: float = 1e-4
     image: Path | None = None
@@ -145,6 +149,8 @@ class ExportOptions:
         check_number("atol", self.atol)
         check_number("rtol", self.rtol)
         check_at_least("batch", self.batch, 1)
+        if self.uint8_input and self.rgb255_input:
+            raise OptionError("rgb255_input", True, "choose one input form: uint8 NHWC or float RGB 0-255 NCHW")
         if self.input_size is not None and min(self.input_size) < 1:
             raise OptionError("input_size", self.input_size, "height and width must be positive")
         check_choice("layout", self.layout, LAYOUTS)
@@ -164,6 +170,7 @@ class ExportOptions:
             "opset": self.opset,
             "argmax": self.argmax,
             "uint8_input": self.uint8_input,
+            "rgb255_input": self.rgb255_input,
         }
 
 

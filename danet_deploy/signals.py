@@ -64,3 +64,22 @@ def interrupts_held() -> Iterator[None]:
             previous(held[0][0], held[0][1])  # Python's handler (or the CLI's) raises KeyboardInterrupt
         elif previous == signal.SIG_DFL:
             os.kill(os.getpid(), signal.SIGINT)
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (`kill`, a container stopping) raises KeyboardInterrupt in the block, as Ctrl-C does, so the same
+    clean-up runs: temporary files removed, no partial output. Python's default for SIGTERM ends the process
+    without unwinding."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -1,6 +1,7 @@
-"""Every Python snippet in README.md runs as written, in order, in a folder holding what the snippets name:
-`danet.pth` (the bundled demo checkpoint), `calibration/images` (the repository's calibration images) and
-`cityscapes/` (the bundled labeled demo data)."""
+"""Every Python snippet in README.md runs as written, in a folder holding what the snippets name: `danet.pth`
+(the bundled demo checkpoint), `calibration/images` (the repository's calibration images), `cityscapes/` (the
+bundled labeled demo data) and `street.png` (a bundled scene). The export snippet runs first (the others read
+the `danet.onnx` it writes), then the rest in README order."""
 
 from __future__ import annotations
 
@@ -39,16 +40,20 @@ def test_readme_python_snippets_run_as_written(tmp_path: Path) -> None:
     (tmp_path / "calibration").mkdir()
     shutil.copytree(ROOT / "calibration" / "images", tmp_path / "calibration" / "images")
     shutil.copytree(DEMO_DATA, tmp_path / "cityscapes")
+    shutil.copy(sorted((DEMO_DATA / "leftImg8bit").rglob("*.png"))[0], tmp_path / "street.png")
+    snippets = sorted(python_snippets(), key=lambda snippet: snippet[0] != "export-quantize-verify")
     cwd = Path.cwd()
     os.chdir(tmp_path)
     try:
-        for name, code in python_snippets():
+        for name, code in snippets:
             printed = io.StringIO()
             with contextlib.redirect_stdout(printed):
                 exec(compile(code, f"README.md:{name}", "exec"), {"__name__": f"readme_{name}"})
             if name == "export-quantize-verify":
                 assert printed.getvalue().startswith("True ["), printed.getvalue()
                 assert (tmp_path / "danet.int8.onnx").is_file()
+            if name == "segmenter":
+                assert (tmp_path / "street.labels.png").is_file()
             if name == "calibration-iterable":
                 assert (tmp_path / "danet.fp16.onnx").is_file()
                 assert printed.getvalue().strip().endswith("method choose from entropy, max, percentile")

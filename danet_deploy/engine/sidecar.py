@@ -21,6 +21,7 @@ from danet_deploy.engine.system import RunningSystem
 from danet_deploy.errors import BadInputError, DeployError
 from danet_deploy.files import write_json
 
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")  # what a TensorRT engine file is called
 SIDECAR_SCHEMA = 2  # 2: engine_layers (the precision audit), platform, GPU memory
 
 

@@ -82,23 +82,29 @@ def resize_logits(logits: np.ndarray, size: tuple[int, int], align_corners: bool
     return t.numpy()
 
 
-def sliding_window(infer: Infer, image: np.ndarray, crop: int, stride: int) -> np.ndarray:
+def sliding_window(
+    infer: Infer, image: np.ndarray, crop: int | tuple[int, int], stride: int | tuple[int, int]
+) -> np.ndarray:
+    """Logits at the image's size from windows of `crop` (a side, or (H, W) for a model of fixed non-square size)
+    every `stride` pixels; images smaller than a window padded with black, overlapping logits averaged."""
+    ch, cw = (crop, crop) if isinstance(crop, int) else crop
+    sh, sw = (stride, stride) if isinstance(stride, int) else stride
     h, w = image.shape[:2]
-    ph, pw = max(h, crop), max(w, crop)
+    ph, pw = max(h, ch), max(w, cw)
     padded = np.zeros((ph, pw, 3), np.uint8)  # black: normalizes to the official padding value
     padded[:h, :w] = image
-    rows = math.ceil(max(ph - crop, 0) / stride) + 1
-    cols = math.ceil(max(pw - crop, 0) / stride) + 1
+    rows = math.ceil(max(ph - ch, 0) / sh) + 1
+    cols = math.ceil(max(pw - cw, 0) / sw) + 1
     total: np.ndarray | None = None
     count = np.zeros((1, 1, ph, pw), np.float32)
     for r in range(rows):
         for c in range(cols):
-            y0, x0 = min(r * stride, ph - crop), min(c * stride, pw - crop)
-            logits = infer(np.ascontiguousarray(padded[y0 : y0 + crop, x0 : x0 + crop]))
+            y0, x0 = min(r * sh, ph - ch), min(c * sw, pw - cw)
+            logits = infer(np.ascontiguousarray(padded[y0 : y0 + ch, x0 : x0 + cw]))
             if total is None:
                 total = np.zeros((1, logits.shape[1], ph, pw), np.float32)
-            total[:, :, y0 : y0 + crop, x0 : x0 + crop] += logits
-            count[:, :, y0 : y0 + crop, x0 : x0 + crop] += 1
+            total[:, :, y0 : y0 + ch, x0 : x0 + cw] += logits
+            count[:, :, y0 : y0 + ch, x0 : x0 + cw] += 1
     assert total is not None
     return (total / count)[:, :, :h, :w]
 

@@ -84,11 +84,14 @@ class DeployWrapper(nn.Module):
     mean255: torch.Tensor  # registered buffers: config mean and std scaled to uint8 range, [1, 3, 1, 1]
     std255: torch.Tensor
 
-    def __init__(self, model: nn.Module, config: ModelConfig, argmax: bool, uint8_input: bool):
+    def __init__(
+        self, model: nn.Module, config: ModelConfig, argmax: bool, uint8_input: bool, rgb255_input: bool = False
+    ):
         super().__init__()
         self.model = model
         self.argmax = argmax
         self.uint8_input = uint8_input
+        self.rgb255_input = rgb255_input
         self.register_buffer("mean255", torch.tensor(config.mean).view(1, 3, 1, 1) * 255.0, persistent=False)
         self.register_buffer("std255", torch.tensor(config.std).view(1, 3, 1, 1) * 255.0, persistent=False)
 
@@ -96,6 +99,8 @@ class DeployWrapper(nn.Module):
         x = image
         if self.uint8_input:
             x = (image.permute(0, 3, 1, 2).float() - self.mean255) / self.std255
+        elif self.rgb255_input:
+            x = (image - self.mean255) / self.std255
         logits = self.model(x)
         if not self.argmax:
             return logits
@@ -110,6 +115,8 @@ def io_spec(config: ModelConfig, options: ExportOptions) -> tuple[dict[str, Any]
     ww: int | str = "width" if options.dynamic else w
     if options.uint8_input:
         inputs = {"image": {"dtype": "uint8", "shape": [n, hh, ww, 3], "layout": "NHWC RGB 0-255, unnormalized"}}
+    elif options.rgb255_input:
+        inputs = {"image": {"dtype": "float32", "shape": [n, 3, hh, ww], "layout": "NCHW RGB 0-255, unnormalized"}}
     else:
         inputs = {"image": {"dtype": "float32", "shape": [n, 3, hh, ww], "layout": "NCHW RGB, normalized"}}
     outputs: dict[str, Any] = {"logits": {"dtype": "float32", "shape": [n, config.num_classes, hh, ww]}}
@@ -129,6 +136,8 @@ def _example_input(config: ModelConfig, options: ExportOptions, image: np.ndarra
     batch = np.repeat(image[None], options.batch, axis=0)
     if options.uint8_input:
         return torch.from_numpy(np.ascontiguousarray(batch))
+    if options.rgb255_input:
+        return torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2).astype(np.float32)))
     return torch.from_numpy(np.concatenate([normalize(im, config) for im in batch]))
 
 
@@ -257,7 +266,7 @@ def export_onnx(
     """
     options.check()
     model = model.eval()
-    wrapper = DeployWrapper(model, config, options.argmax, options.uint8_input).eval()
+    wrapper = DeployWrapper(model, config, options.argmax, options.uint8_input, options.rgb255_input).eval()
     example = _example_input(config, options, image)
     out = Path(out_path)
     started = time.perf_counter()

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from danet_deploy.artifact import OnnxModel
+from danet_deploy.engine.sidecar import ENGINE_SUFFIXES as SIDECAR_ENGINE_SUFFIXES
 from danet_deploy.errors import printable
 from danet_deploy.files import (
     PathLike,
@@ -68,4 +69,4 @@ def backends_plan(
     return benchmark_plan(torch_weights, [(name, f) for name, (f, _) in zip(names, facts)], size)
 
 
-ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+ENGINE_SUFFIXES = SIDECAR_ENGINE_SUFFIXES
