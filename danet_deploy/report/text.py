@@ -208,7 +208,7 @@ def plan_lines(plan: BuildPlan) -> list[str]:
     ]
     lines += [f"  prepare        {step}" for step in plan.prepare]
     lines += [
-        f"  parse          {plan.network_onnx}",
+        f"  parse          {plan.network_onnx or 'the prepared ONNX (scratch folder, removed after the build)'}",
         f"  network flags  {', '.join(plan.network_flags) or 'none'}",
         f"  builder flags  {', '.join(plan.builder_flags) or 'none (precision from the ONNX tensor types)'}",
     ]
@@ -216,7 +216,9 @@ def plan_lines(plan: BuildPlan) -> list[str]:
         lines.append(f"  profile        {name}: min {shape(lo)}, opt {shape(opt)}, max {shape(hi)}")
     pinned = ", ".join(plan.pinned_fp32_layers) if plan.pinned_fp32_layers else "none"
     lines.append(f"  pinned FP32    {pinned}")
-    options = {k: v for k, v in plan.options.items() if v not in (None, False) and k not in ("precision",)}
+    options = {
+        k: v for k, v in plan.options.to_dict().items() if v not in (None, False) and k not in ("precision", "tf32")
+    }
     lines.append(f"  options        {', '.join(f'{k}={v}' for k, v in options.items()) or 'defaults'}")
     lines += [f"  note           {note}" for note in plan.notes]
     return lines
@@ -249,6 +251,8 @@ def engine_inspect_lines(path: str, sidecar: EngineSidecar, live: Any = None, no
     lines.append(f"  pinned FP32    {len(sidecar.pinned_fp32_layers) or 'none'}")
     audit = sidecar.audit
     lines.append(f"  layers (build) {audit.summary() if audit else 'not recorded (sidecar from before the audit)'}")
+    if audit is not None and audit.devices:
+        lines.append(f"  devices        {audit.device_summary()}")
     if live is not None:
         lines.append(f"  layers (now)   {live.summary()} (read from the engine by TensorRT here)")
         lines += [f"  FAILED         {failure}" for failure in live.failures]
