@@ -303,3 +303,80 @@ def test_inspect_engine_without_tensorrt_shows_the_sidecar(tmp_path: Path) -> No
     assert saved["live_layers"] is None
     assert_missing = run("inspect", tmp_path / "other.engine")
     assert assert_missing.returncode == 2 and "no such engine file" in assert_missing.stderr
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"profiles": None}, "profiles"),
+        ({"profiles": [{"image": [[1, 3, 64, 128]] * 3}] * 2}, "profiles"),
+        ({"profiles": [{"image": [[1, 3, 64, 128]] * 2}]}, "profiles[0]['image']"),
+        ({"profiles": [{"image": [[1, 3, 64, 128], [1, 3, 32, 128], [1, 3, 64, 128]]}]}, "profiles[0]['image']"),
+        ({"precision": "int4"}, "precision"),
+        ({"schema": 99}, "schema"),
+        ({"schema": "2"}, "schema"),
+        ({"gpu_memory_bytes": -1}, "gpu_memory_bytes"),
+        ({"gpu_memory_bytes": 1.5}, "gpu_memory_bytes"),
+        ({"engine_sha256": ""}, "engine_sha256"),
+        ({"build_seconds": "fast"}, "build_seconds"),
+        ({"tensorrt_version": 10.3}, "tensorrt_version"),
+        ({"compute_capability": "sm87"}, "compute_capability"),
+        ({"build_path": "typed"}, "build_path"),
+        ({"model_config": []}, "model_config"),
+        ({"pinned_fp32_layers": "a,b"}, "pinned_fp32_layers"),
+        ({"build_options": {"dla_core": "1"}}, "build_options.dla_core"),
+        ({"build_options": {"version_compatible": 1}}, "build_options.version_compatible"),
+        ({"build_options": {"hardware_compat": "turing+"}}, "build_options.hardware_compat"),
+        ({"engine_layers": {"compute_layers": {"FP16": -2}, "total_layers": 3}}, "engine_layers"),
+        ({"engine_layers": {"nonsense": 1}}, "engine_layers"),
+    ],
+)
+def test_sidecar_with_a_wrong_field_is_bad_input_naming_file_and_field(
+    tmp_path: Path, change: dict, field: str
+) -> None:
+    """One validator, run whenever a sidecar is read: exact types and ranges, exit 2 naming the file and field."""
+    engine = tmp_path / "m.engine"
+    data = {**json.loads(json.dumps(asdict(_sidecar()))), **change}
+    (tmp_path / "m.engine.json").write_text(json.dumps(data))
+    with pytest.raises(BadInputError) as raised:
+        read_sidecar(engine)
+    message = str(raised.value)
+    assert raised.value.exit_code == 2 and "\n" not in message
+    assert message.startswith(f"{tmp_path / 'm.engine.json'}: not a valid engine sidecar: {field} ")
+
+
+def test_sidecar_with_a_missing_field_names_it(tmp_path: Path) -> None:
+    data = json.loads(json.dumps(asdict(_sidecar())))
+    del data["engine_sha256"]
+    (tmp_path / "m.engine.json").write_text(json.dumps(data))
+    with pytest.raises(BadInputError, match="engine_sha256 must be present"):
+        read_sidecar(tmp_path / "m.engine")
+
+
+def test_runner_refuses_an_image_outside_the_engine_profile(tmp_path: Path) -> None:
+    """Checked before TensorRT sees it (Polygraphy would fail with "failed to set shape", an internal error)."""
+    from danet_deploy.runners.tensorrt import TensorRTRunner
+
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"plan")
+    write_sidecar(engine, _sidecar(profiles=[{"image": [[1, 3, 64, 64], [1, 3, 64, 128], [1, 3, 128, 128]]}]))
+    runner = TensorRTRunner(engine)
+    runner.check_shape((1, 3, 64, 96))
+    with pytest.raises(BadInputError, match=re.escape("input 1x3x256x512 is outside the engine's profile for image")):
+        runner.check_shape((1, 3, 256, 512))
+
+
+def test_dla_plan_is_implicit_int8_with_a_static_profile(static_onnx: Path, dynamic_onnx: Path) -> None:
+    """DLA runs INT8 only by implicit quantization: the FP32 network, INT8 + FP16 flags, scales from calibration."""
+    options = BuildOptions(precision="int8", calib="calibration/images", dla_core=1, gpu_fallback=True)
+    plan = plan_build(static_onnx, options, "10.3")
+    assert plan.implicit_int8 and plan.network_onnx == str(static_onnx)
+    assert plan.builder_flags == ["INT8", "FP16", "OBEY_PRECISION_CONSTRAINTS"]
+    assert any("calibration cache" in step for step in plan.prepare)
+    ranged = replace(options, min_shape=(1, 3, 64, 128), max_shape=(1, 3, 128, 256))
+    with pytest.raises(BadInputError, match=re.escape("DLA needs a static profile (min = opt = max)")):
+        plan_build(dynamic_onnx, ranged, "10.3")
+    # TensorRT 11.4.1+: strongly typed DLA (explicit Q/DQ), as NVIDIA documents it for JetPack 7.2.2+.
+    strongly = plan_build(static_onnx, options, "11.4.1")
+    assert not strongly.implicit_int8 and strongly.path == "strongly typed"
+    assert any("JetPack 7.2.2" in note for note in strongly.notes)

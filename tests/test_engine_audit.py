@@ -159,7 +159,9 @@ def test_data_type_words_as_tensorrt_11_spells_them(text: str, expected: str) ->
 
 
 def _layer(name: str, inputs: list[str], outputs: list[str], layer_type: str = "gemm", **extra: str) -> dict:
-    tensors = lambda types: [{"Name": f"{name}_{i}", "Datatype": t, "Format": "Row major linear"} for i, t in enumerate(types)]  # noqa: E731
+    def tensors(types: list[str]) -> list[dict]:
+        return [{"Name": f"{name}_{i}", "Datatype": t, "Format": "Row major linear"} for i, t in enumerate(types)]
+
     return {"Name": name, "LayerType": layer_type, "Inputs": tensors(inputs), "Outputs": tensors(outputs), **extra}
 
 

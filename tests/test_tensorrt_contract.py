@@ -22,17 +22,20 @@ tests/test_tensorrt_gpu.py on a GPU.
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from danet_deploy import api
+from danet_deploy.artifact import OnnxModel
 from danet_deploy.engine import system
 from danet_deploy.engine.build import build_engine
-from danet_deploy.engine.plan import BuildOptions, BuildPlan, parse_version, plan_build
+from danet_deploy.engine.plan import BuildOptions, BuildPlan, parse_version, pinned_layers, plan_build
 from danet_deploy.engine.sidecar import read_sidecar
 from danet_deploy.engine.system import Gpu, running_system
 from danet_deploy.errors import BadInputError, CheckFailedError
@@ -111,6 +114,8 @@ def networks(fp32_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     api.quantize(folder / "tiny.onnx", folder / "tiny.fp16.onnx", "fp16")
     calib = api.QuantizeOptions(calib=ROOT / "calibration" / "images", count=8, cache_dir=folder / "cache")
     api.quantize(folder / "tiny.onnx", folder / "tiny.int8.onnx", "int8", calib)
+    # Strongly typed INT8: FP16 outside Q/DQ, the CAM chain FP32 (the same calibration, from the cache).
+    api.quantize(folder / "tiny.onnx", folder / "tiny.int8-fp16.onnx", "int8", replace(calib, unquantized="fp16"))
     return folder
 
 
@@ -121,7 +126,8 @@ def prepared(networks: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     from danet_deploy.steps import engine as engine_step
 
     def quantize(source, output, precision, options, progress):
-        shutil.copy(networks / f"tiny.{precision}.onnx", output)
+        made = "int8-fp16" if precision == "int8" and options.unquantized == "fp16" else precision
+        shutil.copy(networks / f"tiny.{made}.onnx", output)
 
     monkeypatch.setattr(engine_step, "quantize", quantize)
     scratch = tmp_path / "scratch"
@@ -206,7 +212,11 @@ def test_build_and_load_against_the_release_api(
         assert plan.network_onnx == str(networks / "tiny.onnx") and Path(plan.scales_onnx).is_file()
     # JetPack 7.2.2 is not in the Jetson Linux table (unknown releases are allowed; TensorRT counts the cores).
     release = "# R39 (release), REVISION: 2.0, GCID: 1, BOARD: generic, EABI: aarch64" if version == "11.4.1" else None
-    root = (jetson_root(tmp_path / "orin", release) if release else jetson_root(tmp_path / "orin")) if gpu is ORIN else tmp_path / "x86"
+    root = (
+        (jetson_root(tmp_path / "orin", release) if release else jetson_root(tmp_path / "orin"))
+        if gpu is ORIN
+        else tmp_path / "x86"
+    )
     here = running_system(root=root)
     engine = tmp_path / "tiny.engine"
     sidecar = build_engine(plan, engine, lambda phase, step, total: None, system=here)  # with a progress monitor
@@ -235,6 +245,13 @@ def test_build_and_load_against_the_release_api(
     assert sidecar.engine_layers["compute_layers"].get(wanted) and not sidecar.engine_layers["failures"]
     assert sorted(sidecar.engine_layers["pinned_fp32"]) == sorted(plan.pinned_fp32_layers)
     assert sidecar.tensorrt_version == sys.modules["tensorrt"].__version__  # with patch and build
+    # The layer information comes in the release's own layout (TensorRT 11 split "Format/Datatype").
+    from danet_deploy.engine.build import engine_layer_information
+
+    tensor = json.loads(engine_layer_information(engine.read_bytes()))["Layers"][0]["Inputs"][0]
+    assert ("Datatype" in tensor, "Format/Datatype" in tensor) == (
+        (True, False) if parse_version(version) >= (11, 0) else (False, True)
+    )
     if plan.implicit_int8:
         cache = recorder.last("IBuilderConfig").__dict__["_state"]["int8_calibrator"].read_calibration_cache()
         major = parse_version(version)[0]
@@ -344,3 +361,127 @@ def test_inspect_reads_the_engine_layers_where_tensorrt_is_present(
     assert result.live.to_dict() == result.sidecar.engine_layers
     assert len(recorder.calls("EngineInspector.get_engine_information")) == 2  # after the build, and now
     assert [name for name in recorder.missing if name not in GUARDED_PROBES] == []
+
+
+def test_engine_from_another_build_of_the_release_is_refused_before_deserializing(
+    networks: Path, tmp_path: Path, standin: callable, prepared: callable
+) -> None:
+    """TensorRT ties a plan to major.minor.patch.build: refused with what to do, exit 2, never deserialized."""
+    standin("10.3.0", full_version="10.3.0.30")
+    plan = prepared(plan_build(networks / "tiny.onnx", BuildOptions(precision="fp16"), "10.3.0.30"))
+    engine = tmp_path / "tiny.engine"
+    build_engine(plan, engine, system=running_system(root=tmp_path))
+    recorder = standin("10.3.0", full_version="10.3.0.26")
+    with pytest.raises(
+        BadInputError, match=r"rebuild: built with TensorRT 10\.3\.0\.30, running 10\.3\.0\.26"
+    ) as raised:
+        TensorRTRunner(engine).activate()
+    assert raised.value.exit_code == 2 and recorder.calls("Runtime.deserialize_cuda_engine") == []
+
+
+@pytest.mark.parametrize(("built", "running"), [("8.6.1", "10.3.0"), ("10.3.0", "11.4.0")])
+def test_version_compatible_engine_loads_on_the_next_major(
+    built: str, running: str, networks: Path, tmp_path: Path, standin: callable, prepared: callable
+) -> None:
+    standin(built)
+    options = BuildOptions(precision="fp16", version_compatible=True)
+    plan = prepared(plan_build(networks / "tiny.onnx", options, sys.modules["tensorrt"].__version__))
+    engine = tmp_path / "tiny.engine"
+    build_engine(plan, engine, system=running_system(root=tmp_path))
+    recorder = standin(running)
+    with TensorRTRunner(engine):
+        pass
+    assert len(recorder.calls("Runtime.deserialize_cuda_engine")) == 1
+
+
+def test_engine_tensorrt_cannot_deserialize_is_one_line_exit_2(tmp_path: Path, standin: callable) -> None:
+    """A plan TensorRT refuses (damaged, or from a build the sidecar does not name) is bad input, never exit 4."""
+    import dataclasses
+    import hashlib
+
+    from danet_deploy.engine.sidecar import write_sidecar
+
+    from .test_engine import _sidecar
+
+    standin("10.3.0")
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"not a TensorRT plan")
+    sidecar = _sidecar(tensorrt_version="10.3.0.26", gpu_name=H100.name, compute_capability=H100.compute_capability)
+    write_sidecar(engine, dataclasses.replace(sidecar, engine_sha256=hashlib.sha256(engine.read_bytes()).hexdigest()))
+    with pytest.raises(BadInputError) as raised:
+        TensorRTRunner(engine).activate()
+    message = str(raised.value)
+    assert raised.value.exit_code == 2 and "\n" not in message
+    assert message.startswith(f"{engine}: TensorRT 10.3.0.26 could not load the engine (") and "rebuild it" in message
+
+
+def test_a_pin_that_matches_no_layer_fails_the_build_and_writes_nothing(
+    networks: Path, tmp_path: Path, standin: callable, prepared: callable
+) -> None:
+    import dataclasses
+
+    recorder = standin("10.3.0")
+    plan = prepared(plan_build(networks / "tiny.onnx", BuildOptions(precision="fp16"), "10.3"))
+    wrong = dataclasses.replace(plan, pinned_fp32_layers=[*plan.pinned_fp32_layers, "/head/cam/NotInTheNetwork"])
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(CheckFailedError, match=r"1 pinned FP32 layer.*match no layer TensorRT parsed") as raised:
+        build_engine(wrong, out / "tiny.engine", system=running_system(root=tmp_path))
+    assert raised.value.exit_code == 1 and list(out.iterdir()) == []
+    assert recorder.calls("Builder.build_serialized_network") == []
+
+
+def test_a_timing_cache_tensorrt_refuses_is_bad_input(
+    networks: Path, tmp_path: Path, standin: callable, prepared: callable
+) -> None:
+    """Polygraphy ignores set_timing_cache's result; the build checks it (a stale cache is not silently dropped)."""
+    standin("10.3.0")
+    cache = tmp_path / "timing.cache"
+    cache.write_bytes(b"STALE cache from another GPU")
+    options = BuildOptions(precision="fp16", timing_cache=str(cache))
+    plan = prepared(plan_build(networks / "tiny.onnx", options, "10.3"))
+    with pytest.raises(BadInputError, match="TensorRT refused this timing cache"):
+        build_engine(plan, tmp_path / "tiny.engine", system=running_system(root=tmp_path))
+    assert cache.read_bytes() == b"STALE cache from another GPU" and not (tmp_path / "tiny.engine").exists()
+
+
+def test_tensorrt_8_6_int8_refuses_opset_19_qdq_and_builds_implicit_from_fp32(networks: Path) -> None:
+    """onnx-tensorrt 8.6 ignores the axes input of opset >= 18 ReduceMax/ReduceMean; ModelOpt writes opset 19."""
+    with pytest.raises(BadInputError, match="ignores the axes input"):
+        plan_build(networks / "tiny.int8.onnx", BuildOptions(precision="int8"), "8.6")
+    plan = plan_build(networks / "tiny.onnx", BuildOptions(precision="int8", calib="calibration/images"), "8.6")
+    assert plan.implicit_int8 and plan.network_onnx == str(networks / "tiny.onnx")
+
+
+def test_dry_run_fails_on_the_readiness_lint_of_the_chosen_release(networks: Path) -> None:
+    """`build-engine --dry-run` runs what `inspect --target` runs for that release (opset > 17 on 8.6 is an error)."""
+    from danet_deploy.graph.editor import opset_of
+    from danet_deploy.steps.engine import plan_engine
+    from danet_deploy.steps.inspect import inspect
+
+    model = networks / "tiny.onnx"
+    opset = opset_of(OnnxModel.load(model).proto)
+    assert opset > 17
+    assert [f.code for f in inspect(model, "trt8.6").lint.errors] == ["opset"]
+    with pytest.raises(CheckFailedError, match=rf"TensorRT readiness error.*trt8\.6.*opset {opset}") as raised:
+        plan_engine(model, BuildOptions(precision="fp16"), "8.6", dry_run=True)
+    assert raised.value.exit_code == 1
+    assert plan_engine(model, BuildOptions(precision="fp16"), "10.3", dry_run=True).lint.errors == []
+
+
+def test_strongly_typed_int8_network_runs_fp16_outside_qdq_with_the_cam_chain_fp32(
+    networks: Path, tmp_path: Path, standin: callable, prepared: callable
+) -> None:
+    """Benchmark-free: the network ONNX TensorRT 11 parses carries FP16 outside Q/DQ, FP32 in the CAM chain."""
+    import onnx
+
+    from danet_deploy.precision.fp16 import node_precisions
+
+    standin("11.4.0")
+    plan = prepared(plan_build(networks / "tiny.onnx", BuildOptions(precision="int8", calib="c"), "11.4"))
+    model = onnx.load(plan.network_onnx)
+    precisions = node_precisions(model)
+    cam = set(pinned_layers(onnx.load(networks / "tiny.onnx")))
+    computing = {n.name for n in model.graph.node if n.op_type in ("Conv", "Relu", "Add", "Resize")}
+    assert any(precisions.get(name) == onnx.TensorProto.FLOAT16 for name in computing)
+    assert all(precisions.get(name) == onnx.TensorProto.FLOAT for name in cam if name in precisions)

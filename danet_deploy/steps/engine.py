@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from danet_deploy.artifact import OnnxModel
-from danet_deploy.engine.plan import BuildOptions, BuildPlan, lint_target, parse_version, pinned_layers
+from danet_deploy.engine.plan import (
+    STRONGLY_TYPED,
+    BuildOptions,
+    BuildPlan,
+    lint_target,
+    parse_version,
+    pinned_layers,
+)
 from danet_deploy.errors import BadInputError, CheckFailedError, DeployError
 from danet_deploy.files import PathLike, check_outputs
 from danet_deploy.progress import SILENT, Progress
@@ -90,7 +97,9 @@ def prepare_network(plan: BuildPlan, scratch: PathLike, progress: Progress = SIL
     if not plan.prepare:
         return plan
     # With calibration images, FP16 magnitudes measured on them decide what stays FP32 too (not only the CAM rule).
-    options = QuantizeOptions(calib=plan.options.calib)
+    # Strongly typed INT8 runs the layers outside Q/DQ in their ONNX type: FP16 there (CAM chain and GroupNorm FP32).
+    strongly_int8 = plan.precision == "int8" and plan.path == STRONGLY_TYPED
+    options = QuantizeOptions(calib=plan.options.calib, unquantized="fp16" if strongly_int8 else "fp32")
     source = Path(plan.source_onnx)
     if plan.implicit_int8:
         scales = Path(scratch) / f"{source.stem}.int8.onnx"

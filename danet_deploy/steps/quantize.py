@@ -36,6 +36,7 @@ class QuantizeOptions:
     ignore_unknown_labels: bool = False  # --data: mask values that are not class ids count as ignored
     allow_unlabeled: bool = False  # --data: evaluate the labeled images of a partly labeled set
     force: bool = False  # go on when the memory plan's peak exceeds the available memory
+    unquantized: str = "fp32"  # INT8 for TensorRT: type of the layers outside Q/DQ ("fp16" for strongly typed builds)
 
 
 @dataclass
@@ -129,7 +130,9 @@ def quantize(
         who = "for ONNX Runtime" if target is Int8Target.ONNXRUNTIME else "Q/DQ for TensorRT (ModelOpt)"
         with progress.task(f"INT8 {who}: calibrating ({options.method}, images)", total=0) as update:
             on_image = _counted(update, f"INT8 {who}: placing Q/DQ and checking against FP32")
-            _, record = quantize_int8(source, options.calib, out, on_image=on_image, **common)
+            _, record = quantize_int8(
+                source, options.calib, out, on_image=on_image, unquantized=options.unquantized, **common
+            )
         return QuantizeResult(precision, out, record)
     from danet_deploy.precision import quantize_with_budget
 

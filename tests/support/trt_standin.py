@@ -16,7 +16,8 @@ Behaviour is faked only as far as the loader chain needs to continue, and every 
   network inputs/outputs from the graph; no operator is checked.
 - `Builder.build_serialized_network`: returns a JSON payload recording the network and configuration it was
   given, not an engine; `Runtime.deserialize_cuda_engine` reads that payload back (from a buffer only: the
-  stream-reader overloads of 10.x/11 are not modelled, the project does not use them). With an INT8 calibrator
+  stream-reader overloads of 10.x/11 are not modelled, the project does not use them); bytes that are not such a
+  payload give None, as TensorRT returns for a plan it cannot load. With an INT8 calibrator
   set, it reads the calibrator's cache as TensorRT does and returns None (TensorRT's failed build) when there is
   none or its header is not `TRT-<this release's NV_TENSORRT_VERSION>-EntropyCalibration2`: the stand-in cannot
   calibrate.
@@ -26,6 +27,8 @@ Behaviour is faked only as far as the loader chain needs to continue, and every 
   test passes its own JSON. This fakes TensorRT's result; it lets the audit path run, it does not test TensorRT.
 - `tensorrt.__version__` carries a build number (major.minor.patch.build, BUILDS), as the version TensorRT
   compares engines by.
+- `IBuilderConfig.set_timing_cache` refuses (False) a cache whose bytes start with b"STALE" (TensorRT refuses one
+  from another device or release);
 - `Builder.num_DLA_cores` is 2 (an AGX Orin); enum values are ordinals (the data has names only, so code that
   depends on numeric values is not checked).
 Names added to the data, each defined by the real module outside the `py::class_`/`py::enum_` declarations the
@@ -403,6 +406,15 @@ def _read_calibration(builder: Any, config: Any, conf: dict[str, Any]) -> dict[s
     return dict(row.rsplit(": ", 1) for row in rows)
 
 
+def _set_timing_cache(config: Any, cache: Any, ignore_mismatch: bool) -> bool:
+    """TensorRT refuses (returns False) a cache made on another device or release; the stand-in's stale cache is
+    one whose bytes start with b"STALE"."""
+    if _state(cache)["data"].startswith(b"STALE") and not ignore_mismatch:
+        return False
+    _state(config).update(cache=cache)
+    return True
+
+
 def _deserialize(runtime: Any, buffer: Any) -> Any:
     data = bytes(memoryview(buffer))  # TypeError for anything that is not a buffer, as pybind11 raises
     if not data.startswith(ENGINE_MAGIC):
@@ -564,7 +576,7 @@ BEHAVIOUR: dict[str, dict[str, Any]] = {
         ),
         "num_optimization_profiles": Prop(lambda self: len(_state(self)["profiles"])),
         "create_timing_cache": Method(lambda self, data: _new(self, "ITimingCache", bytes(data))),
-        "set_timing_cache": Method(lambda self, cache, ignore_mismatch: _state(self).update(cache=cache) or True),
+        "set_timing_cache": Method(_set_timing_cache),
         "get_timing_cache": Method(lambda self: _state(self).get("cache")),
         "get_tactic_sources": Method(lambda self: 0),
         "get_preview_feature": Method(lambda self, feature: False),
