@@ -488,6 +488,9 @@ def build_engine(
     tensorrt_version: Annotated[
         str | None, typer.Option(help="Plan for this TensorRT version (default: installed, else 11.4).")
     ] = None,
+    network_onnx: Annotated[
+        Path | None, typer.Option(help="Keep the prepared FP16/Q/DQ network ONNX here (a new file; default: scratch).")
+    ] = None,
 ) -> None:
     """Build a TensorRT engine (and model.engine.json) through Polygraphy; --dry-run shows the plan."""
     if fp16 and int8:
@@ -508,6 +511,7 @@ def build_engine(
         hardware_compat=hardware_compat,
         builder_opt_level=builder_opt_level,
         calib=str(calib) if calib else None,
+        network_onnx=str(network_onnx) if network_onnx else None,
     )
     if dry_run:
         result = api.plan_engine(model, options, tensorrt_version, dry_run=True)

@@ -23,6 +23,7 @@ tests/test_tensorrt_gpu.py on a GPU.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 from collections.abc import Iterator
@@ -363,18 +364,21 @@ def test_inspect_reads_the_engine_layers_where_tensorrt_is_present(
     assert [name for name in recorder.missing if name not in GUARDED_PROBES] == []
 
 
+@pytest.mark.parametrize(
+    ("release", "built", "running"),
+    [("10.3.0", "10.3.0.30", "10.3.0.26"), ("8.6.1", "8.6.1", "8.6.0"), ("11.4.1", "11.4.1.5", "11.4.0.106")],
+)
 def test_engine_from_another_build_of_the_release_is_refused_before_deserializing(
-    networks: Path, tmp_path: Path, standin: callable, prepared: callable
+    release: str, built: str, running: str, networks: Path, tmp_path: Path, standin: callable, prepared: callable
 ) -> None:
     """TensorRT ties a plan to major.minor.patch.build: refused with what to do, exit 2, never deserialized."""
-    standin("10.3.0", full_version="10.3.0.30")
-    plan = prepared(plan_build(networks / "tiny.onnx", BuildOptions(precision="fp16"), "10.3.0.30"))
+    standin(release, full_version=built)
+    plan = prepared(plan_build(networks / "tiny.onnx", BuildOptions(precision="fp16"), built))
     engine = tmp_path / "tiny.engine"
     build_engine(plan, engine, system=running_system(root=tmp_path))
-    recorder = standin("10.3.0", full_version="10.3.0.26")
-    with pytest.raises(
-        BadInputError, match=r"rebuild: built with TensorRT 10\.3\.0\.30, running 10\.3\.0\.26"
-    ) as raised:
+    recorder = standin(release, full_version=running)
+    expected = re.escape(f"rebuild: built with TensorRT {built}, running {running}")
+    with pytest.raises(BadInputError, match=expected) as raised:
         TensorRTRunner(engine).activate()
     assert raised.value.exit_code == 2 and recorder.calls("Runtime.deserialize_cuda_engine") == []
 
@@ -412,7 +416,7 @@ def test_engine_tensorrt_cannot_deserialize_is_one_line_exit_2(tmp_path: Path, s
         TensorRTRunner(engine).activate()
     message = str(raised.value)
     assert raised.value.exit_code == 2 and "\n" not in message
-    assert message.startswith(f"{engine}: TensorRT 10.3.0.26 could not load the engine (") and "rebuild it" in message
+    assert message.startswith(f"{engine}: TensorRT 10.3.0 could not load the engine (") and "rebuild it" in message
 
 
 def test_a_pin_that_matches_no_layer_fails_the_build_and_writes_nothing(

@@ -25,8 +25,8 @@ Behaviour is faked only as far as the loader chain needs to continue, and every 
   release (8.x/10.x "Format/Datatype"; 11.x "Datatype" + "Format"), one layer per network layer in the
   precision the build asked for and on the device it would land on (`fake_layer_information` says how) unless a
   test passes its own JSON. This fakes TensorRT's result; it lets the audit path run, it does not test TensorRT.
-- `tensorrt.__version__` carries a build number (major.minor.patch.build, BUILDS), as the version TensorRT
-  compares engines by.
+- `tensorrt.__version__`: the release key ("10.3.0", as the PyPI wheels write it) or the full version a test
+  passes ("10.3.0.30", as JetPack's packages write it).
 - `IBuilderConfig.set_timing_cache` refuses (False) a cache whose bytes start with b"STALE" (TensorRT refuses one
   from another device or release);
 - `Builder.num_DLA_cores` is 2 (an AGX Orin); enum values are ordinals (the data has names only, so code that
@@ -70,8 +70,7 @@ RELEASES = {
     "11.4.0": "v11.1",
     "11.4.1": "v11.1",
 }
-# The build number each release's `tensorrt.__version__` carries in the stand-in (PyPI wheel builds where known).
-BUILDS = {"8.6.1": 6, "10.3.0": 26, "10.13.3": 9, "10.14.1": 48, "11.0.0": 1, "11.1.0": 1, "11.4.0": 106, "11.4.1": 1}
+
 ENGINE_MAGIC = b"STANDIN-ENGINE\n"
 SEVERITIES = ("INTERNAL_ERROR", "ERROR", "WARNING", "INFO", "VERBOSE")
 CONTEXT_MANAGED = (
@@ -629,12 +628,13 @@ def make_tensorrt(
     layer_information: Callable[[dict[str, Any]], str] = fake_layer_information,
     full_version: str | None = None,
 ) -> tuple[types.ModuleType, Recorder]:
-    """A fresh `tensorrt` module for `version` (a key of RELEASES) and the recorder of everything done with it;
-    `__version__` is major.minor.patch.build (the build from BUILDS unless `full_version` is given)."""
+    """A fresh `tensorrt` module for `version` (a key of RELEASES) and the recorder of everything done with it.
+    `__version__` is major.minor.patch as the PyPI wheels set it (tensorrt_bindings 8.6.1: "8.6.1";
+    tensorrt_cu12_bindings 10.3.0: "10.3.0"), or `full_version` (JetPack's packages carry the build: "10.3.0.30")."""
     release = SURFACE[RELEASES[version]]
     recorder = Recorder(version)
     module = types.ModuleType("tensorrt")
-    module.__version__ = f"{version}.{BUILDS[version]}" if full_version is None else full_version
+    module.__version__ = version if full_version is None else full_version
 
     enums = {name: _enum(name, values, recorder) for name, values in release["enums"].items()}
     severity = _enum("Severity", list(SEVERITIES), recorder)
