@@ -310,6 +310,13 @@ def plan_build(
                 pinned = pinned_layers(model)
     if strongly_typed and version >= (11, 0):
         notes.append("TensorRT 11 builds only strongly typed networks: precision comes from the ONNX tensor types")
+    entry = source.metadata.get("precision")
+    qdq_fp32 = isinstance(entry, dict) and entry.get("unquantized_precision", "fp32") == "fp32"
+    if strongly_typed and source_precision == "int8" and qdq_fp32:
+        notes.append(
+            "this Q/DQ model keeps the layers outside Q/DQ in FP32, which a strongly typed build runs in FP32 "
+            "(slower than an FP16 engine); build from the FP32 ONNX with calibration images for FP16 there"
+        )
     if pinned and network != str(path):
         notes.append("pinned layers are named from the source ONNX here and taken again from the network ONNX")
 

@@ -217,7 +217,9 @@ def plan_lines(plan: BuildPlan) -> list[str]:
     pinned = ", ".join(plan.pinned_fp32_layers) if plan.pinned_fp32_layers else "none"
     lines.append(f"  pinned FP32    {pinned}")
     options = {
-        k: v for k, v in plan.options.to_dict().items() if v not in (None, False) and k not in ("precision", "tf32")
+        k: v
+        for k, v in plan.options.to_dict().items()
+        if v is not None and v is not False and k not in ("precision", "tf32")
     }
     lines.append(f"  options        {', '.join(f'{k}={v}' for k, v in options.items()) or 'defaults'}")
     lines += [f"  note           {note}" for note in plan.notes]
@@ -231,7 +233,9 @@ def engine_audit_line(name: str, sidecar: EngineSidecar) -> str:
     return f"{name}: {sidecar.precision} engine ({sidecar.build_path}, TensorRT {sidecar.tensorrt_version}), {audited}"
 
 
-def engine_inspect_lines(path: str, sidecar: EngineSidecar, live: Any = None, notes: list[str] = ()) -> list[str]:
+def engine_inspect_lines(
+    path: str, sidecar: EngineSidecar, live: Any = None, notes: tuple[str, ...] | list[str] = ()
+) -> list[str]:
     """What `inspect model.engine` prints: the sidecar's facts, then the engine's own layers where TensorRT read
     them. Every string comes from files: the caller prints them escaped."""
     shape = lambda dims: "x".join(map(str, dims))  # noqa: E731
@@ -246,7 +250,11 @@ def engine_inspect_lines(path: str, sidecar: EngineSidecar, live: Any = None, no
     for profile in sidecar.profiles:
         for name, (lo, opt, hi) in profile.items():
             lines.append(f"  profile        {name}: min {shape(lo)}, opt {shape(opt)}, max {shape(hi)}")
-    options = {k: v for k, v in sidecar.build_options.items() if v not in (None, False) and k != "precision"}
+    options = {
+        k: v
+        for k, v in sidecar.build_options.items()
+        if v is not None and v is not False and k not in ("precision", "tf32")
+    }
     lines.append(f"  options        {', '.join(f'{k}={v}' for k, v in options.items()) or 'defaults'}")
     lines.append(f"  pinned FP32    {len(sidecar.pinned_fp32_layers) or 'none'}")
     audit = sidecar.audit
