@@ -502,7 +502,9 @@ def build_engine(
     precision = Precision.INT8 if int8 else Precision.FP16 if fp16 else Precision.FP32
     options = BuildOptions(
         precision=precision,
-        **shapes,
+        min_shape=shapes["min_shape"],
+        opt_shape=shapes["opt_shape"],
+        max_shape=shapes["max_shape"],
         workspace_mib=workspace,
         timing_cache=str(timing_cache) if timing_cache else None,
         dla_core=dla_core,

@@ -36,6 +36,7 @@ from danet_deploy import api
 from danet_deploy.artifact import OnnxModel
 from danet_deploy.engine import system
 from danet_deploy.engine.build import build_engine
+from danet_deploy.engine.calibration_cache import read_calibration_cache
 from danet_deploy.engine.plan import BuildOptions, BuildPlan, parse_version, pinned_layers, plan_build
 from danet_deploy.engine.sidecar import read_sidecar
 from danet_deploy.engine.system import Gpu, running_system
@@ -117,6 +118,8 @@ def networks(fp32_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     api.quantize(folder / "tiny.onnx", folder / "tiny.int8.onnx", "int8", calib)
     # Strongly typed INT8: FP16 outside Q/DQ, the CAM chain FP32 (the same calibration, from the cache).
     api.quantize(folder / "tiny.onnx", folder / "tiny.int8-fp16.onnx", "int8", replace(calib, unquantized="fp16"))
+    # Implicit INT8 (DLA, 8.6): Q/DQ on every tensor, whose scales become the calibration cache.
+    api.quantize(folder / "tiny.onnx", folder / "tiny.int8-every.onnx", "int8", replace(calib, every_tensor=True))
     return folder
 
 
@@ -128,6 +131,7 @@ def prepared(networks: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
 
     def quantize(source, output, precision, options, progress):
         made = "int8-fp16" if precision == "int8" and options.unquantized == "fp16" else precision
+        made = "int8-every" if precision == "int8" and options.every_tensor else made
         shutil.copy(networks / f"tiny.{made}.onnx", output)
 
     monkeypatch.setattr(engine_step, "quantize", quantize)
@@ -256,7 +260,11 @@ def test_build_and_load_against_the_release_api(
     if plan.implicit_int8:
         cache = recorder.last("IBuilderConfig").__dict__["_state"]["int8_calibrator"].read_calibration_cache()
         major = parse_version(version)[0]
-        assert bytes(cache).decode().startswith("TRT-8601-" if major == 8 else "TRT-100300-")
+        header, scales = read_calibration_cache(bytes(cache).decode())
+        assert header == ("TRT-8601-EntropyCalibration2" if major == 8 else "TRT-100300-EntropyCalibration2")
+        network = OnnxModel.load(plan.network_onnx).proto
+        tensors = {name for node in network.graph.node for name in node.output}
+        assert len(scales) > len(tensors) / 2 and set(scales) <= tensors | {i.name for i in network.graph.input}
     if config == "int8-dla1-fallback":
         devices = sidecar.engine_layers["devices"]
         assert devices["DLA"].get("INT8"), devices  # INT8 landed on the DLA (implicit, or strongly typed 11.4.1)

@@ -124,6 +124,7 @@ def quantize_int8(
     cpu: str | None = None,
     on_image: Callable[[int, int], None] | None = None,
     unquantized: str = "fp32",
+    every_tensor: bool = False,
 ) -> tuple[Path, Int8Record]:
     """Calibrate `model` (the FP32 OnnxModel, or its path) on images from `calib_path` and write an INT8 Q/DQ
     ONNX to `out_path`: TensorRT-ready (`target` tensorrt, the default) or for ONNX Runtime's CPU integer
@@ -137,6 +138,8 @@ def quantize_int8(
     bounded memory (`bounded_calibrators`). `unquantized` (TensorRT target): the type of the layers outside Q/DQ,
     "fp32" or "fp16" (strongly typed TensorRT runs them in their ONNX type: FP16 there, with the CAM chain and
     GroupNorm kept FP32 as in the FP16 model, keeps an INT8 engine at least as fast as the FP16 one).
+    `every_tensor` (TensorRT target): Q/DQ on every tensor (ModelOpt's DLA placement), for the scales of an
+    implicit-INT8 calibration cache (DLA, TensorRT 8.6).
     """
     started = time.perf_counter()
     target = Int8Target.parse(target)
@@ -148,12 +151,16 @@ def quantize_int8(
         raise BadInputError("--cpu applies to the ONNX Runtime target (--target ort)")
     if unquantized not in ("fp32", "fp16") or (unquantized == "fp16" and target is not Int8Target.TENSORRT):
         raise BadInputError(f"layers outside Q/DQ can be fp32, or fp16 for TensorRT; got {unquantized!r}")
+    if every_tensor and target is not Int8Target.TENSORRT:
+        raise BadInputError("Q/DQ on every tensor applies to the TensorRT target")
     profile = cpu_profile(cpu) if target is Int8Target.ONNXRUNTIME else None
     source = fp32_source(model)
     patterns = sorted(nodes_to_exclude or [])
     compile_patterns(patterns)  # a bad pattern fails before calibration, for either target
     calib = calibration_set(calib_path, source, count, seed, split)
     settings: dict[str, Any] = {"mode": "int8", "method": method, "nodes_to_exclude": patterns, "high": "fp32"}
+    if every_tensor:  # only then in the key: existing cache entries keep their keys
+        settings["every_tensor"] = True
     if method == "percentile":
         settings["percentile"] = percentile
     kept: dict[str, list[str]] = {}
@@ -176,7 +183,7 @@ def quantize_int8(
                 on_image(min(done, total), total)
 
         if profile is None:
-            data = run_modelopt(source.proto, calib, method, patterns, percentile, on_batch)
+            data = run_modelopt(source.proto, calib, method, patterns, percentile, on_batch, every_tensor)
         else:
             # ONNX Runtime takes exact node names; ModelOpt (above) takes the patterns themselves.
             excluded = {*resolve_patterns(source.proto, patterns), *(n for names in kept.values() for n in names)}

@@ -99,7 +99,11 @@ def prepare_network(plan: BuildPlan, scratch: PathLike, progress: Progress = SIL
     # With calibration images, FP16 magnitudes measured on them decide what stays FP32 too (not only the CAM rule).
     # Strongly typed INT8 runs the layers outside Q/DQ in their ONNX type: FP16 there (CAM chain and GroupNorm FP32).
     strongly_int8 = plan.precision == "int8" and plan.path == STRONGLY_TYPED
-    options = QuantizeOptions(calib=plan.options.calib, unquantized="fp16" if strongly_int8 else "fp32")
+    options = QuantizeOptions(
+        calib=plan.options.calib,
+        unquantized="fp16" if strongly_int8 else "fp32",
+        every_tensor=plan.implicit_int8,  # implicit INT8 needs a scale for every tensor (ModelOpt's DLA placement)
+    )
     source = Path(plan.source_onnx)
     if plan.implicit_int8:
         scales = Path(scratch) / f"{source.stem}.int8.onnx"

@@ -37,6 +37,7 @@ class QuantizeOptions:
     allow_unlabeled: bool = False  # --data: evaluate the labeled images of a partly labeled set
     force: bool = False  # go on when the memory plan's peak exceeds the available memory
     unquantized: str = "fp32"  # INT8 for TensorRT: type of the layers outside Q/DQ ("fp16" for strongly typed builds)
+    every_tensor: bool = False  # INT8 for TensorRT: Q/DQ on every tensor (scales for implicit INT8: DLA, TensorRT 8.6)
 
 
 @dataclass
@@ -131,7 +132,13 @@ def quantize(
         with progress.task(f"INT8 {who}: calibrating ({options.method}, images)", total=0) as update:
             on_image = _counted(update, f"INT8 {who}: placing Q/DQ and checking against FP32")
             _, record = quantize_int8(
-                source, options.calib, out, on_image=on_image, unquantized=options.unquantized, **common
+                source,
+                options.calib,
+                out,
+                on_image=on_image,
+                unquantized=options.unquantized,
+                every_tensor=options.every_tensor,
+                **common,
             )
         return QuantizeResult(precision, out, record)
     from danet_deploy.precision import quantize_with_budget
