@@ -380,3 +380,21 @@ def test_dla_plan_is_implicit_int8_with_a_static_profile(static_onnx: Path, dyna
     strongly = plan_build(static_onnx, options, "11.4.1")
     assert not strongly.implicit_int8 and strongly.path == "strongly typed"
     assert any("JetPack 7.2.2" in note for note in strongly.notes)
+
+
+def test_layers_per_device_are_shown_by_inspect_and_verify_lines() -> None:
+    """A DLA build's sidecar records the layers per device; `inspect` and the `verify --engine` line show them."""
+    from danet_deploy.engine.audit import EngineAudit
+    from danet_deploy.report.text import engine_audit_line, engine_inspect_lines
+
+    audit = EngineAudit(
+        compute_layers={"INT8": 30, "FP32": 6},
+        total_layers=40,
+        devices={"GPU": {"FP32": 6}, "DLA": {"INT8": 30}},
+    )
+    sidecar = _sidecar(precision="int8", engine_layers=audit.to_dict(), build_options={"dla_core": 0})
+    line = engine_audit_line("tensorrt:m.engine", sidecar)
+    assert "(GPU: FP32 6; DLA: INT8 30)" in line
+    lines = engine_inspect_lines("m.engine", sidecar)
+    assert "  devices        GPU: FP32 6; DLA: INT8 30" in lines
+    assert any(text.startswith("  options        dla_core=0") for text in lines)  # core 0 is not "unset"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable
@@ -35,7 +36,8 @@ def check_platform(plan: BuildPlan, platform: Platform | None) -> None:
     if options.dla_core is not None:
         if platform.no_dla_reason:
             raise BadInputError(f"DLA core {options.dla_core}: {platform.no_dla_reason}")
-        jetpack = full_version(platform.jetpack) if platform.jetpack and platform.jetpack[0].isdigit() else None
+        found = re.match(r"\d+(\.\d+)*", platform.jetpack or "")  # "6.0 DP", "6.2.1"
+        jetpack = tuple(int(p) for p in found.group(0).split(".")) if found else None
         if parse_version(plan.tensorrt_version) >= (11, 0) and jetpack is not None and jetpack < (7, 2, 2):
             raise BadInputError(
                 f"DLA with TensorRT 11 needs JetPack 7.2.2 or later (TensorRT 11.4.1 release notes); this is JetPack "

@@ -118,6 +118,11 @@ def prepare_network(plan: BuildPlan, scratch: PathLike, progress: Progress = SIL
     pinned = plan.pinned_fp32_layers
     if pinned:
         pinned = pinned_layers(OnnxModel.load(target, external_data=False).proto)
+        if not pinned:  # the layers to keep FP32 are gone from the network ONNX: never build without them
+            raise CheckFailedError(
+                f"{target}: the CAM chain / GroupNorm layers to keep FP32 are not found in the network ONNX "
+                f"(found in {plan.source_onnx}); the engine would run them in reduced precision"
+            )
     return dataclasses.replace(plan, network_onnx=str(target), pinned_fp32_layers=pinned)
 
 
