@@ -30,6 +30,7 @@ from danet_deploy.data.preprocess import normalize, resize_image  # noqa: E402
 from danet_deploy.graph.lint import attention_memory  # noqa: E402
 from danet_deploy.model import build_danet  # noqa: E402
 from danet_deploy.onnx_export import ExportOptions, export_onnx  # noqa: E402
+from danet_deploy.options import SimplifyOptions  # noqa: E402
 from danet_deploy.progress import format_bytes  # noqa: E402
 from danet_deploy.simplify import simplify_model  # noqa: E402
 
@@ -83,7 +84,7 @@ def bench_size(size: tuple[int, int], iters: int, workdir: Path) -> list[str]:
             candidates.append((f"simplified, {form}", None, None, form))
             continue
         print(f"simplifying to {form}", flush=True)
-        simplified, _ = simplify_model(onnx.load(str(raw_path)), attention=form, images=[image])
+        simplified, _ = simplify_model(onnx.load(str(raw_path)), SimplifyOptions(attention=form), images=[image])
         path = workdir / f"{form}_{size[0]}x{size[1]}.onnx"
         onnx.save(simplified, str(path))
         candidates.append((f"simplified, {form}", path, len(simplified.graph.node), form))

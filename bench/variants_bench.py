@@ -31,6 +31,7 @@ from danet_deploy.config import parse_size  # noqa: E402
 from danet_deploy.data.bundled import DEMO_CHECKPOINTS, sample_images  # noqa: E402
 from danet_deploy.evaluate.benchmark import benchmark  # noqa: E402
 from danet_deploy.onnx_export import ExportOptions, export_onnx  # noqa: E402
+from danet_deploy.options import SimplifyOptions  # noqa: E402
 from danet_deploy.runners.onnxruntime import OnnxRuntimeRunner  # noqa: E402
 from danet_deploy.simplify import SimplifyReport, simplify_model  # noqa: E402
 
@@ -54,7 +55,7 @@ def speed_rows(variant: str, size: tuple[int, int], iters: int, workdir: Path) -
     raw = workdir / f"{variant}_{size[0]}x{size[1]}.onnx"
     print(f"exporting {variant} at {size}", flush=True)
     export_onnx(loaded.model, loaded.config, raw, ExportOptions(input_size=size), image)
-    simplified, report = simplify_model(onnx.load(str(raw)), target="ort", images=[image])
+    simplified, report = simplify_model(onnx.load(str(raw)), SimplifyOptions(target="ort"), images=[image])
     ort_path = workdir / f"{variant}_{size[0]}x{size[1]}.ort.onnx"
     onnx.save(simplified, str(ort_path))
     graphs = [
@@ -66,7 +67,9 @@ def speed_rows(variant: str, size: tuple[int, int], iters: int, workdir: Path) -
         (ort_path, f"simplified for ort ({_forms(report)})", len(simplified.graph.node)),
     ]
     if variant != "danet":  # the other GroupNorm form, as TensorRT 8.6 gets it
-        decomposed, report = simplify_model(onnx.load(str(raw)), target="ort", group_norm="decomposed", images=[image])
+        decomposed, report = simplify_model(
+            onnx.load(str(raw)), SimplifyOptions(target="ort", group_norm="decomposed"), images=[image]
+        )
         path = workdir / f"{variant}_{size[0]}x{size[1]}.decomposed.onnx"
         onnx.save(decomposed, str(path))
         graphs.append((path, f"simplified, {_forms(report)}", len(decomposed.graph.node)))

@@ -26,8 +26,6 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from danet_deploy.export import ExportOptions, export_onnx  # noqa: E402
-
 from bench.common import active_attention, trained_statistics  # noqa: E402
 from danet_deploy.config import ModelConfig, parse_size  # noqa: E402
 from danet_deploy.data.bundled import sample_image  # noqa: E402
@@ -35,6 +33,7 @@ from danet_deploy.data.datasets import open_dataset  # noqa: E402
 from danet_deploy.data.preprocess import resize_image  # noqa: E402
 from danet_deploy.evaluate.verify import verify  # noqa: E402
 from danet_deploy.model import build_danet  # noqa: E402
+from danet_deploy.onnx_export import ExportOptions, export_onnx  # noqa: E402
 from danet_deploy.runners.onnxruntime import OnnxRuntimeRunner  # noqa: E402
 from danet_deploy.runners.pytorch import PyTorchRunner  # noqa: E402
 

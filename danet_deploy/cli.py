@@ -686,6 +686,9 @@ def build_engine(
     tensorrt_version: Annotated[
         str | None, typer.Option(help="Plan for this TensorRT version (default: installed, else 11.4).")
     ] = None,
+    network_onnx: Annotated[
+        Path | None, typer.Option(help="Keep the prepared FP16/Q/DQ network ONNX here (a new file; default: scratch).")
+    ] = None,
 ) -> None:
     """Build a TensorRT engine (and its .json sidecar) through Polygraphy; --dry-run shows the plan."""
     from danet_deploy import api
@@ -702,7 +705,9 @@ def build_engine(
     precision = Precision.INT8 if int8 else Precision.FP16 if fp16 else Precision.FP32
     options = BuildOptions(
         precision=precision,
-        **shapes,
+        min_shape=shapes["min_shape"],
+        opt_shape=shapes["opt_shape"],
+        max_shape=shapes["max_shape"],
         workspace_mib=workspace,
         timing_cache=str(timing_cache) if timing_cache else None,
         dla_core=dla_core,
@@ -711,6 +716,7 @@ def build_engine(
         hardware_compat=hardware_compat,
         builder_opt_level=builder_opt_level,
         calib=str(calib) if calib else None,
+        network_onnx=str(network_onnx) if network_onnx else None,
     )
     if dry_run:
         result = api.plan_engine(model, options, tensorrt_version, dry_run=True)

@@ -11,7 +11,6 @@ from types import ModuleType
 import numpy as np
 import onnx
 import pytest
-from danet_deploy.export import ExportOptions, export_onnx
 from onnx import helper
 
 from danet_deploy.artifact import InputSpec, onnxruntime_session
@@ -21,6 +20,7 @@ from danet_deploy.deploy.model_io import read_model_io
 from danet_deploy.engine.sidecar import EngineSidecar, write_sidecar
 from danet_deploy.errors import BadInputError
 from danet_deploy.files import sha256_file
+from danet_deploy.onnx_export import ExportOptions, export_onnx
 from danet_deploy.predict import Segmenter
 from danet_deploy.steps.deploy import DeepStreamOptions, TritonOptions, deploy_deepstream, deploy_triton
 

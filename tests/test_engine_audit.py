@@ -94,3 +94,105 @@ def test_audit_round_trips_through_the_sidecar_dict_and_reads_as_a_line() -> Non
         "pinned FP32 1/1 confirmed"
     )
     assert "not audited" in engine_audit_line("tensorrt:old.engine", _sidecar())
+
+
+# --- real layer information (TensorRT's own, from NVIDIA's engine explorer; see tests/data/README.md) ----------
+
+REAL = {
+    "layer_info_mobilenet_v2_qat_int8_trt8": ({"INT8": 53, "FP16": 1}, 58),
+    "layer_info_tf_resnet_qat_int8_trt8": ({"INT8": 58, "FP32": 2}, 63),
+}
+
+
+def _real(name: str) -> dict:
+    import json
+
+    return json.loads((DATA / f"{name}.json").read_text())
+
+
+@pytest.mark.parametrize("name", sorted(REAL))
+def test_real_layer_information_in_the_8x_10x_layout(name: str) -> None:
+    import json
+
+    counts, total = REAL[name]
+    parsed = parse_layer_information(json.dumps(_real(name)))
+    audit = audit_engine(parsed, "int8")
+    assert audit.compute_layers == counts and audit.total_layers == total and audit.failures == []
+    assert audit.devices == {"GPU": counts}
+    assert bool(audit_engine(parsed, "fp16").failures) == ("FP16" not in counts)
+
+
+@pytest.mark.parametrize("spelling", ["enum", "words", "short"])
+@pytest.mark.parametrize("name", sorted(REAL))
+def test_real_layer_information_rewritten_in_the_trt11_layout_reads_the_same(name: str, spelling: str) -> None:
+    """TensorRT 11 splits "Format/Datatype": the same engine must audit the same (it read as all-unknown before)."""
+    import json
+
+    from .support.layer_info import to_trt11_layout
+
+    old = parse_layer_information(json.dumps(_real(name)))
+    rewritten = to_trt11_layout(_real(name), spelling)
+    assert all("Format/Datatype" not in t for layer in rewritten["Layers"] for t in layer["Inputs"])
+    new = parse_layer_information(json.dumps(rewritten))
+    assert [(layer.precision, layer.output_types) for layer in new] == [
+        (layer.precision, layer.output_types) for layer in old
+    ]
+    assert audit_engine(new, "int8") == audit_engine(old, "int8")
+
+
+def test_entries_that_are_not_layers_are_skipped() -> None:
+    """Signal/wait entries of multi-stream engines have no "Inputs" (TREx skips them); they are not layers."""
+    import json
+
+    data = _real("layer_info_tf_resnet_qat_int8_trt8")
+    data["Layers"][3:3] = [{"Name": "signal 0", "LayerType": "signal"}, {"Name": "wait 0", "LayerType": "wait"}]
+    parsed = parse_layer_information(json.dumps(data))
+    assert len(parsed) == 63 and audit_engine(parsed, "int8").failures == []
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("Half", "FP16"), ("Float", "FP32"), ("kHALF", "FP16"), ("FLOAT", "FP32"), ("Int8", "INT8"), ("BFloat16", "BF16")],
+)
+def test_data_type_words_as_tensorrt_11_spells_them(text: str, expected: str) -> None:
+    assert tensor_type(text) == expected
+
+
+def _layer(name: str, inputs: list[str], outputs: list[str], layer_type: str = "gemm", **extra: str) -> dict:
+    def tensors(types: list[str]) -> list[dict]:
+        return [{"Name": f"{name}_{i}", "Datatype": t, "Format": "Row major linear"} for i, t in enumerate(types)]
+
+    return {"Name": name, "LayerType": layer_type, "Inputs": tensors(inputs), "Outputs": tensors(outputs), **extra}
+
+
+def test_pinned_layer_is_judged_by_all_its_inputs_not_the_first() -> None:
+    """A pinned MatMul whose second operand is FP16 computes in FP16 although its first input is FP32."""
+    import json
+
+    layers = [
+        _layer("/cam/MatMul", ["Float", "Half"], ["Float"]),
+        _layer("/cam/Softmax", ["Float"], ["Half"], "SoftMax"),  # FP32 compute, output type free
+        _layer("/conv", ["Half"], ["Half"], "CaskConvolution"),
+    ]
+    parsed = parse_layer_information(json.dumps({"Layers": layers}))
+    audit = audit_engine(parsed, "fp16", ["/cam/MatMul", "/cam/Softmax"])
+    assert audit.pinned_fp32 == {"/cam/MatMul": "FP16", "/cam/Softmax": "FP32"}
+    assert audit.failures == ["pinned layer /cam/MatMul runs in FP16 (engine layer '/cam/MatMul')"]
+
+
+def test_dla_layers_are_counted_per_device_and_int8_off_the_dla_fails_without_fallback() -> None:
+    import json
+
+    layers = [
+        _layer("input to nvm", ["Float"], ["Int8"], "Reformat"),
+        _layer("{ForeignNode[/conv1/Conv.../conv9/Conv]}", ["Int8"], ["Int8"], "DLA", TacticName="DlaLayer"),
+        _layer("/head/conv", ["Int8"], ["Float"], "CaskConvolution"),
+        _layer("/head/cam/MatMul", ["Float", "Float"], ["Float"]),
+    ]
+    parsed = parse_layer_information(json.dumps({"Layers": layers}))
+    assert [layer.device for layer in parsed] == ["GPU", "DLA", "GPU", "GPU"]
+    strict = audit_engine(parsed, "int8", dla=True)
+    assert strict.devices == {"DLA": {"INT8": 1}, "GPU": {"INT8": 1, "FP32": 1}}
+    assert strict.failures == ["1 of 2 INT8 layers did not land on the DLA (without GPU fallback)"]
+    assert audit_engine(parsed, "int8", dla=True, gpu_fallback=True).failures == []
+    assert "DLA: INT8 1" in strict.summary()

@@ -219,3 +219,29 @@ def test_dry_run_on_a_jetson_without_tensorrt_plans_for_its_jetpack(
     result = api.plan_engine(fp32_onnx, BuildOptions(precision="fp16"), dry_run=True)
     assert result.plan.tensorrt_version == "10.3" and result.plan.path == "weakly typed"
     assert result.notes == ["TensorRT not available here; planning for TensorRT 10.3 (what JetPack 6.2 installs)"]
+
+
+@pytest.mark.parametrize(
+    ("release", "version", "refused"),
+    [
+        ("# R36 (release), REVISION: 4.3, GCID: 1, BOARD: generic, EABI: aarch64", "11.4.1", True),  # JetPack 6.2
+        ("# R36 (release), REVISION: 2.0, GCID: 1, BOARD: generic, EABI: aarch64", "10.3", False),  # JetPack 6.0 DP
+        ("# R36 (release), REVISION: 4.3, GCID: 1, BOARD: generic, EABI: aarch64", "10.3", False),
+    ],
+)
+def test_dla_on_tensorrt_11_needs_jetpack_7_2_2(tmp_path: Path, release: str, version: str, refused: bool) -> None:
+    """TensorRT 11.4.1 brings DLA back on AGX Orin with JetPack 7.2.2+ only (11.4.1 release notes)."""
+    from danet_deploy.engine.build import check_platform
+    from danet_deploy.engine.plan import BuildOptions, BuildPlan
+    from danet_deploy.errors import BadInputError
+
+    from .support.fake_system import jetson_root
+
+    platform = read_platform(jetson_root(tmp_path, release))
+    options = BuildOptions(precision="fp16", dla_core=0, gpu_fallback=True)
+    plan = BuildPlan(version, "weakly typed", "fp16", "m.onnx", "fp32", "m.onnx", [], [], [], {}, [], options)
+    if refused:
+        with pytest.raises(BadInputError, match=r"needs JetPack 7\.2\.2 or later"):
+            check_platform(plan, platform)
+    else:
+        check_platform(plan, platform)

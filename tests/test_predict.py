@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from danet_deploy.export import ExportOptions, export_onnx
 from PIL import Image
 
 from danet_deploy.data.bundled import DEMO_CHECKPOINT, DEMO_DATA
@@ -24,6 +23,7 @@ from danet_deploy.errors import BadInputError
 from danet_deploy.evaluate.protocols import EvalProtocol, resize_logits, sliding_window
 from danet_deploy.evaluate.protocols import predict as protocol_predict
 from danet_deploy.files import removed_on_failure
+from danet_deploy.onnx_export import ExportOptions, export_onnx
 from danet_deploy.predict import Segmenter, SegmenterOptions
 from danet_deploy.predict.overlay import blend, legend_box, overlay_image, palette_array
 from danet_deploy.predict.sources import expand_sources

@@ -256,9 +256,8 @@ def deep_model() -> torch.nn.Module:
 @pytest.fixture(scope="module")
 def deep_case(deep_model, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The deep model's faithful ONNX export and three labeled scenes."""
-    from danet_deploy.export import ExportOptions, export_onnx
-
     from danet_deploy.data.synthetic import generate_scene, write_cityscapes_split
+    from danet_deploy.onnx_export import ExportOptions, export_onnx
 
     tmp = tmp_path_factory.mktemp("deep")
     path = tmp / "deep.onnx"

@@ -140,6 +140,13 @@ def cam_protected_nodes(model: onnx.ModelProto) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def protected_fp16(model: onnx.ModelProto, source: onnx.ModelProto | None = None) -> onnx.ModelProto:
+    """Every float node of `model` in FP16 (FP32 I/O) except the CAM chain and GroupNorm (`cam_protected_nodes`
+    of `source`, default `model`). Used on a Q/DQ model for strongly typed TensorRT, where the layers outside Q/DQ
+    run in their ONNX type: AutoCast keeps Q/DQ in place and casts around the FP32 nodes."""
+    return _autocast(model, exact_names(cam_protected_nodes(source or model)), None)
+
+
 def _range_rule(amax: dict[str, float], data_max: float) -> Any:
     """An AutoCast rule: keep a node FP32 when any of its inputs or outputs measured above `data_max`."""
     with interrupts_held():

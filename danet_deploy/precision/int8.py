@@ -123,6 +123,8 @@ def quantize_int8(
     logits) on `check_images` images before it is written; nothing is left at `out_path` on failure.
     `on_image(done, total)` is called as calibration images are processed (`total` counts every pass:
     `calibration_passes`). Calibration runs in bounded memory (`bounded_calibrators`).
+    `options.unquantized` and `options.every_tensor` (TensorRT target): the type of the layers outside Q/DQ, and
+    Q/DQ on every tensor for implicit-INT8 scales (see `Int8Options`).
     """
     options.check()
     with calibration_folder(options.calib, out_path) as calib_path:
@@ -141,6 +143,7 @@ def _quantize_int8(
     method, count, seed, split = options.method, options.count, options.seed, options.split
     percentile, cpu, recalibrate, cache_dir = options.percentile, options.cpu, options.recalibrate, options.cache_dir
     nodes_to_exclude = list(options.exclude)
+    unquantized, every_tensor = options.unquantized, options.every_tensor
     started = time.perf_counter()
     target = Int8Target.parse(options.target)
     profile = cpu_profile(cpu) if target is Int8Target.ONNXRUNTIME else None
@@ -149,6 +152,8 @@ def _quantize_int8(
     compile_patterns(patterns)  # a bad pattern fails before calibration, for either target
     calib = calibration_set(calib_path, source, count, seed, split)
     settings: dict[str, Any] = {"mode": "int8", "method": method, "nodes_to_exclude": patterns, "high": "fp32"}
+    if every_tensor:  # only then in the key: existing cache entries keep their keys
+        settings["every_tensor"] = True
     if method == "percentile":
         settings["percentile"] = percentile
     kept: dict[str, list[str]] = {}
@@ -174,7 +179,7 @@ def _quantize_int8(
             on_image(0, total)
 
         if profile is None:
-            data = run_modelopt(source.proto, calib, method, patterns, percentile, on_batch)
+            data = run_modelopt(source.proto, calib, method, patterns, percentile, on_batch, every_tensor)
         else:
             # ONNX Runtime takes exact node names; ModelOpt (above) takes the patterns themselves.
             excluded = {*resolve_patterns(source.proto, patterns), *(n for names in kept.values() for n in names)}
@@ -186,6 +191,11 @@ def _quantize_int8(
 
     out = Path(out_path)
     quantized = onnx.load_from_string(data)
+    if unquantized == "fp16":
+        from danet_deploy.precision.fp16 import protected_fp16
+
+        quantized = protected_fp16(quantized, source.proto)
+        data = quantized.SerializeToString()
     qdq = check_qdq(quantized, str(out)) if profile is None else qdq_summary(quantized)
     notes = [*calib.warnings, *cache.warnings]  # both were shown as CalibrationWarnings already
     shown = len(notes)
@@ -212,7 +222,7 @@ def _quantize_int8(
         "calibration": {**asdict(calib.info()), "cache_key": key},
         "nodes_to_exclude": patterns,
         "quantized_layers": len(qdq.quantized_layers),
-        "unquantized_precision": "fp32",
+        "unquantized_precision": unquantized,
         "opset": opsets[1],
         "agreement_vs_fp32": asdict(agreement),
         "source_sha256": material["onnx_sha256"],

@@ -95,10 +95,12 @@ def run_modelopt(
     patterns: list[str],
     percentile: float,
     on_batch: Callable[[int], None] | None = None,
+    target_dla: bool = False,
 ) -> bytes:
     """Quantize in a private temp folder (ModelOpt writes intermediate files beside its input). Every model run
     ModelOpt makes (attention shapes, calibration) is bounded in memory (`bounded_calibrators`); a static model's
-    MatMul shapes come from shape inference instead of a run."""
+    MatMul shapes come from shape inference instead of a run. `target_dla`: Q/DQ on every tensor (ModelOpt's DLA
+    placement), so that every tensor has a scale for an implicit-INT8 calibration cache."""
     with interrupts_held():
         from modelopt.onnx.quantization import quantize
 
@@ -123,6 +125,7 @@ def run_modelopt(
                 calibration_eps=["cpu"],
                 nodes_to_exclude=list(patterns),
                 high_precision_dtype="fp32",
+                target_dla=target_dla,
                 output_path=str(out),
                 log_level="ERROR",
             )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from rich.markup import escape
@@ -242,7 +241,7 @@ def plan_lines(plan: BuildPlan) -> list[str]:
     ]
     lines += [f"  prepare        {step}" for step in plan.prepare]
     lines += [
-        f"  parse          {plan.network_onnx}",
+        f"  parse          {plan.network_onnx or 'the prepared ONNX (scratch folder, removed after the build)'}",
         f"  network flags  {', '.join(plan.network_flags) or 'none'}",
         f"  builder flags  {', '.join(plan.builder_flags) or 'none (precision from the ONNX tensor types)'}",
     ]
@@ -250,7 +249,11 @@ def plan_lines(plan: BuildPlan) -> list[str]:
         lines.append(f"  profile        {name}: min {shape(lo)}, opt {shape(opt)}, max {shape(hi)}")
     pinned = ", ".join(plan.pinned_fp32_layers) if plan.pinned_fp32_layers else "none"
     lines.append(f"  pinned FP32    {pinned}")
-    options = {k: v for k, v in plan.options.items() if v not in (None, False) and k not in ("precision",)}
+    options = {
+        k: v
+        for k, v in plan.options.to_dict().items()
+        if v is not None and v is not False and k not in ("precision", "tf32")
+    }
     lines.append(f"  options        {', '.join(f'{k}={v}' for k, v in options.items()) or 'defaults'}")
     lines += [f"  note           {note}" for note in plan.notes]
     return lines
@@ -263,7 +266,9 @@ def engine_audit_line(name: str, sidecar: EngineSidecar) -> str:
     return f"{name}: {sidecar.precision} engine ({sidecar.build_path}, TensorRT {sidecar.tensorrt_version}), {audited}"
 
 
-def engine_inspect_lines(path: str, sidecar: EngineSidecar, live: Any = None, notes: Sequence[str] = ()) -> list[str]:
+def engine_inspect_lines(
+    path: str, sidecar: EngineSidecar, live: Any = None, notes: tuple[str, ...] | list[str] = ()
+) -> list[str]:
     """What `inspect model.engine` prints: the sidecar's facts, then the engine's own layers where TensorRT read
     them. Every string comes from files: the caller prints them escaped."""
     shape = lambda dims: "x".join(map(str, dims))  # noqa: E731
@@ -278,11 +283,17 @@ def engine_inspect_lines(path: str, sidecar: EngineSidecar, live: Any = None, no
     for profile in sidecar.profiles:
         for name, (lo, opt, hi) in profile.items():
             lines.append(f"  profile        {name}: min {shape(lo)}, opt {shape(opt)}, max {shape(hi)}")
-    options = {k: v for k, v in sidecar.build_options.items() if v not in (None, False) and k != "precision"}
+    options = {
+        k: v
+        for k, v in sidecar.build_options.items()
+        if v is not None and v is not False and k not in ("precision", "tf32")
+    }
     lines.append(f"  options        {', '.join(f'{k}={v}' for k, v in options.items()) or 'defaults'}")
     lines.append(f"  pinned FP32    {len(sidecar.pinned_fp32_layers) or 'none'}")
     audit = sidecar.audit
     lines.append(f"  layers (build) {audit.summary() if audit else 'not recorded (sidecar from before the audit)'}")
+    if audit is not None and audit.devices:
+        lines.append(f"  devices        {audit.device_summary()}")
     if live is not None:
         lines.append(f"  layers (now)   {live.summary()} (read from the engine by TensorRT here)")
         lines += [f"  FAILED         {failure}" for failure in live.failures]

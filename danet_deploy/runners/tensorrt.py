@@ -64,12 +64,41 @@ class TensorRTRunner(Runner):
         engine_bytes = self._sidecar.engine_bytes(self.path)
         from polygraphy.backend.trt import EngineFromBytes, TrtRunner
 
-        runner = TrtRunner(EngineFromBytes(engine_bytes))
-        runner.activate()
+        runner = TrtRunner(EngineFromBytes(engine_bytes, runtime=self._runtime))
+        try:
+            runner.activate()
+        except Exception as exc:  # TensorRT refuses the plan (logged by it), Polygraphy raises its own exception
+            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+            raise BadInputError(
+                f"{self.path}: TensorRT {running.tensorrt_version} could not load the engine ({first}); rebuild it "
+                "here with `danet-deploy build-engine`"
+            ) from None
         self._running = running
         self._runner = runner
         names = self._input_spec.output_names
         self._output = "logits" if "logits" in names else names[0]
+
+    def _runtime(self) -> Any:
+        """The TensorRT runtime that deserializes the engine, on the engine's DLA core (as trtexec sets it)."""
+        import tensorrt as trt
+        from polygraphy.backend.trt import util as trt_util
+
+        runtime = trt.Runtime(trt_util.get_trt_logger())
+        core = self._sidecar.options.dla_core
+        if core is not None:
+            runtime.DLA_core = core
+        return runtime
+
+    def check_shape(self, shape: tuple[int, ...]) -> None:
+        """Refuse (exit 2) an input outside the engine's optimization profile before TensorRT sees it."""
+        for name, (lo, _, hi) in self._sidecar.profiles[0].items():
+            fits = len(shape) == len(lo) and all(a <= d <= b for a, d, b in zip(lo, shape, hi))
+            if not fits:
+                dims = lambda s: "x".join(map(str, s))  # noqa: E731
+                raise BadInputError(
+                    f"{self.path}: input {dims(shape)} is outside the engine's profile for {name} (min {dims(lo)}, "
+                    f"max {dims(hi)}); rebuild with a profile that covers it or resize the images"
+                )
 
     def deactivate_impl(self) -> None:
         runner, self._runner, self._running = self._runner, None, None
@@ -77,6 +106,7 @@ class TensorRTRunner(Runner):
             runner.deactivate()
 
     def infer_impl(self, feed: Any) -> Any:
+        self.check_shape(tuple(int(d) for d in feed.shape))
         # Polygraphy's call includes the host <-> device copies.
         return self._runner.infer({self._input_spec.input_name: feed})[self._output]
 

@@ -83,7 +83,9 @@ def inspect_engine(
             except Exception as exc:  # TensorRT / Polygraphy refuse a damaged plan with their own errors
                 first = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
                 raise BadInputError(f"{path}: TensorRT cannot read the engine ({first})") from None
-        result.live = audit_engine(layers, sidecar.precision, sidecar.pinned_fp32_layers)
+        options = sidecar.options
+        dla = options.dla_core is not None
+        result.live = audit_engine(layers, sidecar.precision, sidecar.pinned_fp32_layers, dla, options.gpu_fallback)
     if json_path is not None:
         data = {
             "engine": str(path),

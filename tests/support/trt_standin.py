@@ -16,11 +16,19 @@ Behaviour is faked only as far as the loader chain needs to continue, and every 
   network inputs/outputs from the graph; no operator is checked.
 - `Builder.build_serialized_network`: returns a JSON payload recording the network and configuration it was
   given, not an engine; `Runtime.deserialize_cuda_engine` reads that payload back (from a buffer only: the
-  stream-reader overloads of 10.x/11 are not modelled, the project does not use them).
-- `EngineInspector.get_engine_information`: layer information in TensorRT's JSON format, one layer per network
-  layer in the precision the build asked for (its pinned type if set; INT8 for Conv/MatMul of an INT8 build;
-  FP16 for an FP16 build; FP32 otherwise) unless a test passes its own JSON. This fakes TensorRT's result; it
-  lets the audit path run, it does not test TensorRT.
+  stream-reader overloads of 10.x/11 are not modelled, the project does not use them); bytes that are not such a
+  payload give None, as TensorRT returns for a plan it cannot load. With an INT8 calibrator
+  set, it reads the calibrator's cache as TensorRT does and returns None (TensorRT's failed build) when there is
+  none or its header is not `TRT-<this release's NV_TENSORRT_VERSION>-EntropyCalibration2`: the stand-in cannot
+  calibrate.
+- `EngineInspector.get_engine_information`: layer information in TensorRT's JSON format, in the layout of the
+  release (8.x/10.x "Format/Datatype"; 11.x "Datatype" + "Format"), one layer per network layer in the
+  precision the build asked for and on the device it would land on (`fake_layer_information` says how) unless a
+  test passes its own JSON. This fakes TensorRT's result; it lets the audit path run, it does not test TensorRT.
+- `tensorrt.__version__`: the release key ("10.3.0", as the PyPI wheels write it) or the full version a test
+  passes ("10.3.0.30", as JetPack's packages write it).
+- `IBuilderConfig.set_timing_cache` refuses (False) a cache whose bytes start with b"STALE" (TensorRT refuses one
+  from another device or release);
 - `Builder.num_DLA_cores` is 2 (an AGX Orin); enum values are ordinals (the data has names only, so code that
   depends on numeric values is not checked).
 Names added to the data, each defined by the real module outside the `py::class_`/`py::enum_` declarations the
@@ -57,7 +65,12 @@ RELEASES = {
     "10.14.1": "v10.14",
     "11.0.0": "v11.0",
     "11.1.0": "v11.1",
+    # The data has no v11.4 tag: its 11.4 check was the 11.1 source against the 11.4.0.106 wheel's compiled
+    # bindings (shared/reference/tensorrt-api/README.md), so 11.4 is modelled with the 11.1 names.
+    "11.4.0": "v11.1",
+    "11.4.1": "v11.1",
 }
+
 ENGINE_MAGIC = b"STANDIN-ENGINE\n"
 SEVERITIES = ("INTERNAL_ERROR", "ERROR", "WARNING", "INFO", "VERBOSE")
 CONTEXT_MANAGED = (
@@ -110,11 +123,13 @@ ONNX_LAYER_TYPES = {
     "MaxPool": "POOLING",
     "Constant": "CONSTANT",
 }
-JSON_FORMATS = {
+JSON_FORMATS = {  # TensorRT 8.x/10.x, as in the real layer information in tests/data/layer_info_*.json
     "FP32": "Row major linear FP32",
     "FP16": "Row major linear FP16 format",
     "INT8": "Thirty-two wide channel vectorized row major Int8 format",
 }
+JSON_DATATYPES_11 = {"FP32": "Float", "FP16": "Half", "INT8": "Int8"}
+JSON_LAYOUTS_11 = {"FP32": "Row major linear", "FP16": "Row major linear", "INT8": "Thirty-two wide channel vectorized"}
 
 
 class StandInGap(Exception):
@@ -352,8 +367,12 @@ def _build(builder: Any, network: Any, config: Any) -> _HostMemory:
         }
         for layer in net["layers"]
     ]
+    scales = _read_calibration(builder, config, conf)
+    if scales is None:
+        return None  # TensorRT logs the error and returns no engine
     payload = {
         "version": builder._recorder.version,
+        "calibration_scales": scales,
         "network_flags": _flag_names(net["flag_set"]),
         "builder_flags": _flag_names(conf["flag_set"]),
         "onnx_fp16": net["onnx_fp16"],
@@ -368,6 +387,33 @@ def _build(builder: Any, network: Any, config: Any) -> _HostMemory:
     return host_memory(ENGINE_MAGIC + json.dumps(payload).encode())
 
 
+def _read_calibration(builder: Any, config: Any, conf: dict[str, Any]) -> dict[str, str] | None:
+    """Implicit INT8: TensorRT asks the calibrator for its cache and uses it when the header names this release and
+    the calibrator's algorithm (a cache for another release is refused, seen with 8.6 caches on 10.x); the
+    stand-in refuses where TensorRT would need calibration batches, which it cannot compute. {} without one."""
+    calibrator = conf.get("int8_calibrator")
+    if calibrator is None or builder._trt.BuilderFlag.__members__["INT8"] not in conf["flag_set"]:
+        return {}
+    cache = calibrator.read_calibration_cache()
+    if not cache:
+        return None
+    header, *rows = bytes(cache).decode().splitlines()
+    major, minor, patch = (int(p) for p in builder._recorder.version.split(".")[:3])
+    number = major * 1000 + minor * 100 + patch if major < 10 else major * 10000 + minor * 100 + patch
+    if header != f"TRT-{number}-EntropyCalibration2":
+        return None
+    return dict(row.rsplit(": ", 1) for row in rows)
+
+
+def _set_timing_cache(config: Any, cache: Any, ignore_mismatch: bool) -> bool:
+    """TensorRT refuses (returns False) a cache made on another device or release; the stand-in's stale cache is
+    one whose bytes start with b"STALE"."""
+    if _state(cache)["data"].startswith(b"STALE") and not ignore_mismatch:
+        return False
+    _state(config).update(cache=cache)
+    return True
+
+
 def _deserialize(runtime: Any, buffer: Any) -> Any:
     data = bytes(memoryview(buffer))  # TypeError for anything that is not a buffer, as pybind11 raises
     if not data.startswith(ENGINE_MAGIC):
@@ -375,14 +421,35 @@ def _deserialize(runtime: Any, buffer: Any) -> Any:
     return _new(runtime, "ICudaEngine", json.loads(data[len(ENGINE_MAGIC) :]))
 
 
+def _tensor_entry(name: str, precision: str, version: str) -> dict[str, Any]:
+    """One tensor of the layer information in the layout of `version`: TensorRT 11 splits "Format/Datatype" into
+    "Datatype" and "Format" (TensorRT 11.0 migration guide); the 11.x spellings are the stand-in's assumption."""
+    entry: dict[str, Any] = {"Name": name, "Location": "Device", "Dimensions": [1]}
+    if int(version.split(".")[0]) >= 11:
+        entry.update(Datatype=JSON_DATATYPES_11[precision], Format=JSON_LAYOUTS_11[precision])
+    else:
+        entry["Format/Datatype"] = JSON_FORMATS[precision]
+    return entry
+
+
+DLA_OPS = {"Conv", "Relu", "Add", "Mul", "MaxPool", "Concat", "Resize", "Sigmoid", "Sub"}  # ops the fake puts on DLA
+
+
 def fake_layer_information(payload: dict[str, Any]) -> str:
-    """Layer information JSON in TensorRT's format for the payload: each layer in the precision the build asked
-    for. A fake of TensorRT's result (see the module docstring)."""
+    """Layer information JSON in TensorRT's format, in the layout of the payload's release, for the payload: each
+    layer in the precision the build asked for and on the device it would land on. A fake of TensorRT's result
+    (see the module docstring): INT8 for Conv/MatMul of an INT8 build (explicit Q/DQ, or implicit from a
+    calibration cache TensorRT read), FP16 for an FP16 build, pinned layers in their pinned type; on a DLA build the
+    DLA-capable ops that are not pinned FP32 run on the DLA (TacticName "DlaLayer"), except explicitly quantized
+    ones on weakly typed releases, which leave it (TensorRT issue 2222: DLA runs INT8 only by implicit
+    quantization)."""
     flags = set(payload["builder_flags"])
     strongly = "STRONGLY_TYPED" in payload["network_flags"]
     has_qdq = any(layer["op"] == "DequantizeLinear" for layer in payload["layers"])
-    int8 = "INT8" in flags or (strongly and has_qdq)
+    implicit = bool(payload.get("calibration_scales"))
+    int8 = ("INT8" in flags and (has_qdq or implicit)) or (strongly and has_qdq)
     fp16 = "FP16" in flags or (strongly and (payload["onnx_fp16"] or has_qdq))
+    dla = payload["device_type"] == "DLA"
     pinned_types = {"FLOAT": "FP32", "HALF": "FP16", "INT8": "INT8"}
     layers = []
     for layer in payload["layers"]:
@@ -392,21 +459,19 @@ def fake_layer_information(payload: dict[str, Any]) -> str:
             precision = "INT8"
         else:
             precision = "FP16" if fp16 else "FP32"
-        tensor = {
-            "Name": f"{layer['name']}_out",
-            "Location": "Device",
-            "Dimensions": [1],
-            "Format/Datatype": JSON_FORMATS[precision],
+        on_dla = dla and layer["op"] in DLA_OPS and precision != "FP32"
+        if on_dla and has_qdq and not strongly and precision == "INT8":
+            on_dla = False  # explicit Q/DQ regions leave the DLA
+        tensor = _tensor_entry(f"{layer['name']}_out", precision, payload["version"])
+        entry = {
+            "Name": layer["name"],
+            "LayerType": layer["op"],
+            "Inputs": [tensor],
+            "Outputs": [tensor],
+            "Metadata": f"[ONNX Layer: {layer['name']}]",
+            "TacticName": "DlaLayer" if on_dla else f"standin_{precision.lower()}",
         }
-        layers.append(
-            {
-                "Name": layer["name"],
-                "LayerType": layer["op"],
-                "Inputs": [tensor],
-                "Outputs": [tensor],
-                "Metadata": f"[ONNX Layer: {layer['name']}]",
-            }
-        )
+        layers.append(entry)
     return json.dumps({"Layers": layers, "Bindings": [name for name, _ in payload["inputs"]] + payload["outputs"]})
 
 
@@ -510,7 +575,7 @@ BEHAVIOUR: dict[str, dict[str, Any]] = {
         ),
         "num_optimization_profiles": Prop(lambda self: len(_state(self)["profiles"])),
         "create_timing_cache": Method(lambda self, data: _new(self, "ITimingCache", bytes(data))),
-        "set_timing_cache": Method(lambda self, cache, ignore_mismatch: _state(self).update(cache=cache) or True),
+        "set_timing_cache": Method(_set_timing_cache),
         "get_timing_cache": Method(lambda self: _state(self).get("cache")),
         "get_tactic_sources": Method(lambda self: 0),
         "get_preview_feature": Method(lambda self, feature: False),
@@ -518,7 +583,9 @@ BEHAVIOUR: dict[str, dict[str, Any]] = {
         "DLA_core": value(-1),
         "default_device_type": Prop(lambda self: self._trt.DeviceType.GPU),
         "profiling_verbosity": Prop(lambda self: self._trt.ProfilingVerbosity.LAYER_NAMES_ONLY),
-        "int8_calibrator": value(None),
+        "int8_calibrator": Prop(lambda self: _state(self).get("int8_calibrator")),
+        "set_calibration_profile": Method(lambda self, profile: _state(self).update(calibration_profile=profile)),
+        "get_calibration_profile": Method(lambda self: _state(self).get("calibration_profile")),
         "engine_capability": Prop(lambda self: next(iter(self._trt.EngineCapability.__members__.values()))),
         "builder_optimization_level": value(3),
         "hardware_compatibility_level": Prop(lambda self: self._trt.HardwareCompatibilityLevel.NONE),
@@ -532,6 +599,7 @@ BEHAVIOUR: dict[str, dict[str, Any]] = {
     "Runtime": {
         "deserialize_cuda_engine": Method(_deserialize),
         "engine_host_code_allowed": value(False),
+        "DLA_core": value(-1),
     },
     "ICudaEngine": {
         "__init__": lambda self, payload: _state(self).update(payload=payload),
@@ -556,13 +624,17 @@ BEHAVIOUR: dict[str, dict[str, Any]] = {
 
 
 def make_tensorrt(
-    version: str, layer_information: Callable[[dict[str, Any]], str] = fake_layer_information
+    version: str,
+    layer_information: Callable[[dict[str, Any]], str] = fake_layer_information,
+    full_version: str | None = None,
 ) -> tuple[types.ModuleType, Recorder]:
-    """A fresh `tensorrt` module for `version` (a key of RELEASES) and the recorder of everything done with it."""
+    """A fresh `tensorrt` module for `version` (a key of RELEASES) and the recorder of everything done with it.
+    `__version__` is major.minor.patch as the PyPI wheels set it (tensorrt_bindings 8.6.1: "8.6.1";
+    tensorrt_cu12_bindings 10.3.0: "10.3.0"), or `full_version` (JetPack's packages carry the build: "10.3.0.30")."""
     release = SURFACE[RELEASES[version]]
     recorder = Recorder(version)
     module = types.ModuleType("tensorrt")
-    module.__version__ = version
+    module.__version__ = version if full_version is None else full_version
 
     enums = {name: _enum(name, values, recorder) for name, values in release["enums"].items()}
     severity = _enum("Severity", list(SEVERITIES), recorder)
