@@ -232,7 +232,7 @@ def test_dry_run_on_a_jetson_without_tensorrt_plans_for_its_jetpack(
 def test_dla_on_tensorrt_11_needs_jetpack_7_2_2(tmp_path: Path, release: str, version: str, refused: bool) -> None:
     """TensorRT 11.4.1 brings DLA back on AGX Orin with JetPack 7.2.2+ only (11.4.1 release notes)."""
     from danet_deploy.engine.build import check_platform
-    from danet_deploy.engine.plan import BuildOptions, BuildPlan
+    from danet_deploy.engine.plan import BuildPlan
     from danet_deploy.errors import BadInputError
 
     from .support.fake_system import jetson_root

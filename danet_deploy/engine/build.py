@@ -95,10 +95,9 @@ def _load_timing_cache(path: str, builder: Any, network: Any, config: Any) -> No
         )
 
 
-def _pin_layers(trt: Any, pinned: list[str], network_onnx: str, loaded: Any) -> Any:
+def _pin_layers(trt: Any, pinned: list[str], network_onnx: str, network: Any) -> None:
     """Set the pinned layers to FP32, failing (exit 1, nothing built) when a pin names no layer of the network
     TensorRT parsed: Polygraphy's SetLayerPrecisions would only warn, and the layer would silently run in FP16."""
-    builder, network, *rest = loaded
     names = {network.get_layer(i).name for i in range(network.num_layers)}
     missing = [name for name in pinned if name not in names]
     if missing:
@@ -110,7 +109,6 @@ def _pin_layers(trt: Any, pinned: list[str], network_onnx: str, loaded: Any) -> 
         layer = network.get_layer(i)
         if layer.name in pinned:
             layer.precision = trt.float32
-    return (builder, network, *rest)
 
 
 def polygraphy_loaders(
@@ -127,6 +125,7 @@ def polygraphy_loaders(
         EngineBytesFromNetwork,
         NetworkFromOnnxPath,
         PostprocessConfig,
+        PostprocessNetwork,
         Profile,
     )
 
@@ -134,10 +133,8 @@ def polygraphy_loaders(
     options = plan.options
     network: Any = NetworkFromOnnxPath(plan.network_onnx, strongly_typed=strongly_typed or None)
     if plan.pinned_fp32_layers:
-        parse = network
-        network = functools.partial(
-            lambda load: _pin_layers(trt, plan.pinned_fp32_layers, plan.network_onnx, load()), parse
-        )
+        pin = functools.partial(_pin_layers, trt, plan.pinned_fp32_layers, plan.network_onnx)
+        network = PostprocessNetwork(network, pin, name="pin FP32 layers")
     profile = Profile()
     for name, (lo, opt, hi) in plan.profile.items():
         profile.add(name, min=lo, opt=opt, max=hi)

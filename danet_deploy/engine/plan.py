@@ -3,11 +3,14 @@
 `--fp16` / `--int8` mean the same to the user on every TensorRT version; the plan picks the path the
 installed (or named) version needs:
 - strongly typed (TensorRT >= 10.12, the only mode of 11): precision comes from the ONNX tensor types, so
-  FP16 builds from an FP16 ONNX and INT8 from a Q/DQ ONNX, with no precision flags (a `--fp16` flag on 11
-  would be ignored and silently yield an FP32 engine);
+  FP16 builds from an FP16 ONNX and INT8 from a Q/DQ ONNX whose layers outside Q/DQ are FP16 (the CAM chain
+  and GroupNorm FP32), with no precision flags (a `--fp16` flag on 11 would be ignored and silently yield an
+  FP32 engine);
 - weakly typed (8.6 / 10.3 on JetPack 6): the FP32 (or Q/DQ) ONNX with FP16 / INT8+FP16 builder flags, and
-  the overflow-prone attention layers (CAM energy, its softmax and product) pinned to FP32 with
-  OBEY_PRECISION_CONSTRAINTS.
+  the overflow-prone layers (the whole CAM chain with the Expand of its row max, GroupNorm) pinned to FP32 with
+  OBEY_PRECISION_CONSTRAINTS;
+- implicit INT8 (DLA on 8.6 / 10.3, and TensorRT 8.6 from an FP32 ONNX): the FP32 network with INT8+FP16 flags
+  and a calibration cache written from the scales of a Q/DQ model (`calibration_cache.py`).
 """
 
 from __future__ import annotations
