@@ -50,7 +50,7 @@ from danet_deploy.options import (
 )
 from danet_deploy.progress import PeriodicLines
 from danet_deploy.progress import Progress as LibraryProgress
-from danet_deploy.signals import install_termination_handlers, interruption
+from danet_deploy.signals import ignore_termination, install_termination_handlers, interruption
 from danet_deploy.version import __version__
 
 if TYPE_CHECKING:
@@ -151,6 +151,7 @@ def guarded(fn: F) -> F:
                 if signal.getsignal(signal.SIGINT) is _on_sigint:
                     # Done and written: a Ctrl-C during the interpreter's teardown must not report a failure.
                     signal.signal(signal.SIGINT, signal.SIG_IGN)
+                    ignore_termination()
             return result
         except DeployError as exc:
             if _sigint_seen:

@@ -223,7 +223,7 @@ MAX_CLASSES = 65535  # label PNGs hold at most 16-bit class ids
 MAX_CHANNELS = 4096
 MAX_DILATION = 64
 MIN_INPUT_SIDE = 8  # one feature-map cell at the output stride
-MAX_INPUT_SIDE = 16384
+MAX_INPUT_SIDE = 1 << 20  # far beyond any memory: the memory plan refuses real sizes that do not fit
 
 
 def _is_int(value: Any) -> bool:

@@ -46,7 +46,11 @@ def resolve(path: PathLike) -> Path:
     """The absolute path with symlinks resolved; a symbolic link loop is the path's error (exit code 2)."""
     try:
         return Path(path).resolve()
-    except (RuntimeError, OSError):  # pathlib raises RuntimeError("Symlink loop ...") before Python 3.13
+    except RuntimeError:  # pathlib's "Symlink loop from ..." before Python 3.13
+        raise BadInputError(f"{path}: a symbolic link loop") from None
+    except OSError as exc:  # Python 3.13: ELOOP
+        if exc.errno != errno.ELOOP:
+            raise
         raise BadInputError(f"{path}: a symbolic link loop") from None
 
 
@@ -82,6 +86,7 @@ def _process_start(pid: int | str) -> str:
         return "0"
 
 
+@functools.cache
 def _host_key() -> str:
     """This machine (boot id, host name) and pid namespace, hashed: pids of runs with the same key are ours to
     check; the same pid in another container is another process."""

@@ -26,14 +26,21 @@ def install_termination_handlers() -> None:
         signal.signal(signum, _on_termination)
 
 
+def ignore_termination() -> None:
+    """The command is done and its outputs are written: SIGTERM and SIGHUP, like Ctrl-C, no longer turn it into a
+    failure while the interpreter tears down."""
+    for signum in TERMINATION_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+
+
 def _on_termination(signum: int, frame: FrameType | None) -> None:
     _received.append(signum)
     handler = signal.getsignal(signal.SIGINT)
     if callable(handler):
-        handler(signal.SIGINT, frame)  # also `interrupts_held`'s holder: raised after the native import
-    elif handler == signal.SIG_DFL:
-        raise KeyboardInterrupt
-    # SIG_IGN: the command has finished and written its outputs; the interpreter is tearing down
+        handler(signal.SIGINT, frame)  # raises; `interrupts_held`'s holder raises after the native import
+        return
+    # A background job or nohup starts with SIGINT ignored; SIGTERM must still stop it.
+    raise KeyboardInterrupt
 
 
 def interruption() -> tuple[str, int]:

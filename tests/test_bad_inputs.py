@@ -895,7 +895,7 @@ def test_ctrl_c_in_every_stage(stage: str, workspace: Workspace, tmp_path: Path)
     marker = tmp_path / "reached"
     env = {k: v for k, v in os.environ.items() if k != "DANET_DEPLOY_DEBUG"}
     env.update(
-        PYTHONPATH=str(hook),
+        PYTHONPATH=os.pathsep.join([str(hook), str(Path(__file__).resolve().parents[1])]),  # this checkout's code
         DANET_TEST_HOLD=where,
         DANET_TEST_HOLD_MARKER=str(marker),
         COLUMNS="200",

@@ -16,6 +16,7 @@ import numpy as np
 
 from danet_deploy.data.images import image_size, image_suffixes, read_image, read_label_values
 from danet_deploy.errors import BadInputError, printable
+from danet_deploy.files import resolve
 
 IGNORE_INDEX = 255
 
@@ -300,6 +301,7 @@ def open_dataset(path: str | os.PathLike[str], split: str = "val") -> Dataset:
     """Detect the layout: Cityscapes (leftImg8bit/), folder pair (images/ [+ masks/]) or plain images."""
     root = Path(path)
     if not root.exists():
+        resolve(root)  # a symbolic link loop says so (exit 2)
         raise BadInputError(f"{root}: no such data folder")
     if not root.is_dir():
         raise BadInputError(f"{root}: not a folder (expected a Cityscapes root, images/ + masks/, or images)")
