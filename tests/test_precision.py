@@ -120,7 +120,8 @@ def _uint8_model(path: Path, dims: list[int | str]) -> Path:
         [helper.make_node("Cast", ["image"], ["logits"], to=TensorProto.FLOAT)],
         "g",
         [helper.make_tensor_value_info("image", TensorProto.UINT8, dims)],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, dims)],
+        # Declared N x classes x H x W, as the config's class count (the validator checks it against the logits).
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [dims[0], TINY.num_classes, dims[1], dims[2]])],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     write_metadata(model, {META_CONFIG: TINY.to_dict()})

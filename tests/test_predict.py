@@ -31,6 +31,7 @@ from danet_deploy.predict.video import VideoInfo, VideoReader, video_writer
 from danet_deploy.progress import Progress
 from danet_deploy.runners.onnxruntime import OnnxRuntimeRunner
 from danet_deploy.steps.predict import PredictOptions, predict
+from danet_deploy.versions import MemoryBound
 
 from .conftest import TINY
 from .test_cli import assert_one_line_error, run
@@ -463,7 +464,7 @@ def test_image_sizes_beyond_the_memory_plan_stop_unless_forced(
 
     image = scene(40, 56)
     with Segmenter.load(tiny_ckpt) as segmenter:  # a checkpoint runs at the image's own size
-        monkeypatch.setattr(memory_plan, "available_memory", lambda: 1 << 20)
+        monkeypatch.setattr(memory_plan, "memory_bound", lambda: MemoryBound(1 << 20, "test"))
         with pytest.raises(BadInputError, match=r"predict at 40x56 needs an estimated .* is available"):
             segmenter.predict(image)
     with Segmenter.load(tiny_ckpt, SegmenterOptions(force=True)) as segmenter:

@@ -41,6 +41,7 @@ from danet_deploy.engine.plan import BuildOptions, BuildPlan, parse_version, pin
 from danet_deploy.engine.sidecar import read_sidecar
 from danet_deploy.engine.system import Gpu, running_system
 from danet_deploy.errors import BadInputError, CheckFailedError
+from danet_deploy.options import InspectOptions, Int8Options
 from danet_deploy.runners.tensorrt import TensorRTRunner
 
 from .support.fake_system import H100, ORIN, FakeCuda, FakeStream, jetson_root
@@ -129,9 +130,10 @@ def prepared(networks: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     per module (the real precision stage made them): the plan's files, pins and scale check are the real code's."""
     from danet_deploy.steps import engine as engine_step
 
-    def quantize(source, output, precision, options, progress):
-        made = "int8-fp16" if precision == "int8" and options.unquantized == "fp16" else precision
-        made = "int8-every" if precision == "int8" and options.every_tensor else made
+    def quantize(source, output, options, progress):
+        int8 = isinstance(options, Int8Options)
+        made = "int8-fp16" if int8 and options.unquantized == "fp16" else "int8" if int8 else "fp16"
+        made = "int8-every" if int8 and options.every_tensor else made
         shutil.copy(networks / f"tiny.{made}.onnx", output)
 
     monkeypatch.setattr(engine_step, "quantize", quantize)
@@ -474,7 +476,7 @@ def test_dry_run_fails_on_the_readiness_lint_of_the_chosen_release(networks: Pat
     model = networks / "tiny.onnx"
     opset = opset_of(OnnxModel.load(model).proto)
     assert opset > 17
-    assert [f.code for f in inspect(model, "trt8.6").lint.errors] == ["opset"]
+    assert [f.code for f in inspect(model, InspectOptions(target="trt8.6")).lint.errors] == ["opset"]
     with pytest.raises(CheckFailedError, match=rf"TensorRT readiness error.*trt8\.6.*opset {opset}") as raised:
         plan_engine(model, BuildOptions(precision="fp16"), "8.6", dry_run=True)
     assert raised.value.exit_code == 1
