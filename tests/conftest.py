@@ -63,6 +63,14 @@ def fp32_onnx(tiny_model: DANet, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 
 @pytest.fixture(scope="session")
+def dynamic_fp32_onnx(tiny_model: DANet, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny DANet exported with dynamic batch, height and width. Shared: copy it before writing beside it."""
+    path = tmp_path_factory.mktemp("onnx") / "tiny.dynamic.onnx"
+    export_onnx(tiny_model, TINY, path, ExportOptions(dynamic=True), generate_scene(1, 64, 128).image)
+    return path
+
+
+@pytest.fixture(scope="session")
 def city_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Three labeled synthetic scenes in the Cityscapes layout (labelTrainIds and labelIds)."""
     return write_cityscapes_split(tmp_path_factory.mktemp("city"), "val", 3, 64, 128, label_ids=True)

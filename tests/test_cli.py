@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,7 @@ def exported(tiny_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_verify_passes_and_writes_the_json_report(
     exported: Path, tiny_ckpt: Path, city_data: Path, tmp_path: Path
 ) -> None:
@@ -44,6 +46,7 @@ def test_verify_passes_and_writes_the_json_report(
     assert ort["pixel_agreement"] >= 0.9999 and ort["max_abs_diff"] < 1e-3
 
 
+@pytest.mark.slow
 def test_verify_fails_with_exit_1_when_an_onnx_model_disagrees(
     exported: Path, tiny_ckpt: Path, city_data: Path, tmp_path: Path
 ) -> None:
@@ -163,11 +166,15 @@ def test_quantize_option_errors(exported: Path, tmp_path: Path) -> None:
     assert not out.exists()
 
 
-def test_no_command_writes_over_its_input(exported: Path, tiny_ckpt: Path, tmp_path: Path) -> None:
+def test_no_command_writes_over_its_input(fp32_onnx: Path, tiny_ckpt: Path, tmp_path: Path) -> None:
+    (tmp_path / "model").mkdir()
+    exported = Path(shutil.copy(fp32_onnx, tmp_path / "model" / "tiny.onnx"))
     ckpt = tmp_path / "ck.pth"
     ckpt.write_bytes(tiny_ckpt.read_bytes())
     before = ckpt.read_bytes(), exported.read_bytes()
     assert_one_line_error(run("export", ckpt, "-o", ckpt), 2, "ck.pth", "also an input")
     assert_one_line_error(run("quantize", exported, "--fp16", "-o", exported), 2, "also an input")
-    assert_one_line_error(run("verify", "--onnx", exported, "--data", tmp_path, "--json", exported), 2, "also an input")
+    data = tmp_path / "data"
+    data.mkdir()
+    assert_one_line_error(run("verify", "--onnx", exported, "--data", data, "--json", exported), 2, "also an input")
     assert (ckpt.read_bytes(), exported.read_bytes()) == before

@@ -99,6 +99,7 @@ def test_verbose_and_quiet_exclude_each_other(fp32_onnx: Path) -> None:
     assert_one_line_error(run("inspect", fp32_onnx, "-v", "-q"), 2, "-v/--verbose", "-q/--quiet")
 
 
+@pytest.mark.slow
 def test_the_installed_command_runs_in_a_new_process(fp32_onnx: Path, tmp_path: Path) -> None:
     """One real process per entry point: the console script the package installs."""
     script = Path(sys.executable).with_name("danet-deploy")

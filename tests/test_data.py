@@ -76,6 +76,7 @@ def test_bad_inputs_name_the_file(tmp_path: Path) -> None:
         open_dataset(tmp_path / "city", "train")
 
 
+@pytest.mark.slow
 def test_synthetic_scenes_are_deterministic_and_cover_all_classes() -> None:
     a, b = generate_scene(11), generate_scene(11)
     np.testing.assert_array_equal(a.image, b.image)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -14,8 +15,7 @@ from danet_deploy.data.synthetic import generate_scene
 from danet_deploy.engine.plan import BuildOptions, plan_build
 from danet_deploy.engine.sidecar import EngineSidecar, RunningSystem, check_compatible, read_sidecar, write_sidecar
 from danet_deploy.errors import BadInputError, DeployError
-from danet_deploy.model import DANet
-from danet_deploy.onnx_export import ExportOptions, InputSpec, export_onnx
+from danet_deploy.onnx_export import InputSpec
 
 from .conftest import TINY
 
@@ -23,17 +23,14 @@ IMAGE = generate_scene(9, 64, 128).image
 
 
 @pytest.fixture(scope="module")
-def static_onnx(tiny_model: DANet, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("engine") / "static.onnx"
-    export_onnx(tiny_model, TINY, path, ExportOptions(), IMAGE)
-    return path
+def static_onnx(fp32_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's static tiny export, in this module's own folder (plans write beside it)."""
+    return Path(shutil.copy(fp32_onnx, tmp_path_factory.mktemp("engine") / "static.onnx"))
 
 
 @pytest.fixture(scope="module")
-def dynamic_onnx(tiny_model: DANet, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("engine") / "dynamic.onnx"
-    export_onnx(tiny_model, TINY, path, ExportOptions(dynamic=True), IMAGE)
-    return path
+def dynamic_onnx(dynamic_fp32_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return Path(shutil.copy(dynamic_fp32_onnx, tmp_path_factory.mktemp("engine") / "dynamic.onnx"))
 
 
 @pytest.mark.parametrize(
@@ -234,6 +231,7 @@ def test_cli_without_tensorrt(static_onnx: Path, tmp_path: Path) -> None:
     assert_one_line_error(run("verify", "--engine", engine, "--data", tmp_path), 3, "TensorRT is not installed")
 
 
+@pytest.mark.slow
 def test_prepared_network_goes_to_a_scratch_folder_or_a_named_new_file(static_onnx: Path, tmp_path: Path) -> None:
     """The step before TensorRT runs here: the plan's FP16 network ONNX is produced by the precision stage, in the
     scratch folder the build gives it; a user's `m.fp16.onnx` beside the input is never replaced."""

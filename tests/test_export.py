@@ -55,6 +55,7 @@ def test_dynamic_export_runs_other_batches_and_sizes(tiny_model: DANet, tmp_path
         assert _ort_vs_torch(tiny_model, path, shape) < 1e-4
 
 
+@pytest.mark.slow
 def test_legacy_exporter_for_opset_below_18(tiny_model: DANet, tmp_path: Path) -> None:
     path = tmp_path / "op17.onnx"
     record = export_onnx(tiny_model, TINY, path, ExportOptions(opset=17, dynamic=True), IMAGE)
@@ -63,6 +64,7 @@ def test_legacy_exporter_for_opset_below_18(tiny_model: DANet, tmp_path: Path) -
     assert _ort_vs_torch(tiny_model, path, (2, 3, 48, 80)) < 1e-4
 
 
+@pytest.mark.slow
 def test_argmax_adds_int32_labels_equal_to_argmax_of_logits(tiny_model: DANet, tmp_path: Path) -> None:
     path = tmp_path / "argmax.onnx"
     export_onnx(tiny_model, TINY, path, ExportOptions(argmax=True), IMAGE)
@@ -72,6 +74,7 @@ def test_argmax_adds_int32_labels_equal_to_argmax_of_logits(tiny_model: DANet, t
     np.testing.assert_array_equal(labels, logits.argmax(1))
 
 
+@pytest.mark.slow
 def test_uint8_input_bakes_the_model_config_preprocessing(tiny_model: DANet, tmp_path: Path) -> None:
     path = tmp_path / "u8.onnx"
     export_onnx(tiny_model, TINY, path, ExportOptions(uint8_input=True), IMAGE)
@@ -105,6 +108,7 @@ def test_metadata_carries_config_and_provenance(tiny_model: DANet, tmp_path: Pat
     assert meta["io"]["inputs"]["image"]["shape"] == [1, 3, 64, 128]
 
 
+@pytest.mark.slow
 def test_failed_parity_leaves_no_file(tiny_model: DANet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real = export_module.check_parity
 

@@ -34,10 +34,8 @@ def ort_logits(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def dynamic_onnx(tiny_model: DANet, tmp_path_factory: pytest.TempPathFactory) -> onnx.ModelProto:
-    path = tmp_path_factory.mktemp("graph") / "dyn.onnx"
-    export_onnx(tiny_model, TINY, path, ExportOptions(dynamic=True), IMAGE)
-    return onnx.load(str(path))
+def dynamic_onnx(dynamic_fp32_onnx: Path) -> onnx.ModelProto:
+    return onnx.load(str(dynamic_fp32_onnx))
 
 
 @pytest.fixture(scope="module")

@@ -167,6 +167,7 @@ def test_each_target_has_its_own_cache_entry_and_a_hit_reproduces_the_model(
     assert graph(first) == graph(again)
 
 
+@pytest.mark.slow
 def test_calibration_reports_each_image(fp32_onnx: Path, calib_dir: Path, tmp_path: Path) -> None:
     calls: list[tuple[int, int]] = []
     quantize_int8(
@@ -185,6 +186,7 @@ def _quantized_convs(path: str | Path) -> set[str]:
     return {n.name for n in model.graph.node if n.op_type == "Conv" and n.input[1] in dq}
 
 
+@pytest.mark.slow
 def test_budget_search_works_for_the_onnxruntime_target(fp32_onnx: Path, calib_dir: Path, tmp_path: Path) -> None:
     fake_miou: Callable[[Path], float] = lambda p: 50.0 - 0.1 * len(_quantized_convs(p))  # noqa: E731
     out, budget = quantize_with_budget(

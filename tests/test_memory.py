@@ -64,6 +64,7 @@ def _attention_maps(model: onnx.ModelProto, queries: int) -> list[str]:
 # the PyTorch reference ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_memory_efficient_pam_equals_the_model_as_trained(tiny_model: DANet) -> None:
     x = torch.from_numpy(np.concatenate([_image_batch((72, 136), s) for s in (1, 2)]))  # N = 9 x 17 = 153
     with torch.no_grad():
@@ -89,6 +90,7 @@ def test_pam_in_query_blocks_equals_the_full_map_on_long_rows() -> None:
     torch.testing.assert_close(blocked, full, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_export_checks_parity_against_the_blocked_reference(
     tiny_model: DANet, tmp_path: Path, small_blocks: None
 ) -> None:
@@ -128,6 +130,7 @@ def test_checks_evaluate_every_attention_form_in_query_blocks_exactly(
     assert _attention_maps(model, N) or form == "onnx-attention"  # the model itself is unchanged
 
 
+@pytest.mark.slow
 def test_queries_that_no_block_divides_are_padded(
     tiny_model: DANet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -182,6 +182,7 @@ def test_cache_dir_argument_env_and_default(tmp_path: Path, monkeypatch: pytest.
 # INT8 -----------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_int8_is_tensorrt_ready_qdq_and_agrees_with_fp32(calib_dir: Path, fp32_onnx: Path, tmp_path: Path) -> None:
     out, record = quantize_int8(
         fp32_onnx, tmp_path / "int8.onnx", Int8Options(calib=calib_dir, cache_dir=tmp_path / "cache")
@@ -343,6 +344,7 @@ def _fake_miou(path: str | Path) -> float:
     return 50.0 - 0.1 * len(_dq_fed_layers(onnx.load(str(path))))
 
 
+@pytest.mark.slow
 def test_budget_search_keeps_most_sensitive_layers_fp32(
     calib_dir: Path, fp32_onnx: Path, city_data: Path, tmp_path: Path
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import shutil
 import time
 from pathlib import Path
 
@@ -14,7 +15,6 @@ from danet_deploy.artifact import InputSpec, Precision
 from danet_deploy.config import ModelConfig
 from danet_deploy.engine.sidecar import EngineSidecar, write_sidecar
 from danet_deploy.errors import BadInputError
-from danet_deploy.onnx_export import ExportOptions, export_onnx
 from danet_deploy.runners import OnnxRuntimeRunner, PyTorchRunner, Runner, TensorRTRunner, activated, cpu_device
 
 from .conftest import TINY
@@ -23,10 +23,9 @@ IMAGE = np.random.default_rng(0).integers(0, 256, (64, 128, 3), dtype=np.uint8)
 
 
 @pytest.fixture(scope="module")
-def tiny_onnx(tiny_model, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
-    export_onnx(tiny_model, TINY, path, ExportOptions(), IMAGE)
-    return path
+def tiny_onnx(fp32_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's static tiny export, in this module's own folder."""
+    return Path(shutil.copy(fp32_onnx, tmp_path_factory.mktemp("onnx") / "tiny.onnx"))
 
 
 class SlowPrepareRunner(Runner):

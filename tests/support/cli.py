@@ -32,11 +32,12 @@ class Completed:
 
 def run(*args: str | Path, cwd: Path | None = None) -> Completed:
     """The command, in this process, with the user's view of it: its exit code and what it printed."""
-    from danet_deploy import cli
+    from danet_deploy import cli, signals
 
     argv = [str(a) for a in args]
     stdout, stderr = io.StringIO(), io.StringIO()
-    saved_argv, saved_sigint, saved_cwd = sys.argv, signal.getsignal(signal.SIGINT), Path.cwd()
+    handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # the CLI installs its own for each
+    saved_argv, saved_handlers, saved_cwd = sys.argv, {s: signal.getsignal(s) for s in handled}, Path.cwd()
     saved_debug = os.environ.pop("DANET_DEPLOY_DEBUG", None)
     sys.argv = ["danet-deploy", *argv]
     code = 0
@@ -51,8 +52,10 @@ def run(*args: str | Path, cwd: Path | None = None) -> Completed:
     finally:
         sys.argv = saved_argv
         os.chdir(saved_cwd)
-        signal.signal(signal.SIGINT, saved_sigint)  # the CLI ignores Ctrl-C once its work is written
+        for number, handler in saved_handlers.items():  # the CLI ignores signals once its work is written
+            signal.signal(number, handler)
         cli._sigint_seen = False
+        signals._received.clear()
         cli.PROGRESS.verbosity = cli.Verbosity.NORMAL
         if saved_debug is not None:
             os.environ["DANET_DEPLOY_DEBUG"] = saved_debug
