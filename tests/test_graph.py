@@ -228,6 +228,7 @@ def test_lint_attention_op_needs_10_14(dynamic_onnx: onnx.ModelProto) -> None:
     assert "attention-op" not in _codes(model, "trt10.14", (64, 128))
 
 
+@pytest.mark.slow
 def test_lint_tensor_size_and_softmax_outer_at_2048x2048(dynamic_onnx: onnx.ModelProto) -> None:
     report = lint(dynamic_onnx, "trt10.3", (2048, 2048))  # N = 65536: N x N > 2^31
     errors = [f for f in report.findings if f.code == "tensor-size" and f.level == "error"]

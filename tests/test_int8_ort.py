@@ -105,6 +105,7 @@ def test_backbone_convs_run_as_integer_kernels_and_the_rules_keep_attention_and_
     assert record.agreement.nonfinite == 0 and record.agreement.label_agreement > 0.75
 
 
+@pytest.mark.slow
 def test_the_model_says_who_it_is_for(ort_int8: tuple, fp32_onnx: Path, calib_dir: Path, tmp_path: Path) -> None:
     out, record = ort_int8
     model = OnnxModel.load(out)
@@ -152,6 +153,7 @@ def test_x86_without_vnni_gets_7_bit_weights(fp32_onnx: Path, calib_dir: Path, t
     assert weights and max(int(np.abs(w.astype(np.int32)).max()) for w in weights) <= 64
 
 
+@pytest.mark.slow
 def test_each_target_has_its_own_cache_entry_and_a_hit_reproduces_the_model(
     fp32_onnx: Path, calib_dir: Path, tmp_path: Path
 ) -> None:

@@ -397,6 +397,7 @@ def _cam_energy(model: onnx.ModelProto) -> tuple[str, str]:
     return node.name, node.output[0]
 
 
+@pytest.mark.slow
 def test_cam_overflows_in_plain_fp16_and_protected_fp16_stays_close(
     cam_onnx: Path, calib_dir: Path, tmp_path: Path
 ) -> None:

@@ -215,6 +215,7 @@ def test_group_norm_form_override_and_lint(sa_model: torch.nn.Module, sa_onnx: P
     assert not [f for f in lint(with_gn, "trt10.3").findings if f.code == "group-norm"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("groups", [1, 2, 8])
 def test_group_norm_rewrites_are_exact_for_any_group_count(groups: int, tmp_path: Path) -> None:
     """GroupNorm with fewer groups than channels: opset 18 scales per group, so the per-channel affine follows."""
