@@ -731,6 +731,7 @@ def build_engine(
     result = api.build_engine(model, output, options, tensorrt_version, PROGRESS)
     _lines(plan_lines(result.plan))
     s = result.sidecar
+    assert s is not None  # build_engine returns the built engine's sidecar
     built = f"{s.build_seconds:.0f} s, {s.gpu_name}, TensorRT {s.tensorrt_version}"
     _lines([f"wrote {output} and {output}.json ({built})", engine_audit_line(str(output), s)])
 

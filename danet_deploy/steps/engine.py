@@ -7,7 +7,7 @@ import dataclasses
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from danet_deploy.artifact import OnnxModel
 from danet_deploy.engine.plan import (
@@ -24,6 +24,11 @@ from danet_deploy.options import Fp16Options, Int8Options
 from danet_deploy.progress import SILENT, Progress
 from danet_deploy.steps.quantize import quantize
 
+if TYPE_CHECKING:
+    from danet_deploy.engine.sidecar import EngineSidecar
+    from danet_deploy.engine.system import RunningSystem
+    from danet_deploy.graph.lint import LintReport
+
 
 @dataclass
 class EngineResult:
@@ -32,10 +37,10 @@ class EngineResult:
 
     plan: BuildPlan
     notes: list[str] = field(default_factory=list)
-    sidecar: Any = None  # engine.sidecar.EngineSidecar once built
+    sidecar: EngineSidecar | None = None  # once built
     output: Path | None = None
-    system: Any = None  # engine.system.RunningSystem where TensorRT and a GPU were found
-    lint: Any = None  # graph.lint.LintReport of the source ONNX for the planned TensorRT release
+    system: RunningSystem | None = None  # where TensorRT and a GPU were found
+    lint: LintReport | None = None  # of the source ONNX for the planned TensorRT release
 
 
 def readiness_lint(plan: BuildPlan) -> Any:
@@ -165,6 +170,7 @@ def build_engine(
 
     out, _ = check_outputs([output, sidecar_path(output)], [model])
     result = plan_engine(model, options, tensorrt_version)
+    assert result.system is not None  # not a dry run: plan_engine found TensorRT and a GPU, or raised
     check_platform(result.plan, result.system.platform)
     with tempfile.TemporaryDirectory(prefix="danet-network-") as scratch:
         result.plan = prepare_network(result.plan, scratch, progress)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from danet_deploy.artifact import Precision
 from danet_deploy.errors import BadInputError, CheckFailedError, OptionError
@@ -20,6 +20,9 @@ from danet_deploy.steps.backends import backend_names, backends_plan, engine_run
 from danet_deploy.steps.benchmark import read_benchmark_json
 from danet_deploy.steps.export import load_checkpoint
 from danet_deploy.steps.quantize import checked_dataset
+
+if TYPE_CHECKING:
+    from danet_deploy.evaluate.verify import VerifyReport
 
 
 @dataclass(frozen=True)
@@ -102,7 +105,7 @@ class VerifyResult:
     """The verify report (per backend: mIoU, per-class IoU, parity, pass/fail), the engines' sidecars and the
     report files written."""
 
-    report: Any  # evaluate.verify.VerifyReport
+    report: VerifyReport
     warnings: list[str]
     json_path: Path | None = None
     html_path: Path | None = None
@@ -188,7 +191,7 @@ def verify(
     dataset = checked_dataset(dataset, config, options.ignore_unknown_labels, options.allow_unlabeled, progress)
     if not dataset.labeled:
         warnings.append(f"{data} has no label files; parity only, mIoU is not computed")
-    result = VerifyResult(None, warnings, engines=[(r.name, r.sidecar) for r in runners if r.kind == "tensorrt"])
+    engine_sidecars = [(r.name, r.sidecar) for r in runners if r.kind == "tensorrt"]
     with activated(runners):
         # TensorRT runners compare their engine's sidecar with this system when they activate.
         warnings += [w for r in runners for w in getattr(r, "warnings", [])]
@@ -197,7 +200,7 @@ def verify(
         if runners[0].kind == "pytorch" and any(r.precision is Precision.FP32 for r in runners[1:]):
             progress.note("measuring the reference's own FP32 noise (a float64 run on the first image)")
         with progress.task(f"verify ({len(runners)} backends)", total=len(dataset)) as advance:
-            result.report = run_verify(
+            report = run_verify(
                 dataset,
                 runners,
                 config,
@@ -207,6 +210,7 @@ def verify(
                 ignore_unknown_labels=options.ignore_unknown_labels,
                 allow_unlabeled=options.allow_unlabeled,
             )
+    result = VerifyResult(report, warnings, engines=engine_sidecars)
     # The runners are closed: locating opens its own sessions, two models' segments at a time.
     result.report.located = locate_backends(dataset, runners, result.report, options, progress)
     with all_or_nothing():  # the JSON, HTML and Markdown appear together or not at all
