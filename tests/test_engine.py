@@ -396,3 +396,14 @@ def test_layers_per_device_are_shown_by_inspect_and_verify_lines() -> None:
     lines = engine_inspect_lines("m.engine", sidecar)
     assert "  devices        GPU: FP32 6; DLA: INT8 30" in lines
     assert any(text.startswith("  options        dla_core=0") for text in lines)  # core 0 is not "unset"
+
+
+def test_a_missing_calibration_folder_fails_the_dry_run(static_onnx: Path, tmp_path: Path) -> None:
+    """`build-engine --int8 --calib /missing --dry-run` is exit 2, as the build would be: not a plan on nothing."""
+    from danet_deploy.errors import OptionError
+    from danet_deploy.steps.engine import plan_engine
+
+    options = BuildOptions(precision="int8", calib=str(tmp_path / "missing"))
+    with pytest.raises(OptionError, match="no such folder of calibration images") as raised:
+        plan_engine(static_onnx, options, "10.3", dry_run=True)
+    assert raised.value.exit_code == 2 and raised.value.as_flag("--calib").startswith("--calib ")

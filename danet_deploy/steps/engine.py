@@ -18,8 +18,8 @@ from danet_deploy.engine.plan import (
     parse_version,
     pinned_layers,
 )
-from danet_deploy.errors import BadInputError, CheckFailedError, DeployError
-from danet_deploy.files import PathLike, check_outputs
+from danet_deploy.errors import BadInputError, CheckFailedError, DeployError, OptionError
+from danet_deploy.files import PathLike, check_outputs, resolve
 from danet_deploy.options import Fp16Options, Int8Options
 from danet_deploy.progress import SILENT, Progress
 from danet_deploy.steps.quantize import quantize
@@ -73,6 +73,9 @@ def plan_engine(
     from danet_deploy.engine.plan import DEFAULT_PLAN_VERSION, plan_build
     from danet_deploy.engine.system import read_platform, require_tensorrt, running_system
 
+    if options.calib is not None and not resolve(Path(options.calib)).is_dir():
+        # A dry run checks what the build would read first: a plan calibrated on nothing is no plan.
+        raise OptionError("calib", options.calib, "no such folder of calibration images")
     notes = []
     system = None
     version = tensorrt_version
