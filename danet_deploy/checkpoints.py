@@ -330,12 +330,10 @@ def _colour(value: Any) -> Any:
 
 
 def _check_class_count(overrides: dict[str, Any], num_classes: int) -> None:
-    """A --class-names list of the wrong length is the option's error, not the checkpoint's."""
+    """Class names of the wrong length are the option's error, not the checkpoint's."""
     names = overrides.get("class_names")
     if names is not None and len(names) != num_classes:
-        raise OptionError(
-            "class_names", f"<{len(names)} names>", f"{len(names)} class names for a model with {num_classes} classes"
-        )
+        raise OptionError("class_names", "", f"{len(names)} class names for a model with {num_classes} classes")
 
 
 def config_for(
@@ -442,9 +440,10 @@ def load_checkpoint(
         notes.append(f"ignored {len(dropped)} unused tensors ({', '.join(groups)})")
     try:
         config = config_for(detected, mapped, meta, overrides)
+    except OptionError:
+        raise  # an option's own problem names the option (the CLI shows its flag)
     except BadInputError as exc:
-        # An option's own problem names the option; anything else is the file's.
-        raise BadInputError(str(exc) if str(exc).startswith("--") else f"{p}: {exc}") from None
+        raise BadInputError(f"{p}: {exc}") from None  # anything else is the file's
     model = build_danet(config)
     deep_stem = len(config.stem_channels) == 3
     notes += load_state_strict(model, mapped, str(p), lambda k: origin.get(k) or source_key(k, detected, deep_stem))
