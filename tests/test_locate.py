@@ -14,6 +14,7 @@ from PIL import Image
 from danet_deploy.artifact import OnnxModel, Precision
 from danet_deploy.data.synthetic import generate_scene
 from danet_deploy.evaluate.locate import LayerError, exclude_pattern, find_jumps, locate_onnx
+from danet_deploy.options import Int8Options
 
 
 def _feeds(path: Path, count: int = 1) -> list[dict[str, np.ndarray]]:
@@ -81,7 +82,9 @@ def test_locate_finds_a_broken_node_in_an_int8_model(fp32_onnx: Path, tmp_path: 
     calib.mkdir()
     for seed in range(4):
         Image.fromarray(generate_scene(100 + seed, 64, 128).image).save(calib / f"{seed}.png")
-    int8, _ = quantize_int8(fp32_onnx, calib, tmp_path / "int8.onnx", method="max", cache_dir=tmp_path / "cache")
+    int8, _ = quantize_int8(
+        fp32_onnx, tmp_path / "int8.onnx", Int8Options(calib=calib, method="max", cache_dir=tmp_path / "cache")
+    )
     target = _middle_conv(int8)
     _break_conv(int8, tmp_path / "broken.onnx", target)
     result = locate_onnx("int8", tmp_path / "broken.onnx", fp32_onnx, Precision.INT8, _feeds(fp32_onnx), ["scene"])

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from danet_deploy.options import Int8Options
 from danet_deploy.progress import PeriodicLines
 
 from .test_precision import _write_images
@@ -36,10 +37,8 @@ def test_calibration_reports_each_image_with_the_total_first(fp32_onnx: Path, tm
     calls: list[tuple[int, int]] = []
     quantize_int8(
         fp32_onnx,
-        calib,
         tmp_path / "q.onnx",
-        cache_dir=tmp_path / "c",
-        target=target,
+        Int8Options(calib=calib, cache_dir=tmp_path / "c", target=target),
         on_image=lambda d, t: calls.append((d, t)),
     )
     assert calls[0] == (0, 3)  # the total before ModelOpt / ONNX Runtime prepare the model
