@@ -286,6 +286,16 @@ def verify_plan(torch_weights: int | None, backends: list[ModelFacts], size: tup
             f"{len(backends) + (torch_weights is not None)} backend(s) open",
         )
     ]
+    if torch_weights is not None:
+        # The FP32 gate's noise floor: the reference once more in float64 on one image (a float64 copy of the
+        # weights, activations and attention blocks of twice the size), before the backends run.
+        plan.steps.append(
+            StepEstimate(
+                "FP32 noise: the reference in float64 on one image",
+                base + held + 2 * torch_weights + 2 * (TORCH_BYTES_PER_PIXEL * pixels + 2 * BLOCK_BYTES) + one_output,
+                "the float64 copy is dropped before the images run",
+            )
+        )
     return plan
 
 

@@ -296,6 +296,21 @@ def test_the_plan_grows_with_the_input_and_blocks_large_attention() -> None:
     assert check.detail == "attention in query blocks" and check.bytes < 8 << 30  # not the 8 GiB of the maps
 
 
+def test_verify_plans_the_float64_reference_run_of_the_fp32_gate() -> None:
+    """The FP32 noise floor runs the reference in float64 once: the plan holds that step, twice the FP32 run's
+    activations and weights, and only with a PyTorch reference."""
+    from danet_deploy.memory_plan import ModelFacts, verify_plan
+
+    pixels = 1024 * 2048
+    facts = ModelFacts(190 << 20, pixels, 0, 8 << 30, "attention in query blocks", pixels * 19 * 4)
+    with_reference = {s.step: s for s in verify_plan(190 << 20, [facts], (1024, 2048)).steps}
+    float64 = with_reference["FP32 noise: the reference in float64 on one image"]
+    assert float64.bytes > with_reference["backends on each image"].bytes - 2 * (190 << 20)
+    assert "FP32 noise: the reference in float64 on one image" not in {
+        s.step for s in verify_plan(None, [facts], (1024, 2048)).steps
+    }
+
+
 # progress in logs -------------------------------------------------------------------------------------------
 
 

@@ -58,3 +58,33 @@ def test_benchmark_reports_runs_per_backend(fp32_onnx: Path) -> None:
     assert all("error" not in r for r in result["backends"])
     assert [call for call in seen if call[2] == 4] == [(0, "a", 4, 4), (1, "b", 4, 4)]  # each backend's end
     assert [call[0] for call in seen] == sorted(call[0] for call in seen)
+
+
+@pytest.mark.slow
+def test_the_budget_search_counts_each_steps_calibration_images(fp32_onnx: Path, tmp_path: Path) -> None:
+    """`quantize --max-miou-drop`: every step calibrates again, and each one counts its images from 0 to the total
+    (cached steps too), so the bar never sits at an unknown count."""
+    from danet_deploy.options import BudgetOptions
+    from danet_deploy.precision import quantize_with_budget
+
+    calib = _write_images(tmp_path / "calib", range(3))
+    calls: list[tuple[int, int]] = []
+    options = Int8Options(
+        calib=calib,
+        method="max",
+        cache_dir=tmp_path / "c",
+        budget=BudgetOptions(data=str(tmp_path), max_miou_drop=1.0, max_steps=2),
+    )
+    with pytest.raises(Exception, match="no INT8 mix met the mIoU budget"):
+        quantize_with_budget(
+            fp32_onnx,
+            tmp_path / "b.onnx",
+            options,
+            evaluate=lambda p: 50.0 if Path(p) == fp32_onnx else 40.0,  # never within budget: every step runs
+            eval_images=3,
+            on_image=lambda d, t: calls.append((d, t)),
+        )
+    starts = [i for i, call in enumerate(calls) if call == (0, 3)]
+    assert len(starts) >= 2 and calls[-1] == (3, 3)  # every step from 0 of 3 to 3 of 3
+    for begin, end in zip(starts, [*starts[1:], len(calls)]):
+        assert {d for d, _ in calls[begin:end]} == {0, 1, 2, 3}

@@ -147,8 +147,10 @@ def quantize_with_budget(
     *,
     evaluate: Callable[[Path], float],
     eval_images: int,
+    on_image: Callable[[int, int], None] | None = None,
 ) -> tuple[Path, BudgetRecord]:
-    """INT8 (`options`) whose mIoU stays within `options.budget.max_miou_drop` points of FP32.
+    """INT8 (`options`) whose mIoU stays within `options.budget.max_miou_drop` points of FP32. `on_image(done,
+    total)` as each step's calibration processes its images (it starts again at 0 for every step).
 
     `evaluate` scores one ONNX file: its path -> mIoU in percent on labeled data (the caller builds it, e.g.
     from an ONNX Runtime runner and `verify`; the FP32 mIoU is `evaluate(source path)`). `options.budget.data`
@@ -163,7 +165,7 @@ def quantize_with_budget(
     with calibration_folder(options.calib, out_path) as calib_folder:
         assert calib_folder is not None  # Int8Options.calib is required
         return _with_budget(
-            model, out_path, replace(options, calib=calib_folder), options.budget, evaluate, eval_images
+            model, out_path, replace(options, calib=calib_folder), options.budget, evaluate, eval_images, on_image
         )
 
 
@@ -174,6 +176,7 @@ def _with_budget(
     budget: BudgetOptions,
     evaluate: Callable[[Path], float],
     eval_images: int,
+    on_image: Callable[[int, int], None] | None = None,
 ) -> tuple[Path, BudgetRecord]:
     calib_path = Path(str(options.calib))
     max_miou_drop, eval_data = budget.max_miou_drop, str(budget.data)
@@ -195,7 +198,8 @@ def _with_budget(
         def attempt(excluded: list[str]) -> tuple[Path, Int8Record, BudgetStep]:
             path = Path(tmp) / f"step{len(steps)}.onnx"
             patterns = base + exact_names(excluded)
-            path, record = quantize_int8(source, path, replace(options, exclude=tuple(patterns), budget=None))
+            step_options = replace(options, exclude=tuple(patterns), budget=None)
+            path, record = quantize_int8(source, path, step_options, on_image=on_image)
             miou = score(path)
             drop = fp32_miou - miou
             passed = bool(drop <= max_miou_drop)

@@ -96,8 +96,11 @@ def quantize(
     )
     if calib is not None and Path(budget.data).resolve() == Path(calib).resolve() and options.split == budget.split:
         progress.note("warning: calibrating and evaluating on the same images gives an optimistic mIoU")
-    with progress.task("INT8 within an mIoU budget: calibrating, measuring, keeping sensitive layers FP32"):
-        _, budget_record = quantize_with_budget(source, out, options, evaluate=evaluate, eval_images=images)
+    what = "INT8 within an mIoU budget: calibrating (images), measuring, keeping sensitive layers FP32"
+    with progress.task(what, total=0) as update:
+        _, budget_record = quantize_with_budget(
+            source, out, options, evaluate=evaluate, eval_images=images, on_image=_counted(update, what)
+        )
     return QuantizeResult(precision, out, budget_record.int8, budget_record)
 
 
