@@ -31,6 +31,7 @@ from danet_deploy.config import (
 from danet_deploy.errors import BadInputError, OptionError
 from danet_deploy.files import atomic_path, sha256_file
 from danet_deploy.model import DANet, build_danet
+from danet_deploy.options import LAYOUTS
 
 OURS_FORMAT = "danet-deploy"
 OURS_FORMAT_VERSION = 1
@@ -40,6 +41,9 @@ class Layout(str, Enum):
     OURS = "ours"
     OFFICIAL = "official"
     MMSEG = "mmseg"
+
+
+assert tuple(layout.value for layout in Layout) == LAYOUTS  # options.py names them without importing torch
 
 
 @dataclass

@@ -364,14 +364,6 @@ def parse_shape(text: str, option: str) -> tuple[int, ...]:
     return parse_dims(text, 4, option, "4 positive dims like 1x3x512x1024")
 
 
-def check_number(option: str, value: float, low: float = 0.0, high: float = math.inf, strict_low: bool = False) -> None:
-    """One-line BadInputError (exit 2) for an option value that is NaN, infinite or out of range."""
-    if not math.isfinite(value) or value < low or (strict_low and value == low) or value > high:
-        bound = f"> {low:g}" if strict_low else f">= {low:g}"
-        upper = f" and <= {high:g}" if math.isfinite(high) else ""
-        raise BadInputError(f"{option} {value}: must be a finite number {bound}{upper}")
-
-
 __all__ = [
     "BLOCKS_PER_DEPTH",
     "CHANNEL_ATTENTIONS",
@@ -380,7 +372,6 @@ __all__ = [
     "POSITION_ATTENTIONS",
     "ModelConfig",
     "check_class_names",
-    "check_number",
     "default_class_names",
     "default_palette",
     "parse_dims",

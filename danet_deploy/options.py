@@ -8,23 +8,19 @@ This module imports nothing heavy (no torch, onnx or ONNX Runtime), so the CLI t
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING
 
 from danet_deploy.config import check_class_names
 from danet_deploy.errors import OptionError
+from danet_deploy.files import PathLike
 from danet_deploy.option_checks import check_at_least, check_choice, check_number
 
 if TYPE_CHECKING:
-    import numpy as np
-    from PIL import Image
+    from danet_deploy.data.images import ImageLike  # calibration images given in memory (numpy, PIL: not loaded here)
 
-PathLike = Union[str, "os.PathLike[str]"]
-# One calibration image given in memory: H x W x 3 uint8 RGB, a PIL image (any mode) or a path.
-ImageLike = Union["np.ndarray", "Image.Image", str, "os.PathLike[str]"]
 
 # --- export -------------------------------------------------------------------------------------------------
 LAYOUTS = ("ours", "official", "mmseg")  # checkpoint layouts (checkpoints.Layout)
@@ -396,7 +392,6 @@ __all__ = [
     "BudgetOptions",
     "ExportOptions",
     "Fp16Options",
-    "ImageLike",
     "InspectOptions",
     "Int8Options",
     "ModelOverrides",

@@ -17,6 +17,7 @@ What "right" means, mode by mode (Pillow names):
 from __future__ import annotations
 
 import functools
+import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -174,3 +175,19 @@ def read_label_values(path: Path) -> np.ndarray:
     if values.dtype == bool:
         return values.astype(np.uint8)
     return values if values.dtype == np.uint8 else values.astype(np.int64)
+
+
+# One image as callers hold it: H x W x 3 uint8 RGB array, a PIL image (any mode) or a path.
+ImageLike = np.ndarray | Image.Image | str | os.PathLike[str]
+
+
+def as_rgb(image: ImageLike, name: str = "<PIL image>") -> np.ndarray:
+    """H x W x 3 uint8 RGB from a path (any Pillow mode, as verify reads images), a PIL image (`name` in its
+    errors when it has no file name) or an array (checked, not converted: other dtypes are refused)."""
+    if isinstance(image, Image.Image):
+        return image_to_rgb(image, Path(getattr(image, "filename", "") or name))
+    if isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or min(image.shape[:2]) < 1:
+            raise BadInputError(f"expected an H x W x 3 uint8 RGB array, got shape {image.shape} of {image.dtype}")
+        return image
+    return read_image(Path(image))

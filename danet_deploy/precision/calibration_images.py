@@ -13,23 +13,21 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from danet_deploy.data.images import image_to_rgb, read_image
-from danet_deploy.errors import OptionError
+from danet_deploy.data.images import ImageLike, as_rgb
+from danet_deploy.errors import BadInputError, OptionError
 from danet_deploy.files import PathLike, scratch_dir
-from danet_deploy.options import ImageLike
 
 
 def _rgb(item: ImageLike, index: int) -> np.ndarray:
-    if isinstance(item, (str, os.PathLike)):
-        return read_image(Path(item))
-    if isinstance(item, Image.Image):
-        return image_to_rgb(item, Path(f"<calibration image {index}>"))
-    array = np.asarray(item)
-    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
-        raise OptionError(
-            "calib", f"<image {index}: {array.dtype} {array.shape}>", "expected H x W x 3 uint8 RGB arrays"
-        )
-    return array
+    """`data.images.as_rgb`, arrays given as any array-like; a bad array is the `calib` option's error."""
+    if not isinstance(item, (str, os.PathLike, Image.Image, np.ndarray)):
+        item = np.asarray(item)
+    try:
+        return as_rgb(item, f"<calibration image {index}>")
+    except BadInputError as exc:
+        if not isinstance(item, np.ndarray):
+            raise  # a file's or PIL image's own problem names it
+        raise OptionError("calib", f"<image {index}: {item.dtype} {item.shape}>", str(exc)) from None
 
 
 @contextlib.contextmanager

@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from danet_deploy.config import ModelConfig
-from danet_deploy.data.images import image_to_rgb, read_image
+from danet_deploy.data.images import ImageLike, as_rgb
 from danet_deploy.data.preprocess import resize_image
 from danet_deploy.errors import BadInputError
 from danet_deploy.evaluate.protocols import resize_logits, sliding_window
@@ -37,7 +37,6 @@ from danet_deploy.runners.base import Runner
 
 MODES = ("whole", "slide")
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
-ImageLike = np.ndarray | Image.Image | str | os.PathLike[str]
 
 
 @dataclass(frozen=True)
@@ -153,17 +152,6 @@ def load_runner(model: str | os.PathLike[str], options: SegmenterOptions) -> Run
         return PyTorchRunner.from_checkpoint(path, options.layout, threads=options.threads)
     known = ", ".join((".onnx", *ENGINE_SUFFIXES, *CHECKPOINT_SUFFIXES))
     raise BadInputError(f"{path}: not a model file this tool runs (suffix {suffix or '(none)'}; expected {known})")
-
-
-def as_rgb(image: ImageLike) -> np.ndarray:
-    """H x W x 3 uint8 RGB from a path (any Pillow mode, as verify reads images), a PIL image or an array."""
-    if isinstance(image, Image.Image):
-        return image_to_rgb(image, Path(getattr(image, "filename", "") or "<PIL image>"))
-    if isinstance(image, np.ndarray):
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or min(image.shape[:2]) < 1:
-            raise BadInputError(f"expected an H x W x 3 uint8 RGB array, got shape {image.shape} of {image.dtype}")
-        return image
-    return read_image(Path(image))
 
 
 class Segmenter:
